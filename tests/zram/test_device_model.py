@@ -1,0 +1,91 @@
+"""Random operation sequences on a ZramDevice, checked against DeviceModel."""
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from uzram.zram import ZramDevice
+
+from .model import PAGE, DeviceModel
+
+NR_PAGES = 24
+SIZE = NR_PAGES * PAGE
+
+page_kinds = st.sampled_from(["zero", "same", "random", "text", "half"])
+
+
+def make(kind: str, rnd) -> bytes:
+    if kind == "zero":
+        return bytes(PAGE)
+    if kind == "same":
+        return rnd.getrandbits(64).to_bytes(8, "little") * (PAGE // 8)
+    if kind == "random":
+        return rnd.randbytes(PAGE)
+    if kind == "text":
+        return (b"zram swap page %d " % rnd.randrange(1000)) * 300
+    return rnd.randbytes(PAGE // 2) + bytes(PAGE // 2)
+
+
+ranges = st.integers(0, SIZE - 1).flatmap(lambda off: st.tuples(st.just(off), st.integers(1, min(3 * PAGE, SIZE - off))))
+
+
+class DeviceMachine(RuleBasedStateMachine):
+    @initialize(alg=st.sampled_from(["lz4", "zstd"]), chain=st.sampled_from([4, 8, 16]))
+    def setup(self, alg, chain):
+        self.dev = ZramDevice("zram0", chain_size=chain)
+        self.dev.store("comp_algorithm", alg)
+        self.dev.store("disksize", str(SIZE))
+        self.model = DeviceModel(NR_PAGES, alg, self.dev.huge_class_size)
+
+    @rule(first=st.integers(0, NR_PAGES - 1), kinds=st.lists(page_kinds, min_size=1, max_size=4),
+          rnd=st.randoms(use_true_random=False))
+    def write_pages(self, first, kinds, rnd):
+        data = b"".join(make(k, rnd) for k in kinds)[: SIZE - first * PAGE]
+        self.dev.write(first * PAGE, data)
+        self.model.write(first * PAGE, data)
+
+    @rule(r=ranges, rnd=st.randoms(use_true_random=False))
+    def write_bytes(self, r, rnd):
+        off, n = r
+        data = rnd.randbytes(n) if rnd.random() < 0.5 else bytes([rnd.randrange(256)]) * n
+        self.dev.write(off, data)
+        self.model.write(off, data)
+
+    @rule(r=ranges)
+    def read(self, r):
+        off, n = r
+        assert self.dev.read(off, n) == self.model.read(off, n)
+
+    @rule(r=ranges)
+    def discard(self, r):
+        self.dev.discard(*r)
+        self.model.discard(*r)
+
+    @rule(r=ranges)
+    def write_zeroes(self, r):
+        self.dev.write_zeroes(*r)
+        self.model.write_zeroes(*r)
+
+    @rule()
+    def compact(self):
+        self.dev.store("compact", "1")
+
+    @rule(mode=st.sampled_from(["all", "0", "100"]))
+    def idle(self, mode):
+        self.dev.store("idle", mode)
+
+    @invariant()
+    def contents_and_stats(self):
+        assert self.dev.read(0, SIZE) == self.model.read(0, SIZE)
+        f = [int(x) for x in self.dev.show("mm_stat").split()]
+        exp = self.model.expected_stats()
+        assert f[0] == exp["orig"]
+        assert f[5] == exp["same"]
+        assert f[7] == exp["huge"]
+        assert f[1] == exp["compr"]
+        assert f[2] >= f[1]
+        self.dev.pool.check()
+
+
+TestDeviceMachine = DeviceMachine.TestCase
+TestDeviceMachine.settings = settings(max_examples=80, stateful_step_count=30, deadline=None)

@@ -1,0 +1,253 @@
+"""The zram sysfs attribute ABI: every attribute by name, as the kernel parses
+and prints it. The control socket, the FUSE tree and the tests all go through
+``show`` and ``store`` here.
+
+Errors are ``OSError`` with the kernel's errno. Reading a write-only or writing
+a read-only attribute is EACCES (kernfs refuses the open); an unknown name is
+ENOENT.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from . import kparse
+from .compressors import AVAILABLE, MAX_ALGO_NAME, CompParams, format_available
+from .sizeclass import PAGE_SHIFT, PAGE_SIZE
+
+if TYPE_CHECKING:
+    from .device import ZramDevice
+
+Show = Callable[["ZramDevice"], str]
+Store = Callable[["ZramDevice", str], None]
+
+_SHOW: dict[str, Show] = {}
+_STORE: dict[str, Store] = {}
+MODES: dict[str, int] = {}   # attribute -> sysfs permission bits
+
+
+def _attr(name: str, mode: int) -> Callable[[Callable], Callable]:
+    def register(fn: Callable) -> Callable:
+        MODES[name] = mode
+        if fn.__name__.endswith("_show"):
+            _SHOW[name] = fn
+        else:
+            _STORE[name] = fn
+        return fn
+    return register
+
+
+def names() -> list[str]:
+    return sorted(MODES)
+
+
+def show(dev: ZramDevice, name: str) -> str:
+    fn = _SHOW.get(name)
+    if fn is None:
+        raise OSError(errno.EACCES if name in MODES else errno.ENOENT, f"{name}: cannot be read")
+    return fn(dev)
+
+
+def store(dev: ZramDevice, name: str, value: str) -> None:
+    """Store ``value``; like a zero-length write(2) to sysfs, "" does nothing."""
+    fn = _STORE.get(name)
+    if fn is None:
+        raise OSError(errno.EACCES if name in MODES else errno.ENOENT, f"{name}: cannot be written")
+    if value:
+        fn(dev, value)
+
+
+def _einval(what: str) -> OSError:
+    return OSError(errno.EINVAL, what)
+
+
+def _require_init(dev: ZramDevice) -> None:
+    if not dev.initialized:
+        raise _einval(f"{dev.name} is not initialised (set disksize first)")
+
+
+# -- lifecycle -------------------------------------------------------------------
+
+@_attr("disksize", 0o644)
+def disksize_show(dev: ZramDevice) -> str:
+    return f"{dev.disksize}\n"
+
+
+@_attr("disksize", 0o644)
+def disksize_store(dev: ZramDevice, value: str) -> None:
+    size, _ = kparse.memparse(value)
+    if not size:
+        raise _einval(f"bad disksize {value.strip()!r}")
+    dev.init(size)
+
+
+@_attr("initstate", 0o444)
+def initstate_show(dev: ZramDevice) -> str:
+    return f"{int(dev.initialized)}\n"
+
+
+@_attr("reset", 0o200)
+def reset_store(dev: ZramDevice, value: str) -> None:
+    if not kparse.kstrtou16(value):
+        raise _einval("reset needs a non-zero value")
+    dev.reset()
+
+
+@_attr("size", 0o444)
+def size_show(dev: ZramDevice) -> str:
+    """The block layer's capacity in 512-byte sectors."""
+    return f"{dev.disksize >> 9}\n"
+
+
+# -- compression ---------------------------------------------------------------------
+
+def _set_algorithm(dev: ZramDevice, prio: int, value: str) -> None:
+    """``__comp_algorithm_store``: E2BIG, EINVAL (unknown), then EBUSY (initialised)."""
+    if len(value) >= MAX_ALGO_NAME:
+        raise OSError(errno.E2BIG, "algorithm name too long")
+    name = value[:-1] if value.endswith("\n") else value
+    if name not in AVAILABLE:
+        raise _einval(f"unknown algorithm {name!r}; available: {' '.join(AVAILABLE)}")
+    if dev.initialized:
+        raise OSError(errno.EBUSY, "can't change algorithm for an initialised device; reset it first")
+    dev.comp_algs[prio] = name
+
+
+@_attr("comp_algorithm", 0o644)
+def comp_algorithm_show(dev: ZramDevice) -> str:
+    return format_available(dev.comp_algs[0])
+
+
+@_attr("comp_algorithm", 0o644)
+def comp_algorithm_store(dev: ZramDevice, value: str) -> None:
+    _set_algorithm(dev, 0, value)
+
+
+@_attr("recomp_algorithm", 0o644)
+def recomp_algorithm_show(dev: ZramDevice) -> str:
+    return "".join(f"#{p}: " + format_available(alg)
+                   for p, alg in enumerate(dev.comp_algs) if p and alg is not None)
+
+
+@_attr("recomp_algorithm", 0o644)
+def recomp_algorithm_store(dev: ZramDevice, value: str) -> None:
+    prio, alg = 1, None
+    for key, val in kparse.next_args(value):
+        if not val:
+            raise _einval(f"{key}: expected key=value")
+        if key == "algo":
+            alg = val
+        elif key == "priority":
+            prio = kparse.kstrtoint(val)
+    if alg is None:
+        raise _einval("recomp_algorithm needs algo=NAME")
+    if not 1 <= prio < len(dev.comp_algs):
+        raise _einval(f"priority must be 1..{len(dev.comp_algs) - 1}")
+    _set_algorithm(dev, prio, alg)
+
+
+@_attr("algorithm_params", 0o200)
+def algorithm_params_store(dev: ZramDevice, value: str) -> None:
+    prio, level, algo, dict_path, winbits = 0, None, None, None, None
+    for key, val in kparse.next_args(value):
+        if not val:
+            raise _einval(f"{key}: expected key=value")
+        if key == "priority":
+            prio = kparse.kstrtoint(val)
+        elif key == "level":
+            level = kparse.kstrtoint(val)
+        elif key == "algo":
+            algo = val
+        elif key == "dict":
+            dict_path = val
+        elif key == "deflate.winbits":
+            winbits = kparse.kstrtoint(val)
+    if algo is not None:
+        prio = next((p for p, a in enumerate(dev.comp_algs) if a == algo), -1)
+    if not 0 <= prio < len(dev.comp_algs):
+        raise _einval("no such algorithm or priority configured")
+    dict_data = None
+    if dict_path is not None:
+        try:
+            with open(dict_path, "rb") as f:
+                dict_data = f.read()
+        except OSError as e:
+            raise _einval(f"cannot read dictionary {dict_path}: {e.strerror}") from e
+    dev.comp_params[prio] = CompParams(level=level, dict_data=dict_data, deflate_winbits=winbits)
+
+
+# -- memory ---------------------------------------------------------------------------
+
+@_attr("mem_limit", 0o200)
+def mem_limit_store(dev: ZramDevice, value: str) -> None:
+    limit, consumed = kparse.memparse(value)
+    if not consumed:
+        raise _einval(f"bad mem_limit {value.strip()!r}")
+    dev.limit_pages = -(-limit // PAGE_SIZE)
+
+
+@_attr("mem_used_max", 0o200)
+def mem_used_max_store(dev: ZramDevice, value: str) -> None:
+    try:
+        val = kparse.kstrtoull(value)
+    except OSError:
+        val = 1
+    if val != 0:
+        raise _einval("only 0 resets mem_used_max")
+    if dev.initialized:
+        dev.max_used_pages = dev.pool.total_pages  # type: ignore[union-attr]
+
+
+@_attr("idle", 0o200)
+def idle_store(dev: ZramDevice, value: str) -> None:
+    cutoff = None
+    if not kparse.sysfs_streq(value, "all"):
+        try:
+            age = kparse.kstrtoull(value, 0)
+        except OSError:
+            raise _einval("idle takes 'all' or an age in seconds") from None
+        cutoff = dev.clock() - age
+    _require_init(dev)
+    dev.mark_idle(cutoff)
+
+
+@_attr("compact", 0o200)
+def compact_store(dev: ZramDevice, value: str) -> None:
+    _require_init(dev)
+    dev.compact()
+
+
+# -- statistics ---------------------------------------------------------------------------
+
+@_attr("mm_stat", 0o444)
+def mm_stat_show(dev: ZramDevice) -> str:
+    st = dev.stats
+    pool = dev.pool
+    mem_used = pool.total_pages if pool else 0
+    compacted = pool.pages_compacted if pool else 0
+    return "%8u %8u %8u %8u %8u %8u %8u %8u %8u\n" % (
+        st.pages_stored << PAGE_SHIFT, st.compr_data_size, mem_used << PAGE_SHIFT,
+        dev.limit_pages << PAGE_SHIFT, dev.max_used_pages << PAGE_SHIFT,
+        st.same_pages, compacted, st.huge_pages, st.huge_pages_since)
+
+
+@_attr("io_stat", 0o444)
+def io_stat_show(dev: ZramDevice) -> str:
+    st = dev.stats
+    return "%8u %8u 0 %8u\n" % (st.failed_reads, st.failed_writes, st.notify_free)
+
+
+@_attr("debug_stat", 0o444)
+def debug_stat_show(dev: ZramDevice) -> str:
+    return "version: 1\n0 %8u\n" % dev.stats.miss_free
+
+
+@_attr("stat", 0o444)
+def stat_show(dev: ZramDevice) -> str:
+    """The block layer's 17-field ``stat`` (I/O counts and sectors; no timings)."""
+    st = dev.stats
+    return ("%8u %8u %8u %8u %8u %8u %8u %8u %8u %8u %8u %8u %8u %8u %8u %8u %8u\n" % (
+        st.read_ios, 0, st.read_sectors, 0, st.write_ios, 0, st.write_sectors, 0,
+        0, 0, 0, st.discard_ios, 0, st.discard_sectors, 0, st.flush_ios, 0))

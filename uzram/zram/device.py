@@ -1,0 +1,445 @@
+"""ZramDevice: zram's per-device state machine and data path, synchronous.
+
+Semantics follow drivers/block/zram/zram_drv.c: same-filled pages first, then
+the primary compressor, huge pages stored raw, the memory limit checked after
+allocation, the old contents freed only when the new ones are installed, and
+every access clearing IDLE and PP_SLOT. Sub-page and unaligned I/O is done by
+read-modify-write. Attributes are reached through ``show``/``store`` (see
+``attrs.py``).
+
+One owner: every method runs to completion on the caller's thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from . import attrs
+from .compressors import DEFAULT_ALGORITHM, Codec, CompParams, create_codec
+from .sizeclass import CHAIN_SIZE_DEFAULT, PAGE_SHIFT, PAGE_SIZE, build_class_table
+from .slots import (
+    ACCESS_CLEAR, ALLOCATED, HUGE, IDLE, INCOMPRESSIBLE, PP_SLOT, PRIO_MASK, PRIO_SHIFT,
+    SAME, SIZE_MASK, WB, SlotTable,
+)
+from .zsmalloc import ZsPool
+
+MAX_COMPS = 4          # ZRAM_MAX_COMPS: the primary and three recompression algorithms
+ZERO_PAGE = bytes(PAGE_SIZE)
+SECTOR_SHIFT = 9
+_SCAN_CHUNK = 1 << 20  # slots per numpy pass, bounding temporary memory
+
+
+def _boottime() -> int:
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME))
+
+
+def _oserror(code: int, message: str) -> OSError:
+    return OSError(code, message)
+
+
+class Stats:
+    """zram's ``struct zram_stats`` plus the block layer's per-disk counters."""
+
+    __slots__ = (
+        "compr_data_size", "failed_reads", "failed_writes", "notify_free", "same_pages",
+        "huge_pages", "huge_pages_since", "pages_stored", "miss_free",
+        "bd_count", "bd_reads", "bd_writes",
+        "read_ios", "read_sectors", "write_ios", "write_sectors",
+        "discard_ios", "discard_sectors", "flush_ios",
+    )
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+
+class ZramDevice:
+    """One zram device: ``ZramDevice("zram0")``, then ``store("disksize", "1G")``."""
+
+    def __init__(self, name: str = "zram0", *, chain_size: int = CHAIN_SIZE_DEFAULT,
+                 clock: Callable[[], int] | None = None) -> None:
+        self.name = name
+        self.chain_size = chain_size
+        self.huge_class_size = build_class_table(chain_size).huge_class_size
+        self.clock = clock or _boottime
+        self.openers = 0          # NBD clients attached (reset refuses while > 0)
+        self.claimed = False      # a reset is in progress: new opens are refused
+        self._configure_defaults()
+        self._drop_runtime()
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def _configure_defaults(self) -> None:
+        """What ``reset`` restores: algorithms, params, limits, writeback settings."""
+        self.comp_algs: list[str | None] = [DEFAULT_ALGORITHM] + [None] * (MAX_COMPS - 1)
+        self.comp_params: list[CompParams] = [CompParams() for _ in range(MAX_COMPS)]
+        self.limit_pages = 0
+        self.wb_limit_enable = False
+        self.bd_wb_limit = 0
+        self.wb_batch_size = 32
+        self.compressed_wb = False
+        self.backing_path: str | None = None
+
+    def _drop_runtime(self) -> None:
+        self.disksize = 0
+        self.nr_pages = 0
+        self.table: SlotTable | None = None
+        self.pool: ZsPool | None = None
+        self.comps: list[Codec | None] = [None] * MAX_COMPS
+        self.stats = Stats()
+        self.max_used_pages = 0
+
+    @property
+    def initialized(self) -> bool:
+        return self.disksize > 0
+
+    def init(self, disksize: int) -> None:
+        """``disksize_store`` after parsing: allocate the table, pool and compressors."""
+        if self.initialized:
+            raise _oserror(errno.EBUSY, "device already initialised; reset it first")
+        disksize = -(-disksize // PAGE_SIZE) * PAGE_SIZE
+        comps: list[Codec | None] = [None] * MAX_COMPS
+        for prio, alg in enumerate(self.comp_algs):
+            if alg is not None:
+                comps[prio] = create_codec(alg, self.comp_params[prio])
+        self.nr_pages = disksize >> PAGE_SHIFT
+        self.table = SlotTable(self.nr_pages)
+        self.pool = ZsPool(self.chain_size)
+        self.comps = comps
+        self.stats = Stats()
+        self.max_used_pages = 0
+        self.disksize = disksize
+
+    def reset(self) -> None:
+        """``zram_reset_device``: free everything and return to defaults."""
+        if self.openers or self.claimed:
+            raise _oserror(errno.EBUSY, f"{self.name} is in use by {self.openers} client(s)")
+        self._drop_runtime()
+        self._configure_defaults()
+
+    # -- attribute ABI ----------------------------------------------------------
+
+    def show(self, name: str) -> str:
+        return attrs.show(self, name)
+
+    def store(self, name: str, value: str) -> None:
+        attrs.store(self, name, value)
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _check_range(self, offset: int, length: int, write: bool) -> None:
+        if offset < 0 or length < 0 or offset + length > self.disksize:
+            if write:
+                raise _oserror(errno.ENOSPC, f"write beyond the end of {self.name} ({self.disksize} bytes)")
+            raise _oserror(errno.EINVAL, f"access beyond the end of {self.name} ({self.disksize} bytes)")
+
+    def _slot_free(self, i: int) -> None:
+        """``slot_free``: release whatever slot ``i`` holds and clear its state."""
+        table = self.table
+        f = table.flags[i]  # type: ignore[union-attr]
+        table.ac_time[i] = 0  # type: ignore[union-attr]
+        if not f & ALLOCATED:
+            if f:
+                table.flags[i] = 0  # type: ignore[union-attr]
+            return
+        st = self.stats
+        if f & WB:
+            self._release_block(table.handle[i])  # type: ignore[union-attr]
+        elif f & SAME:
+            st.same_pages -= 1
+        else:
+            size = f & SIZE_MASK
+            self.pool.free(table.handle[i])  # type: ignore[union-attr]
+            st.compr_data_size -= size
+            if f & HUGE:
+                st.huge_pages -= 1
+        st.pages_stored -= 1
+        table.flags[i] = 0  # type: ignore[union-attr]
+        table.handle[i] = 0  # type: ignore[union-attr]
+
+    def _release_block(self, block: int) -> None:
+        raise _oserror(errno.EIO, "written-back slot without a backing device")
+
+    def _compressor(self) -> Codec:
+        return self.comps[0]  # type: ignore[return-value]
+
+    # -- page operations ------------------------------------------------------------
+
+    def _write_page(self, i: int, page: memoryview, now: int) -> None:
+        """``zram_write_page`` + ``mark_slot_accessed`` for a full page."""
+        table = self.table
+        st = self.stats
+        if page == ZERO_PAGE or page[8:] == page[:-8]:
+            word = int.from_bytes(page[:8], "little")
+            if table.flags[i] & ALLOCATED:  # type: ignore[union-attr]
+                self._slot_free(i)
+            table.handle[i] = word  # type: ignore[union-attr]
+            table.flags[i] = SAME  # type: ignore[union-attr]
+            table.ac_time[i] = now  # type: ignore[union-attr]
+            st.same_pages += 1
+            st.pages_stored += 1
+            return
+        comp = self.comps[0].compress(page)  # type: ignore[union-attr]
+        clen = len(comp)
+        pool = self.pool
+        if clen >= self.huge_class_size:
+            h = pool.store(page)  # type: ignore[union-attr]
+            new_flags = HUGE | PAGE_SIZE
+            clen = PAGE_SIZE
+            st.huge_pages += 1
+            st.huge_pages_since += 1
+        else:
+            h = pool.store(comp)  # type: ignore[union-attr]
+            new_flags = clen
+        pages = pool.pages_allocated  # type: ignore[union-attr]
+        if pages > self.max_used_pages:
+            self.max_used_pages = pages
+        if self.limit_pages and pages > self.limit_pages:
+            pool.free(h)  # type: ignore[union-attr]
+            if new_flags & HUGE:
+                st.huge_pages -= 1
+                st.huge_pages_since -= 1
+            raise _oserror(errno.ENOMEM, f"{self.name}: mem_limit reached ({self.limit_pages << PAGE_SHIFT} bytes)")
+        if table.flags[i] & ALLOCATED:  # type: ignore[union-attr]
+            self._slot_free(i)
+        table.handle[i] = h  # type: ignore[union-attr]
+        table.flags[i] = new_flags  # type: ignore[union-attr]
+        table.ac_time[i] = now  # type: ignore[union-attr]
+        st.pages_stored += 1
+        st.compr_data_size += clen
+
+    def _read_page(self, i: int, now: int) -> bytes:
+        """``zram_read_page`` + ``mark_slot_accessed``; returns the 4 KiB page."""
+        table = self.table
+        f = table.flags[i]  # type: ignore[union-attr]
+        if f & ALLOCATED:
+            table.flags[i] = f & ACCESS_CLEAR  # type: ignore[union-attr]
+            table.ac_time[i] = now  # type: ignore[union-attr]
+            if f & SAME:
+                word = table.handle[i]  # type: ignore[union-attr]
+                return ZERO_PAGE if word == 0 else word.to_bytes(8, "little") * (PAGE_SIZE // 8)
+            if f & WB:
+                return self._read_written_back(i, f)
+            size = f & SIZE_MASK
+            obj = self.pool.view(table.handle[i], size)  # type: ignore[union-attr]
+            if size == PAGE_SIZE:
+                return bytes(obj)
+            return self._decompress(f, obj)
+        return ZERO_PAGE
+
+    def _decompress(self, f: int, obj: memoryview) -> bytes:
+        codec = self.comps[(f & PRIO_MASK) >> PRIO_SHIFT]
+        try:
+            page = codec.decompress(obj, PAGE_SIZE)  # type: ignore[union-attr]
+        except Exception as e:  # corrupt data must surface as an I/O error
+            raise _oserror(errno.EIO, f"{self.name}: decompression failed: {e}") from e
+        if len(page) != PAGE_SIZE:
+            raise _oserror(errno.EIO, f"{self.name}: decompressed {len(page)} bytes, expected {PAGE_SIZE}")
+        return page
+
+    def _read_written_back(self, i: int, f: int) -> bytes:
+        raise _oserror(errno.EIO, f"{self.name}: slot {i} is written back but no backing device is set")
+
+    # -- block I/O ----------------------------------------------------------------------
+
+    def read_chunks(self, offset: int, length: int) -> list[bytes]:
+        """Read ``length`` bytes at ``offset`` as a list of buffers (one per page
+        touched, the first and last trimmed). The NBD fast path."""
+        self._check_range(offset, length, False)
+        st = self.stats
+        st.read_ios += 1
+        st.read_sectors += (length + 511) >> SECTOR_SHIFT
+        if not length:
+            return []
+        now = self.clock()
+        read_page = self._read_page
+        first = offset >> PAGE_SHIFT
+        last = (offset + length - 1) >> PAGE_SHIFT
+        try:
+            chunks = [read_page(i, now) for i in range(first, last + 1)]
+        except OSError:
+            st.failed_reads += 1
+            raise
+        head = offset & (PAGE_SIZE - 1)
+        if head or length < PAGE_SIZE:
+            chunks[0] = chunks[0][head : head + length]
+        tail = (offset + length) & (PAGE_SIZE - 1)
+        if tail and last > first:
+            chunks[-1] = chunks[-1][:tail]
+        return chunks
+
+    def read(self, offset: int, length: int) -> bytes:
+        return b"".join(self.read_chunks(offset, length))
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data`` at ``offset``; any alignment (sub-page parts are
+        read-modify-written). ``data`` is consumed before this returns."""
+        mv = data if type(data) is memoryview else memoryview(data)
+        if mv.format != "B" or mv.ndim != 1:
+            mv = mv.cast("B")
+        length = mv.nbytes
+        self._check_range(offset, length, True)
+        st = self.stats
+        st.write_ios += 1
+        st.write_sectors += (length + 511) >> SECTOR_SHIFT
+        if not length:
+            return
+        now = self.clock()
+        try:
+            pos = 0
+            i = offset >> PAGE_SHIFT
+            head = offset & (PAGE_SIZE - 1)
+            if head or length < PAGE_SIZE:
+                n = min(PAGE_SIZE - head, length)
+                self._patch_page(i, head, mv[:n], now)
+                pos = n
+                i += 1
+            write_page = self._write_page
+            while length - pos >= PAGE_SIZE:
+                write_page(i, mv[pos : pos + PAGE_SIZE], now)
+                pos += PAGE_SIZE
+                i += 1
+            if pos < length:
+                self._patch_page(i, 0, mv[pos:], now)
+        except OSError:
+            st.failed_writes += 1
+            raise
+
+    def _patch_page(self, i: int, start: int, part: memoryview, now: int) -> None:
+        page = bytearray(self._read_page(i, now))
+        page[start : start + part.nbytes] = part
+        self._write_page(i, memoryview(page), now)
+
+    def _free_range(self, first: int, count: int) -> None:
+        """Free ``count`` whole pages from ``first`` (skipping empty slots fast)."""
+        if count <= 64:
+            for i in range(first, first + count):
+                self._slot_free(i)
+            return
+        flags = self.table.np_flags()  # type: ignore[union-attr]
+        ac = self.table.np_ac_time()  # type: ignore[union-attr]
+        for start in range(first, first + count, _SCAN_CHUNK):
+            stop = min(first + count, start + _SCAN_CHUNK)
+            busy = np.flatnonzero(flags[start:stop] & ALLOCATED)
+            for j in busy.tolist():
+                self._slot_free(start + j)
+            flags[start:stop] = 0
+            ac[start:stop] = 0
+
+    def discard(self, offset: int, length: int) -> None:
+        """``zram_bio_discard``: free whole pages; a partial head or tail page
+        is left alone (its contents are then unspecified, as for TRIM)."""
+        self._check_range(offset, length, True)
+        st = self.stats
+        st.discard_ios += 1
+        st.discard_sectors += length >> SECTOR_SHIFT
+        first = offset >> PAGE_SHIFT
+        head = offset & (PAGE_SIZE - 1)
+        if head:
+            if length <= PAGE_SIZE - head:
+                return
+            length -= PAGE_SIZE - head
+            first += 1
+        count = length >> PAGE_SHIFT
+        self._free_range(first, count)
+        st.notify_free += count
+
+    def write_zeroes(self, offset: int, length: int) -> None:
+        """Make the range read as zeros: whole pages are freed (costing nothing),
+        partial head and tail pages are zeroed by read-modify-write."""
+        self._check_range(offset, length, True)
+        st = self.stats
+        st.write_ios += 1
+        st.write_sectors += length >> SECTOR_SHIFT
+        if not length:
+            return
+        now = self.clock()
+        end = offset + length
+        first = -(-offset // PAGE_SIZE)
+        last = end >> PAGE_SHIFT  # exclusive
+        try:
+            if first > last:  # inside a single page
+                self._patch_page(offset >> PAGE_SHIFT, offset & (PAGE_SIZE - 1), memoryview(bytes(length)), now)
+                return
+            if offset & (PAGE_SIZE - 1):
+                head = offset & (PAGE_SIZE - 1)
+                self._patch_page(first - 1, head, memoryview(bytes(PAGE_SIZE - head)), now)
+            if end & (PAGE_SIZE - 1):
+                self._patch_page(last, 0, memoryview(bytes(end & (PAGE_SIZE - 1))), now)
+        except OSError:
+            st.failed_writes += 1
+            raise
+        self._free_range(first, last - first)
+        st.notify_free += last - first
+
+    def flush(self) -> None:
+        """Data is stable once a write returns; count the request only."""
+        self.stats.flush_ios += 1
+
+    def allocation_map(self, offset: int, length: int) -> list[tuple[int, bool]]:
+        """Extents (byte length, reads-as-zero) covering the range, for NBD
+        block status: unallocated, discarded and zero-filled pages are holes."""
+        self._check_range(offset, length, False)
+        if not length:
+            return []
+        first = offset >> PAGE_SHIFT
+        last = (offset + length - 1) >> PAGE_SHIFT
+        flags = self.table.np_flags()[first : last + 1]  # type: ignore[union-attr]
+        handle = self.table.np_handle()[first : last + 1]  # type: ignore[union-attr]
+        zero = ((flags & ALLOCATED) == 0) | (((flags & SAME) != 0) & (handle == 0))
+        edges = np.flatnonzero(zero[1:] != zero[:-1]) + 1
+        bounds = [0, *edges.tolist(), len(zero)]
+        extents = []
+        for a, b in zip(bounds, bounds[1:]):
+            start = max(offset, (first + a) << PAGE_SHIFT)
+            stop = min(offset + length, (first + b) << PAGE_SHIFT)
+            extents.append((stop - start, bool(zero[a])))
+        return extents
+
+    # -- maintenance ----------------------------------------------------------------------
+
+    def mark_idle(self, cutoff: int | None) -> None:
+        """``mark_idle``: IDLE on allocated, in-RAM, not same-filled slots last
+        accessed before ``cutoff`` seconds (None = all); cleared on the younger."""
+        flags = self.table.np_flags()  # type: ignore[union-attr]
+        ac = self.table.np_ac_time()  # type: ignore[union-attr]
+        for start in range(0, self.nr_pages, _SCAN_CHUNK):
+            f = flags[start : start + _SCAN_CHUNK]
+            eligible = ((f & SIZE_MASK) != 0) & ((f & (WB | SAME)) == 0)
+            if cutoff is not None:
+                old = ac[start : start + _SCAN_CHUNK] < max(cutoff, 0)
+                f[eligible & old] |= IDLE
+                f[eligible & ~old] &= ~np.uint32(IDLE)
+            else:
+                f[eligible] |= IDLE
+
+    def compact(self) -> int:
+        """``zs_compact`` on the pool; returns pages freed."""
+        return self.pool.compact()  # type: ignore[union-attr]
+
+    def slot_state(self, i: int) -> tuple[int, int, int]:
+        """(handle, flags, ac_time) of slot ``i``, for tests and debugfs."""
+        t = self.table
+        return t.handle[i], t.flags[i], t.ac_time[i]  # type: ignore[union-attr]
+
+    def block_state(self) -> str:
+        """debugfs ``block_state``: one line per allocated slot."""
+        flags = self.table.np_flags()  # type: ignore[union-attr]
+        lines = []
+        for i in np.flatnonzero(flags & ALLOCATED).tolist():
+            f = int(flags[i])
+            ac = self.table.ac_time[i]  # type: ignore[union-attr]
+            marks = "".join(c if f & bit else "." for c, bit in (
+                ("s", SAME), ("w", WB), ("h", HUGE), ("i", IDLE)))
+            marks += "r" if f & PRIO_MASK else "."
+            marks += "n" if f & INCOMPRESSIBLE else "."
+            lines.append("%12d %12d.000000 %s\n" % (i, ac, marks))
+        return "".join(lines)
+
+    # For writeback (a later layer) and tests: slot flags by name.
+    FLAG_BITS = {"same": SAME, "wb": WB, "pp_slot": PP_SLOT, "huge": HUGE,
+                 "idle": IDLE, "incompressible": INCOMPRESSIBLE}

@@ -1,0 +1,469 @@
+"""A zsmalloc-style slab pool over private anonymous memory.
+
+Layout: memory comes in 4 MiB ``mmap`` chunks (MAP_PRIVATE|MAP_ANONYMOUS, so
+untouched pages cost nothing and ``MADV_DONTNEED`` really frees). Each chunk
+is cut into frames of one size (1..16 pages); a zspage occupies one frame, so
+its objects are contiguous and may straddle page boundaries as in zsmalloc.
+
+Objects of non-huge classes start with an 8-byte header: ``handle << 1 | 1``
+while allocated, ``(next free index + 1) << 1`` while on the zspage's free
+list. Objects never allocated since the zspage was created lie beyond
+``fresh`` and are not touched (so a new zspage commits no memory until used).
+Huge classes hold one page-sized object per page and keep its handle in the
+zspage instead.
+
+Handles are indices into a location table (``zspage id << 16 | object
+index``), so compaction can move objects without their owners noticing.
+
+Not thread-safe: one owner thread (see DESIGN.md, invariant 1).
+"""
+
+from __future__ import annotations
+
+import mmap
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .sizeclass import (
+    CHAIN_SIZE_DEFAULT,
+    PAGE_SIZE,
+    ZS_HANDLE_SIZE,
+    ZS_MAX_ALLOC_SIZE,
+    ClassSpec,
+    build_class_table,
+)
+
+CHUNK_PAGES = 1024
+CHUNK_BYTES = CHUNK_PAGES * PAGE_SIZE
+NR_FULLNESS_GROUPS = 12
+INUSE_RATIO_0 = 0
+INUSE_RATIO_99 = 10
+INUSE_RATIO_100 = 11
+_ALLOC_GROUPS = ((1 << (INUSE_RATIO_99 + 1)) - 1) & ~1  # groups 1..10
+_ISOLATED = -1
+_MAP_FLAGS = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+
+
+class _Chunk:
+    __slots__ = ("mm", "mv", "q")
+
+    def __init__(self) -> None:
+        self.mm = mmap.mmap(-1, CHUNK_BYTES, flags=_MAP_FLAGS)
+        self.mv = memoryview(self.mm)
+        self.q = self.mv.cast("Q")
+
+
+class SizeClass:
+    __slots__ = ("spec", "size", "ppz", "opz", "huge", "groups", "mask", "obj_allocated", "obj_used", "fg_of")
+
+    def __init__(self, spec: ClassSpec) -> None:
+        self.spec = spec
+        self.size = spec.size
+        self.ppz = spec.pages_per_zspage
+        self.opz = spec.objs_per_zspage
+        self.huge = spec.huge
+        # fullness group -> zspages in it (dicts keep insertion order)
+        self.groups: list[dict[ZsPage, None]] = [{} for _ in range(NR_FULLNESS_GROUPS)]
+        self.mask = 0  # bit g set when groups[g] is non-empty
+        self.obj_allocated = 0
+        self.obj_used = 0
+        self.fg_of = [self.fullness(n) for n in range(self.opz + 1)]
+
+    def fullness(self, inuse: int) -> int:
+        if inuse == 0:
+            return INUSE_RATIO_0
+        if inuse == self.opz:
+            return INUSE_RATIO_100
+        return 100 * inuse // self.opz // 10 + 1
+
+    def can_compact(self) -> int:
+        """``zs_can_compact``: pages compaction could free in this class."""
+        return (self.obj_allocated - self.obj_used) // self.opz * self.ppz
+
+
+class ZsPage:
+    __slots__ = (
+        "zid", "cls", "chunk", "mv", "q", "base", "size", "hdr",
+        "inuse", "free_head", "fresh", "fg", "pins", "deferred", "huge_handle",
+    )
+
+    def __init__(self, zid: int, cls: SizeClass, chunk: _Chunk, base: int) -> None:
+        self.zid = zid
+        self.cls = cls
+        self.chunk = chunk
+        self.mv = chunk.mv
+        self.q = chunk.q
+        self.base = base
+        self.size = cls.size
+        self.hdr = 0 if cls.huge else ZS_HANDLE_SIZE
+        self.inuse = 0
+        self.free_head = 0   # (index + 1) of the first free object, 0 = none
+        self.fresh = 0       # objects at or above this index were never allocated
+        self.fg = INUSE_RATIO_0
+        self.pins = 0
+        self.deferred: list[int] | None = None  # frees waiting for the last unpin
+        self.huge_handle = 0
+
+
+@dataclass(frozen=True)
+class ClassStat:
+    """One row of zsmalloc's debugfs ``classes`` table."""
+    index: int
+    size: int
+    groups: tuple[int, ...]   # zspages per fullness group 10%..99%, 100%
+    obj_allocated: int
+    obj_used: int
+    pages_used: int
+    pages_per_zspage: int
+    freeable: int
+
+
+class ZsPool:
+    """zs_malloc / zs_free / object access / zs_compact, with zsmalloc's policies."""
+
+    def __init__(self, chain_size: int = CHAIN_SIZE_DEFAULT) -> None:
+        table = build_class_table(chain_size)
+        self.chain_size = chain_size
+        self.huge_class_size = table.huge_class_size
+        self.classes = [SizeClass(spec) for spec in table.specs]
+        by_index = {c.spec.index: c for c in self.classes}
+        # request size (0..PAGE_SIZE) -> class, one list lookup on the hot path
+        self._by_size: list[SizeClass] = [by_index[table.for_request(max(s, 1))] for s in range(ZS_MAX_ALLOC_SIZE + 1)]
+        self._loc = array("Q", [0])       # handle -> location; free handles chain through it
+        self._hfree = 0
+        self._zspages: list[ZsPage | None] = []
+        self._free_zids: list[int] = []
+        self._frames: dict[int, list[tuple[_Chunk, int]]] = {}
+        self._chunks: list[_Chunk] = []
+        self.pages_allocated = 0
+        self.pages_compacted = 0
+        self.objects = 0
+
+    # -- accounting -------------------------------------------------------
+
+    @property
+    def total_pages(self) -> int:
+        """``zs_get_total_pages``: pages owned by zspages."""
+        return self.pages_allocated
+
+    @property
+    def total_bytes(self) -> int:
+        return self.pages_allocated * PAGE_SIZE
+
+    # -- handles -----------------------------------------------------------
+
+    # -- zspages -------------------------------------------------------------
+
+    def _new_zspage(self, cls: SizeClass) -> ZsPage:
+        frames = self._frames.get(cls.ppz)
+        if not frames:
+            chunk = _Chunk()
+            self._chunks.append(chunk)
+            step = cls.ppz * PAGE_SIZE
+            frames = [(chunk, base) for base in range((CHUNK_PAGES // cls.ppz - 1) * step, -1, -step)]
+            self._frames[cls.ppz] = frames
+        chunk, base = frames.pop()
+        if self._free_zids:
+            zid = self._free_zids.pop()
+        else:
+            zid = len(self._zspages)
+            self._zspages.append(None)
+        zs = ZsPage(zid, cls, chunk, base)
+        self._zspages[zid] = zs
+        cls.obj_allocated += cls.opz
+        self.pages_allocated += cls.ppz
+        cls.groups[INUSE_RATIO_0][zs] = None
+        cls.mask |= 1
+        return zs
+
+    def _free_zspage(self, zs: ZsPage) -> None:
+        cls = zs.cls
+        self._unlink(zs)
+        cls.obj_allocated -= cls.opz
+        self.pages_allocated -= cls.ppz
+        length = cls.ppz * PAGE_SIZE
+        zs.chunk.mm.madvise(mmap.MADV_DONTNEED, zs.base, length)
+        self._frames[cls.ppz].append((zs.chunk, zs.base))
+        self._zspages[zs.zid] = None
+        self._free_zids.append(zs.zid)
+
+    def _unlink(self, zs: ZsPage) -> None:
+        if zs.fg == _ISOLATED:
+            return
+        group = zs.cls.groups[zs.fg]
+        del group[zs]
+        if not group:
+            zs.cls.mask &= ~(1 << zs.fg)
+        zs.fg = _ISOLATED
+
+    def _regroup(self, zs: ZsPage) -> None:
+        cls = zs.cls
+        fg = cls.fg_of[zs.inuse]
+        if fg == zs.fg:
+            return
+        self._unlink(zs)
+        cls.groups[fg][zs] = None
+        cls.mask |= 1 << fg
+        zs.fg = fg
+
+    # -- allocation ------------------------------------------------------------
+
+    def _take_slot(self, zs: ZsPage, h: int) -> int:
+        """Take a free object in ``zs`` for handle ``h``; returns its index."""
+        if zs.hdr == 0:
+            zs.huge_handle = h
+            idx = 0
+        elif zs.free_head:
+            idx = zs.free_head - 1
+            word = (zs.base + idx * zs.size) >> 3
+            zs.free_head = zs.q[word] >> 1
+            zs.q[word] = h << 1 | 1
+        else:
+            idx = zs.fresh
+            zs.fresh = idx + 1
+            zs.q[(zs.base + idx * zs.size) >> 3] = h << 1 | 1
+        zs.inuse += 1
+        zs.cls.obj_used += 1
+        return idx
+
+    def _put_slot(self, zs: ZsPage, idx: int) -> None:
+        if zs.hdr == 0:
+            zs.huge_handle = 0
+        else:
+            zs.q[(zs.base + idx * zs.size) >> 3] = zs.free_head << 1
+            zs.free_head = idx + 1
+        zs.inuse -= 1
+        zs.cls.obj_used -= 1
+
+    def malloc(self, size: int) -> int:
+        """``zs_malloc``: a handle to an object of ``size`` bytes (1..4096)."""
+        if not 0 < size <= ZS_MAX_ALLOC_SIZE:
+            raise ValueError(f"object size {size} outside 1..{ZS_MAX_ALLOC_SIZE}")
+        return self.store(None, size)
+
+    def store(self, data: bytes | memoryview | None, size: int = 0) -> int:
+        """Allocate an object and copy ``data`` (of ``size`` bytes, or its
+        length) into it; returns the handle. The write-path fast lane."""
+        if data is not None:
+            size = len(data)
+        cls = self._by_size[size]
+        m = cls.mask & _ALLOC_GROUPS
+        if m:
+            zs = next(reversed(cls.groups[m.bit_length() - 1]))
+        else:
+            zs = self._new_zspage(cls)
+        loc = self._loc
+        h = self._hfree
+        if h:
+            self._hfree = loc[h]
+        else:
+            loc.append(0)
+            h = len(loc) - 1
+        if zs.hdr:
+            fh = zs.free_head
+            if fh:
+                idx = fh - 1
+                start = zs.base + idx * zs.size
+                zs.free_head = zs.q[start >> 3] >> 1
+            else:
+                idx = zs.fresh
+                zs.fresh = idx + 1
+                start = zs.base + idx * zs.size
+            zs.q[start >> 3] = h << 1 | 1
+            start += 8
+        else:
+            idx = 0
+            zs.huge_handle = h
+            start = zs.base
+        if data is not None:
+            zs.mv[start : start + size] = data
+        loc[h] = zs.zid << 16 | idx
+        inuse = zs.inuse + 1
+        zs.inuse = inuse
+        cls.obj_used += 1
+        self.objects += 1
+        if cls.fg_of[inuse] != zs.fg:
+            self._regroup(zs)
+        return h
+
+    def free(self, h: int) -> None:
+        """``zs_free``. The handle is invalid afterwards."""
+        loc = self._loc
+        where = loc[h]
+        zs = self._zspages[where >> 16]
+        loc[h] = self._hfree
+        self._hfree = h
+        self.objects -= 1
+        if zs.pins:  # type: ignore[union-attr]
+            if zs.deferred is None:  # type: ignore[union-attr]
+                zs.deferred = []  # type: ignore[union-attr]
+            zs.deferred.append(where & 0xFFFF)  # type: ignore[union-attr]
+            return
+        self._put_slot(zs, where & 0xFFFF)  # type: ignore[arg-type]
+        inuse = zs.inuse  # type: ignore[union-attr]
+        if inuse == 0:
+            self._free_zspage(zs)  # type: ignore[arg-type]
+        elif zs.cls.fg_of[inuse] != zs.fg:  # type: ignore[union-attr]
+            self._regroup(zs)  # type: ignore[arg-type]
+
+    # -- object access -----------------------------------------------------------
+
+    def view(self, h: int, length: int) -> memoryview:
+        """The first ``length`` bytes of the object. Valid only until the next
+        pool mutation: copy or consume it before anything else runs."""
+        loc = self._loc[h]
+        zs = self._zspages[loc >> 16]
+        off = zs.base + (loc & 0xFFFF) * zs.size + zs.hdr  # type: ignore[union-attr]
+        return zs.mv[off : off + length]  # type: ignore[union-attr]
+
+    def write(self, h: int, data: bytes | memoryview) -> None:
+        """``zs_obj_write``: copy ``data`` into the object."""
+        loc = self._loc[h]
+        zs = self._zspages[loc >> 16]
+        off = zs.base + (loc & 0xFFFF) * zs.size + zs.hdr  # type: ignore[union-attr]
+        zs.mv[off : off + len(data)] = data  # type: ignore[union-attr]
+
+    def pin(self, h: int) -> ZsPage:
+        """Keep the object in place (compaction skips its zspage, and frees in
+        that zspage wait) until ``unpin`` of the returned token."""
+        zs = self._zspages[self._loc[h] >> 16]
+        assert zs is not None
+        zs.pins += 1
+        return zs
+
+    def unpin(self, token: ZsPage) -> None:
+        token.pins -= 1
+        if token.pins or self._zspages[token.zid] is not token:
+            return
+        if token.deferred:
+            for idx in token.deferred:
+                self._put_slot(token, idx)
+            token.deferred = None
+        if token.inuse == 0:
+            self._free_zspage(token)
+        else:
+            self._regroup(token)
+
+    # -- compaction --------------------------------------------------------------
+
+    def compact(self) -> int:
+        """``zs_compact``: returns the number of pages freed."""
+        return sum(self.compact_steps())
+
+    def compact_steps(self) -> Iterator[int]:
+        """Compaction one source zspage at a time, largest classes first.
+
+        Yields the pages freed by each step. Between steps the pool is
+        consistent and any other operation may run (the daemon interleaves
+        I/O here); each step re-selects its zspages.
+        """
+        for cls in reversed(self.classes):
+            if cls.huge:
+                continue
+            while cls.can_compact() > 0:
+                freed = self._compact_step(cls)
+                if freed is None:
+                    break
+                self.pages_compacted += freed
+                yield freed
+
+    def _pick(self, cls: SizeClass, order: range, exclude: ZsPage | None) -> ZsPage | None:
+        for fg in order:
+            if cls.mask >> fg & 1:
+                for zs in reversed(cls.groups[fg]):
+                    if zs is not exclude and not zs.pins:
+                        return zs
+        return None
+
+    def _compact_step(self, cls: SizeClass) -> int | None:
+        """Move objects from the emptiest zspage into the fullest one."""
+        dst = self._pick(cls, range(INUSE_RATIO_99, INUSE_RATIO_0, -1), None)
+        if dst is None:
+            return None
+        src = self._pick(cls, range(1, INUSE_RATIO_99 + 1), dst)
+        if src is None:
+            return None
+        size, q, loc = cls.size, src.q, self._loc
+        for idx in range(src.fresh):
+            if dst.inuse == cls.opz:
+                break
+            start = src.base + idx * size
+            header = q[start >> 3]
+            if not header & 1:
+                continue
+            h = header >> 1
+            new_idx = self._take_slot(dst, h)
+            new_start = dst.base + new_idx * size
+            dst.mv[new_start + 8 : new_start + size] = src.mv[start + 8 : start + size]
+            loc[h] = dst.zid << 16 | new_idx
+            self._put_slot(src, idx)
+        self._regroup(dst)
+        if src.inuse == 0:
+            self._free_zspage(src)
+            return cls.ppz
+        self._regroup(src)
+        return 0
+
+    # -- introspection -------------------------------------------------------------
+
+    def class_stats(self) -> list[ClassStat]:
+        rows = []
+        for cls in self.classes:
+            groups = tuple(len(cls.groups[g]) for g in range(1, NR_FULLNESS_GROUPS))
+            rows.append(ClassStat(
+                cls.spec.index, cls.size, groups, cls.obj_allocated, cls.obj_used,
+                cls.obj_allocated // cls.opz * cls.ppz, cls.ppz, cls.can_compact(),
+            ))
+        return rows
+
+    def format_classes(self) -> str:
+        """The debugfs ``zsmalloc/<pool>/classes`` table."""
+        heads = ["10%", "20%", "30%", "40%", "50%", "60%", "70%", "80%", "90%", "99%", "100%"]
+        out = [" %5s %5s " % ("class", "size") + "".join("%9s " % h for h in heads)
+               + "%13s %10s %10s %16s %16s\n" % ("obj_allocated", "obj_used", "pages_used",
+                                                  "pages_per_zspage", "freeable")]
+        totals = [0] * len(heads)
+        t_alloc = t_used = t_pages = t_free = 0
+        for r in self.class_stats():
+            out.append(" %5u %5u " % (r.index, r.size) + "".join("%9u " % g for g in r.groups)
+                       + "%13u %10u %10u %16d %16u\n" % (r.obj_allocated, r.obj_used, r.pages_used,
+                                                        r.pages_per_zspage, r.freeable))
+            totals = [a + b for a, b in zip(totals, r.groups)]
+            t_alloc += r.obj_allocated
+            t_used += r.obj_used
+            t_pages += r.pages_used
+            t_free += r.freeable
+        out.append("\n")
+        out.append(" %5s %5s " % ("Total", "") + "".join("%9u " % g for g in totals)
+                   + "%13u %10u %10u %16s %16u\n" % (t_alloc, t_used, t_pages, "", t_free))
+        return "".join(out)
+
+    def check(self) -> None:
+        """Verify internal consistency (for tests): counts, groups, headers, handles."""
+        live = 0
+        pages = 0
+        for cls in self.classes:
+            used = allocated = 0
+            for g, group in enumerate(cls.groups):
+                assert bool(group) == bool(cls.mask >> g & 1), "group mask out of sync"
+                for zs in group:
+                    assert zs.fg == g and cls.fullness(zs.inuse) == g, "zspage in the wrong group"
+                    assert self._zspages[zs.zid] is zs
+                    used += zs.inuse
+                    allocated += cls.opz
+                    pages += cls.ppz
+                    if zs.hdr:
+                        deferred = set(zs.deferred or ())
+                        tagged = 0
+                        for idx in range(zs.fresh):
+                            header = zs.q[(zs.base + idx * zs.size) >> 3]
+                            if header & 1:
+                                tagged += 1
+                                if idx not in deferred:
+                                    assert self._loc[header >> 1] == zs.zid << 16 | idx, "handle points elsewhere"
+                        assert tagged == zs.inuse, "header tags disagree with the in-use count"
+            assert used == cls.obj_used and allocated == cls.obj_allocated
+            live += used
+        assert pages == self.pages_allocated
+        assert live - sum(len(z.deferred or ()) for z in self._zspages if z) == self.objects
