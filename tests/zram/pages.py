@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import random
+import sys
+from pathlib import Path
 
 PAGE = 4096
 
@@ -44,3 +47,19 @@ def any_page(rng: random.Random) -> bytes:
     if kind == 3:
         return compressible(rng)
     return half_random(rng)
+
+
+@functools.cache
+def binary_corpus() -> bytes:
+    """Machine code and data of a real executable (the running Python's)."""
+    for candidate in (Path(sys.executable).resolve(), Path("/bin/sh").resolve()):
+        data = candidate.read_bytes()
+        if len(data) > 64 * PAGE:
+            return data
+    return b"".join(compressible(random.Random(i)) for i in range(64))
+
+
+def binary(rng: random.Random) -> bytes:
+    data = binary_corpus()
+    off = rng.randrange(len(data) - PAGE)
+    return data[off : off + PAGE]

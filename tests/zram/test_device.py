@@ -331,8 +331,12 @@ def test_allocation_map():
     dev.write(PAGE, os.urandom(PAGE))
     dev.write(2 * PAGE, b"b" * PAGE)       # same-filled, non-zero: data
     dev.write(3 * PAGE, bytes(PAGE))       # zero page: reads as zero
-    assert dev.allocation_map(0, 5 * PAGE) == [(PAGE, True), (2 * PAGE, False), (2 * PAGE, True)]
-    assert dev.allocation_map(100, PAGE) == [(PAGE - 100, True), (100, False)]
+    assert dev.allocation_map(0, 5 * PAGE) == [(PAGE, 3), (2 * PAGE, 0), (PAGE, 2), (PAGE, 3)]
+    assert dev.allocation_map(100, PAGE) == [(PAGE - 100, 3), (100, 0)]
+    dev.write_zeroes(0, 2 * PAGE, unmap=False)
+    assert dev.allocation_map(0, 2 * PAGE) == [(2 * PAGE, 2)]
+    assert mm_stat(dev)[5] == 4 and mm_stat(dev)[0] == 4 * PAGE
+    assert dev.read(0, 2 * PAGE) == bytes(2 * PAGE)
 
 
 def test_huge_sparse_device_initialises_cheaply():

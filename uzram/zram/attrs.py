@@ -251,3 +251,81 @@ def stat_show(dev: ZramDevice) -> str:
     return ("%8u %8u %8u %8u %8u %8u %8u %8u %8u %8u %8u %8u %8u %8u %8u %8u %8u\n" % (
         st.read_ios, 0, st.read_sectors, 0, st.write_ios, 0, st.write_sectors, 0,
         0, 0, 0, st.discard_ios, 0, st.discard_sectors, 0, st.flush_ios, 0))
+
+
+# -- writeback and recompression --------------------------------------------------------------
+
+@_attr("backing_dev", 0o644)
+def backing_dev_show(dev: ZramDevice) -> str:
+    return f"{dev.backing.path}\n" if dev.backing else "none\n"
+
+
+@_attr("backing_dev", 0o644)
+def backing_dev_store(dev: ZramDevice, value: str) -> None:
+    path = value[:-1] if value.endswith("\n") else value
+    dev.set_backing(path)
+
+
+@_attr("writeback", 0o200)
+def writeback_store(dev: ZramDevice, value: str) -> None:
+    from .postprocess import run_writeback
+    run_writeback(dev, value)
+
+
+@_attr("writeback_limit", 0o644)
+def writeback_limit_show(dev: ZramDevice) -> str:
+    return f"{dev.bd_wb_limit}\n"
+
+
+@_attr("writeback_limit", 0o644)
+def writeback_limit_store(dev: ZramDevice, value: str) -> None:
+    dev.bd_wb_limit = kparse.kstrtoull(value) // (PAGE_SIZE // 4096) * (PAGE_SIZE // 4096)
+
+
+@_attr("writeback_limit_enable", 0o644)
+def writeback_limit_enable_show(dev: ZramDevice) -> str:
+    return f"{int(dev.wb_limit_enable)}\n"
+
+
+@_attr("writeback_limit_enable", 0o644)
+def writeback_limit_enable_store(dev: ZramDevice, value: str) -> None:
+    dev.wb_limit_enable = kparse.kstrtoull(value) != 0
+
+
+@_attr("writeback_batch_size", 0o644)
+def writeback_batch_size_show(dev: ZramDevice) -> str:
+    return f"{dev.wb_batch_size}\n"
+
+
+@_attr("writeback_batch_size", 0o644)
+def writeback_batch_size_store(dev: ZramDevice, value: str) -> None:
+    size = kparse.kstrtouint(value)
+    if not size:
+        raise _einval("writeback_batch_size must be at least 1")
+    dev.wb_batch_size = size
+
+
+@_attr("compressed_writeback", 0o644)
+def compressed_writeback_show(dev: ZramDevice) -> str:
+    return f"{int(dev.compressed_wb)}\n"
+
+
+@_attr("compressed_writeback", 0o644)
+def compressed_writeback_store(dev: ZramDevice, value: str) -> None:
+    enable = kparse.kstrtobool(value)
+    if dev.initialized:
+        raise OSError(errno.EBUSY, "compressed_writeback can only be set before disksize")
+    dev.compressed_wb = enable
+
+
+@_attr("bd_stat", 0o444)
+def bd_stat_show(dev: ZramDevice) -> str:
+    st = dev.stats
+    used = dev.backing.used if dev.backing else 0
+    return "%8u %8u %8u\n" % (used, st.bd_reads, st.bd_writes)
+
+
+@_attr("recompress", 0o200)
+def recompress_store(dev: ZramDevice, value: str) -> None:
+    from .postprocess import RecompressJob
+    RecompressJob.prepare(dev, value).run()

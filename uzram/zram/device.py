@@ -19,6 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from . import attrs
+from .backing import BackingStore
 from .compressors import DEFAULT_ALGORITHM, Codec, CompParams, create_codec
 from .sizeclass import CHAIN_SIZE_DEFAULT, PAGE_SHIFT, PAGE_SIZE, build_class_table
 from .slots import (
@@ -39,6 +40,38 @@ def _boottime() -> int:
 
 def _oserror(code: int, message: str) -> OSError:
     return OSError(code, message)
+
+
+def _trim(chunks: list, offset: int, length: int) -> list[bytes]:
+    """Cut the first and last page of a read to the requested bytes."""
+    head = offset & (PAGE_SIZE - 1)
+    if head or length < PAGE_SIZE:
+        chunks[0] = chunks[0][head : head + length]
+    tail = (offset + length) & (PAGE_SIZE - 1)
+    if tail and len(chunks) > 1:
+        chunks[-1] = chunks[-1][:tail]
+    return chunks
+
+
+class PendingRead:
+    """A read waiting for backing-store blocks, which stay pinned meanwhile.
+
+    Read ``blocks`` (``BackingStore.read_blocks``, any thread), then pass the
+    results to ``ZramDevice.finish_read`` on the owner thread.
+    """
+
+    __slots__ = ("dev", "chunks", "items", "offset", "length")
+
+    def __init__(self, dev: ZramDevice, chunks: list, items: list[tuple[int, int]], offset: int, length: int) -> None:
+        self.dev = dev
+        self.chunks = chunks
+        self.items = items      # (block, slot flags at the time of the read)
+        self.offset = offset
+        self.length = length
+
+    @property
+    def blocks(self) -> list[int]:
+        return [b for b, _ in self.items]
 
 
 class Stats:
@@ -82,7 +115,8 @@ class ZramDevice:
         self.bd_wb_limit = 0
         self.wb_batch_size = 32
         self.compressed_wb = False
-        self.backing_path: str | None = None
+        self.backing: BackingStore | None = None
+        self.async_backing_reads = False  # reads of written-back slots return PendingRead
 
     def _drop_runtime(self) -> None:
         self.disksize = 0
@@ -118,8 +152,24 @@ class ZramDevice:
         """``zram_reset_device``: free everything and return to defaults."""
         if self.openers or self.claimed:
             raise _oserror(errno.EBUSY, f"{self.name} is in use by {self.openers} client(s)")
+        backing = self.backing
         self._drop_runtime()
+        if backing is not None:
+            backing.close()
         self._configure_defaults()
+
+    def set_backing(self, path: str) -> None:
+        """``backing_dev_store``: an existing regular file or block device."""
+        if self.initialized:
+            raise _oserror(errno.EBUSY, "backing_dev can only be set before disksize")
+        store = BackingStore(path)
+        if self.backing is not None:
+            self.backing.close()
+        self.backing = store
+
+    @property
+    def num_active_comps(self) -> int:
+        return sum(c is not None for c in self.comps)
 
     # -- attribute ABI ----------------------------------------------------------
 
@@ -162,7 +212,13 @@ class ZramDevice:
         table.handle[i] = 0  # type: ignore[union-attr]
 
     def _release_block(self, block: int) -> None:
-        raise _oserror(errno.EIO, "written-back slot without a backing device")
+        self.backing.release(block)  # type: ignore[union-attr]
+
+    def flush_backing(self) -> None:
+        """Punch out and free the backing blocks released by the last operation."""
+        b = self.backing
+        if b is not None and b.pending_punches:
+            b.flush_releases()
 
     def _compressor(self) -> Codec:
         return self.comps[0]  # type: ignore[return-value]
@@ -212,8 +268,12 @@ class ZramDevice:
         st.pages_stored += 1
         st.compr_data_size += clen
 
-    def _read_page(self, i: int, now: int) -> bytes:
-        """``zram_read_page`` + ``mark_slot_accessed``; returns the 4 KiB page."""
+    def _read_page(self, i: int, now: int, defer: list | None = None) -> bytes | None:
+        """``zram_read_page`` + ``mark_slot_accessed``; returns the 4 KiB page.
+
+        A written-back slot is read from the backing store at once, or, given
+        ``defer``, its block is pinned, recorded there, and None returned.
+        """
         table = self.table
         f = table.flags[i]  # type: ignore[union-attr]
         if f & ALLOCATED:
@@ -223,13 +283,37 @@ class ZramDevice:
                 word = table.handle[i]  # type: ignore[union-attr]
                 return ZERO_PAGE if word == 0 else word.to_bytes(8, "little") * (PAGE_SIZE // 8)
             if f & WB:
-                return self._read_written_back(i, f)
+                block = table.handle[i]  # type: ignore[union-attr]
+                if defer is not None:
+                    self.backing.pin(block)  # type: ignore[union-attr]
+                    defer.append((block, f))
+                    return None
+                return self._read_written_back(block, f)
             size = f & SIZE_MASK
             obj = self.pool.view(table.handle[i], size)  # type: ignore[union-attr]
             if size == PAGE_SIZE:
                 return bytes(obj)
             return self._decompress(f, obj)
         return ZERO_PAGE
+
+    def _read_written_back(self, block: int, f: int) -> bytes:
+        backing = self.backing
+        backing.pin(block)  # type: ignore[union-attr]
+        try:
+            res = backing.read_blocks([block])[0]  # type: ignore[union-attr]
+        finally:
+            backing.unpin(block)  # type: ignore[union-attr]
+        return self._decode_block(res, f)
+
+    def _decode_block(self, res: bytes | OSError, f: int) -> bytes:
+        """A backing block's page: as written, or decompressed (compressed writeback)."""
+        if isinstance(res, OSError):
+            raise _oserror(errno.EIO, f"{self.name}: backing_dev read failed: {res.strerror}")
+        self.stats.bd_reads += 1
+        size = f & SIZE_MASK
+        if size and not f & HUGE:
+            return self._decompress(f, memoryview(res)[:size])
+        return res
 
     def _decompress(self, f: int, obj: memoryview) -> bytes:
         codec = self.comps[(f & PRIO_MASK) >> PRIO_SHIFT]
@@ -240,9 +324,6 @@ class ZramDevice:
         if len(page) != PAGE_SIZE:
             raise _oserror(errno.EIO, f"{self.name}: decompressed {len(page)} bytes, expected {PAGE_SIZE}")
         return page
-
-    def _read_written_back(self, i: int, f: int) -> bytes:
-        raise _oserror(errno.EIO, f"{self.name}: slot {i} is written back but no backing device is set")
 
     # -- block I/O ----------------------------------------------------------------------
 
@@ -259,21 +340,58 @@ class ZramDevice:
         read_page = self._read_page
         first = offset >> PAGE_SHIFT
         last = (offset + length - 1) >> PAGE_SHIFT
+        defer: list | None = [] if self.async_backing_reads else None
         try:
-            chunks = [read_page(i, now) for i in range(first, last + 1)]
+            chunks = [read_page(i, now, defer) for i in range(first, last + 1)]
         except OSError:
             st.failed_reads += 1
+            if defer:
+                for block, _ in defer:
+                    self.backing.unpin(block)  # type: ignore[union-attr]
+                self.flush_backing()
             raise
-        head = offset & (PAGE_SIZE - 1)
-        if head or length < PAGE_SIZE:
-            chunks[0] = chunks[0][head : head + length]
-        tail = (offset + length) & (PAGE_SIZE - 1)
-        if tail and last > first:
-            chunks[-1] = chunks[-1][:tail]
-        return chunks
+        if defer:
+            return PendingRead(self, chunks, defer, offset, length)  # type: ignore[return-value]
+        return _trim(chunks, offset, length)
+
+    def finish_read(self, pending: PendingRead, results: list[bytes | OSError]) -> list[bytes]:
+        """Complete a PendingRead with its blocks' contents (in ``pending.blocks`` order)."""
+        backing = self.backing
+        for block, _ in pending.items:
+            backing.unpin(block)  # type: ignore[union-attr]
+        self.flush_backing()
+        chunks = pending.chunks
+        k = 0
+        try:
+            for pos, chunk in enumerate(chunks):
+                if chunk is None:
+                    chunks[pos] = self._decode_block(results[k], pending.items[k][1])
+                    k += 1
+        except OSError:
+            self.stats.failed_reads += 1
+            raise
+        return _trim(chunks, pending.offset, pending.length)
 
     def read(self, offset: int, length: int) -> bytes:
         return b"".join(self.read_chunks(offset, length))
+
+    def peek(self, offset: int, length: int) -> bytes:
+        """Read for inspection: no access is recorded (IDLE, PP_SLOT, access
+        times and I/O statistics stay as they were)."""
+        self._check_range(offset, length, False)
+        if not length:
+            return b""
+        first, last = offset >> PAGE_SHIFT, (offset + length - 1) >> PAGE_SHIFT
+        flags = self.table.np_flags()[first : last + 1].copy()  # type: ignore[union-attr]
+        ac = self.table.np_ac_time()[first : last + 1].copy()  # type: ignore[union-attr]
+        saved = [getattr(self.stats, n) for n in Stats.__slots__]
+        try:
+            return b"".join(_trim([self._read_page(i, 0) for i in range(first, last + 1)], offset, length))
+        finally:
+            self.table.np_flags()[first : last + 1] = flags  # type: ignore[union-attr]
+            self.table.np_ac_time()[first : last + 1] = ac  # type: ignore[union-attr]
+            for n, v in zip(Stats.__slots__, saved):
+                setattr(self.stats, n, v)
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` at ``offset``; any alignment (sub-page parts are
@@ -308,6 +426,9 @@ class ZramDevice:
         except OSError:
             st.failed_writes += 1
             raise
+        finally:
+            if self.backing is not None:
+                self.flush_backing()
 
     def _patch_page(self, i: int, start: int, part: memoryview, now: int) -> None:
         page = bytearray(self._read_page(i, now))
@@ -347,10 +468,12 @@ class ZramDevice:
         count = length >> PAGE_SHIFT
         self._free_range(first, count)
         st.notify_free += count
+        self.flush_backing()
 
-    def write_zeroes(self, offset: int, length: int) -> None:
-        """Make the range read as zeros: whole pages are freed (costing nothing),
-        partial head and tail pages are zeroed by read-modify-write."""
+    def write_zeroes(self, offset: int, length: int, unmap: bool = True) -> None:
+        """Make the range read as zeros. Whole pages are freed (``unmap``) or
+        stored as same-filled zero pages (still no pool memory); partial head
+        and tail pages are zeroed by read-modify-write."""
         self._check_range(offset, length, True)
         st = self.stats
         st.write_ios += 1
@@ -370,19 +493,36 @@ class ZramDevice:
                 self._patch_page(first - 1, head, memoryview(bytes(PAGE_SIZE - head)), now)
             if end & (PAGE_SIZE - 1):
                 self._patch_page(last, 0, memoryview(bytes(end & (PAGE_SIZE - 1))), now)
+            self._free_range(first, last - first)
+            if unmap:
+                st.notify_free += last - first
+            else:
+                self._fill_zero_pages(first, last - first, now)
         except OSError:
             st.failed_writes += 1
             raise
-        self._free_range(first, last - first)
-        st.notify_free += last - first
+        finally:
+            self.flush_backing()
+
+    def _fill_zero_pages(self, first: int, count: int, now: int) -> None:
+        """Store ``count`` free slots from ``first`` as same-filled zero pages."""
+        t = self.table
+        t.np_flags()[first : first + count] = SAME  # type: ignore[union-attr]
+        t.np_handle()[first : first + count] = 0  # type: ignore[union-attr]
+        t.np_ac_time()[first : first + count] = now  # type: ignore[union-attr]
+        self.stats.same_pages += count
+        self.stats.pages_stored += count
 
     def flush(self) -> None:
         """Data is stable once a write returns; count the request only."""
         self.stats.flush_ios += 1
 
-    def allocation_map(self, offset: int, length: int) -> list[tuple[int, bool]]:
-        """Extents (byte length, reads-as-zero) covering the range, for NBD
-        block status: unallocated, discarded and zero-filled pages are holes."""
+    def allocation_map(self, offset: int, length: int) -> list[tuple[int, int]]:
+        """Extents (byte length, state) covering the range, for NBD block status.
+
+        State is NBD base:allocation bits: 0 for data, ZERO (2) for stored
+        zero-filled pages, HOLE|ZERO (3) for unallocated or discarded pages.
+        """
         self._check_range(offset, length, False)
         if not length:
             return []
@@ -390,15 +530,73 @@ class ZramDevice:
         last = (offset + length - 1) >> PAGE_SHIFT
         flags = self.table.np_flags()[first : last + 1]  # type: ignore[union-attr]
         handle = self.table.np_handle()[first : last + 1]  # type: ignore[union-attr]
-        zero = ((flags & ALLOCATED) == 0) | (((flags & SAME) != 0) & (handle == 0))
-        edges = np.flatnonzero(zero[1:] != zero[:-1]) + 1
-        bounds = [0, *edges.tolist(), len(zero)]
+        state = np.where((flags & ALLOCATED) == 0, 3, np.where(((flags & SAME) != 0) & (handle == 0), 2, 0))
+        edges = np.flatnonzero(state[1:] != state[:-1]) + 1
+        bounds = [0, *edges.tolist(), len(state)]
         extents = []
         for a, b in zip(bounds, bounds[1:]):
             start = max(offset, (first + a) << PAGE_SHIFT)
             stop = min(offset + length, (first + b) << PAGE_SHIFT)
-            extents.append((stop - start, bool(zero[a])))
+            extents.append((stop - start, int(state[a])))
         return extents
+
+    # -- post-processing primitives (see postprocess.py) ------------------------------------
+
+    def copy_out(self, i: int, f: int, raw: bool) -> tuple[bytes, int]:
+        """Slot ``i``'s data as a page-sized buffer for writeback, and the flags
+        a compressed writeback must keep to decode it later."""
+        size = f & SIZE_MASK
+        obj = self.pool.view(self.table.handle[i], size)  # type: ignore[union-attr]
+        if size == PAGE_SIZE:
+            return bytes(obj), (f & (SIZE_MASK | HUGE | PRIO_MASK)) if raw else 0
+        if raw:
+            return bytes(obj) + bytes(PAGE_SIZE - size), f & (SIZE_MASK | PRIO_MASK)
+        return self._decompress(f, obj), 0
+
+    def install_written_back(self, i: int, block: int, kept: int) -> None:
+        """The slot's data now lives in ``block``: drop the in-RAM object."""
+        self._slot_free(i)
+        self.table.flags[i] = WB | kept  # type: ignore[union-attr]
+        self.table.handle[i] = block  # type: ignore[union-attr]
+        self.stats.pages_stored += 1
+
+    def recompress_slot(self, i: int, prio: int, prio_max: int, threshold: int) -> bool:
+        """``recompress_slot``; returns whether the attempt counts against max_pages."""
+        table = self.table
+        f = table.flags[i]  # type: ignore[union-attr]
+        size = f & SIZE_MASK
+        if not size or f & (WB | SAME) or size < threshold:
+            return False
+        obj = self.pool.view(table.handle[i], size)  # type: ignore[union-attr]
+        page = bytes(obj) if size == PAGE_SIZE else self._decompress(f, obj)
+        f &= ~IDLE
+        table.flags[i] = f  # type: ignore[union-attr]
+        prio = max(prio, ((f & PRIO_MASK) >> PRIO_SHIFT) + 1)
+        if prio >= prio_max:
+            return False
+        pool = self.pool
+        old_class = pool.class_of(size)  # type: ignore[union-attr]
+        found = None
+        while prio < prio_max:
+            codec = self.comps[prio]
+            if codec is not None:
+                comp = codec.compress(page)
+                n = len(comp)
+                if n < self.huge_class_size and pool.class_of(n) < old_class and not (threshold and n >= threshold):  # type: ignore[union-attr]
+                    found = comp
+                    break
+            prio += 1
+        if found is None:
+            if prio >= self.num_active_comps:
+                table.flags[i] = f | INCOMPRESSIBLE  # type: ignore[union-attr]
+            return True
+        h = pool.store(found)  # type: ignore[union-attr]
+        self._slot_free(i)
+        table.handle[i] = h  # type: ignore[union-attr]
+        table.flags[i] = len(found) | (prio << PRIO_SHIFT)  # type: ignore[union-attr]
+        self.stats.compr_data_size += len(found)
+        self.stats.pages_stored += 1
+        return True
 
     # -- maintenance ----------------------------------------------------------------------
 

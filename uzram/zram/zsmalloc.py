@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from .sizeclass import (
     CHAIN_SIZE_DEFAULT,
+    class_index,
     PAGE_SIZE,
     ZS_HANDLE_SIZE,
     ZS_MAX_ALLOC_SIZE,
@@ -130,6 +131,7 @@ class ZsPool:
         by_index = {c.spec.index: c for c in self.classes}
         # request size (0..PAGE_SIZE) -> class, one list lookup on the hot path
         self._by_size: list[SizeClass] = [by_index[table.for_request(max(s, 1))] for s in range(ZS_MAX_ALLOC_SIZE + 1)]
+        self._index_map = table.index_map
         self._loc = array("Q", [0])       # handle -> location; free handles chain through it
         self._hfree = 0
         self._zspages: list[ZsPage | None] = []
@@ -141,6 +143,10 @@ class ZsPool:
         self.objects = 0
 
     # -- accounting -------------------------------------------------------
+
+    def class_of(self, size: int) -> int:
+        """``zs_lookup_class_index``: the class index serving ``size`` (no handle added)."""
+        return self._index_map[class_index(size)]
 
     @property
     def total_pages(self) -> int:
