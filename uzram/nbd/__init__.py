@@ -1,0 +1,15 @@
+"""NBD protocol layer: a sans-I/O core (proto), a trio transport (server) and the
+block-export interface it serves (export).  Knows nothing of zram."""
+
+from .export import BlockExport, ExportRegistry, StaticRegistry
+from .server import NBDServer, ServerConfig, serve_connection, serve_listener
+
+__all__ = [
+    "BlockExport",
+    "ExportRegistry",
+    "NBDServer",
+    "ServerConfig",
+    "StaticRegistry",
+    "serve_connection",
+    "serve_listener",
+]

@@ -1,0 +1,554 @@
+"""Sans-I/O NBD server protocol (fixed newstyle), in the manner of h11.
+
+No sockets and no trio here: bytes go in, events and bytes come out.
+
+* :class:`Handshake` is the option-haggling state machine.  Feed it what the
+  client sent with :meth:`Handshake.receive_data`, send what
+  :meth:`Handshake.data_to_send` returns, and watch :attr:`Handshake.state`:
+  ``TRANSMISSION`` (with :attr:`Handshake.result`) or ``CLOSED``.  Fatal
+  violations raise :class:`ProtocolError`: drop the connection.  It consults
+  the export registry and, on a successful GO/EXPORT_NAME, has attached the
+  export: whoever runs it must call ``result.export.detach()`` later.
+* :class:`Transmission` parses and validates 28-byte requests in place in a
+  receive buffer and encodes replies.  Its :meth:`Transmission.parse` is the
+  server's hot path, so a request "event" is a plain tuple
+  ``(cmd, flags, cookie, offset, length, error)``; ``error`` is 0 or the NBD
+  errno to answer with.  A WRITE's ``length`` payload bytes always follow
+  its header, whether the request is valid or not.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import mmap
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+from . import constants as C
+from .export import BlockExport, ExportRegistry
+
+__all__ = [
+    "Handshake",
+    "HandshakeState",
+    "Negotiated",
+    "ProtocolError",
+    "Request",
+    "Transmission",
+    "REQUEST_SIZE",
+    "transmission_flags",
+]
+
+REQUEST_SIZE: Final = 28
+
+_GREETING = struct.pack(">QQH", C.NBDMAGIC, C.IHAVEOPT, C.FLAG_FIXED_NEWSTYLE | C.FLAG_NO_ZEROES)
+_OPT_HDR = struct.Struct(">QII")  # IHAVEOPT, option, length
+_OPT_REPLY = struct.Struct(">QIII")  # magic, option, reply type, length
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_KNOWN_CLIENT_FLAGS = C.FLAG_C_FIXED_NEWSTYLE | C.FLAG_C_NO_ZEROES
+_META_ID: Final = 1
+"""Context id given to base:allocation by SET_META_CONTEXT."""
+
+
+class ProtocolError(Exception):
+    """The client broke the protocol in a way that ends the connection."""
+
+
+class HandshakeState(enum.Enum):
+    CLIENT_FLAGS = "client flags"  # greeting queued, waiting for the 32-bit client flags
+    OPTIONS = "options"
+    TRANSMISSION = "transmission"  # GO / EXPORT_NAME succeeded: see Handshake.result
+    CLOSED = "closed"  # ABORT (its ACK is queued); close after sending
+
+
+@dataclass(frozen=True, slots=True)
+class Negotiated:
+    """Outcome of a successful handshake; ``export`` has been attached."""
+
+    export: BlockExport
+    name: str
+    size: int
+    transmission_flags: int
+    structured_replies: bool
+    meta_context_id: int | None  # base:allocation's id, or None if not selected
+    no_zeroes: bool
+
+
+def transmission_flags(read_only: bool, *, fast_zero: bool = True) -> int:
+    """Flags advertised for an export (never ROTATIONAL, never DF)."""
+    f = C.FLAG_HAS_FLAGS | C.FLAG_SEND_FLUSH | C.FLAG_SEND_CACHE | C.FLAG_CAN_MULTI_CONN
+    if read_only:
+        return f | C.FLAG_READ_ONLY
+    f |= C.FLAG_SEND_FUA | C.FLAG_SEND_TRIM | C.FLAG_SEND_WRITE_ZEROES
+    if fast_zero:
+        f |= C.FLAG_SEND_FAST_ZERO
+    return f
+
+
+class _OptionError(Exception):
+    def __init__(self, reply: int, message: str) -> None:
+        super().__init__(message)
+        self.reply = reply
+        self.message = message
+
+
+def _attach_error(err: int | None) -> int:
+    if err == errno.ESHUTDOWN:
+        return C.REP_ERR_SHUTDOWN
+    if err in (errno.EPERM, errno.EACCES, errno.EROFS):
+        return C.REP_ERR_POLICY
+    return C.REP_ERR_UNKNOWN
+
+
+class Handshake:
+    """Server side of fixed-newstyle option haggling."""
+
+    def __init__(
+        self,
+        registry: ExportRegistry,
+        *,
+        max_options: int = C.MAX_OPTIONS,
+        max_option_length: int = C.MAX_OPTION_LENGTH,
+        block_sizes: tuple[int, int, int] = (C.MIN_BLOCK_SIZE, C.PREFERRED_BLOCK_SIZE, C.MAX_PAYLOAD),
+        fast_zero: bool = True,
+    ) -> None:
+        self._registry = registry
+        self._max_options = max_options
+        self._max_option_length = max_option_length
+        self._block_sizes = block_sizes
+        self._fast_zero = fast_zero
+        self._in = bytearray()
+        self._out = bytearray(_GREETING)
+        self.state = HandshakeState.CLIENT_FLAGS
+        self.result: Negotiated | None = None
+        self.client_flags = 0
+        self.structured_replies = False
+        self.options_seen = 0
+        self._meta_name: str | None = None  # export name base:allocation was set for
+
+    # --- I/O-facing API ---------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def trailing_data(self) -> bytes:
+        """Bytes received after the end of negotiation (early transmission traffic)."""
+        return bytes(self._in)
+
+    def receive_data(self, data: bytes) -> None:
+        """Consume client bytes; process every complete option they finish."""
+        self._in += data
+        while self._step():
+            pass
+
+    # --- state machine --------------------------------------------------------
+
+    def _step(self) -> bool:
+        buf = self._in
+        if self.state is HandshakeState.CLIENT_FLAGS:
+            if len(buf) < 4:
+                return False
+            (flags,) = _U32.unpack_from(buf, 0)
+            del buf[:4]
+            if flags & ~_KNOWN_CLIENT_FLAGS:
+                raise ProtocolError(f"unknown client flags 0x{flags:x}")
+            self.client_flags = flags
+            self.state = HandshakeState.OPTIONS
+            return True
+        if self.state is not HandshakeState.OPTIONS or len(buf) < _OPT_HDR.size:
+            return False
+        magic, opt, length = _OPT_HDR.unpack_from(buf, 0)
+        if magic != C.IHAVEOPT:
+            raise ProtocolError(f"bad option magic 0x{magic:x}")
+        if length > self._max_option_length:
+            raise ProtocolError(f"option {opt} length {length} too large")
+        if len(buf) < _OPT_HDR.size + length:
+            return False
+        data = bytes(buf[_OPT_HDR.size : _OPT_HDR.size + length])
+        del buf[: _OPT_HDR.size + length]
+        self.options_seen += 1
+        if self.options_seen > self._max_options:
+            raise ProtocolError("too many options")
+        try:
+            self._option(opt, data)
+        except _OptionError as e:
+            self._reply(opt, e.reply, e.message.encode())
+        return self.state is HandshakeState.OPTIONS
+
+    def _reply(self, opt: int, rtype: int, data: bytes = b"") -> None:
+        self._out += _OPT_REPLY.pack(C.OPT_REPLY_MAGIC, opt, rtype, len(data))
+        self._out += data
+
+    def _option(self, opt: int, data: bytes) -> None:
+        if opt == C.OPT_GO or opt == C.OPT_INFO:
+            self._opt_info_go(opt, data)
+        elif opt == C.OPT_EXPORT_NAME:
+            self._opt_export_name(data)
+        elif opt == C.OPT_ABORT:
+            self._reply(opt, C.REP_ACK)
+            self.state = HandshakeState.CLOSED
+        elif opt == C.OPT_LIST:
+            if data:
+                raise _OptionError(C.REP_ERR_INVALID, "LIST takes no data")
+            for name, desc in self._registry.list():
+                n = name.encode()
+                self._reply(opt, C.REP_SERVER, _U32.pack(len(n)) + n + desc.encode())
+            self._reply(opt, C.REP_ACK)
+        elif opt == C.OPT_STRUCTURED_REPLY:
+            if data:
+                raise _OptionError(C.REP_ERR_INVALID, "STRUCTURED_REPLY takes no data")
+            self.structured_replies = True
+            self._reply(opt, C.REP_ACK)
+        elif opt == C.OPT_LIST_META_CONTEXT or opt == C.OPT_SET_META_CONTEXT:
+            self._opt_meta_context(opt, data)
+        elif opt == C.OPT_STARTTLS:
+            if data:
+                raise _OptionError(C.REP_ERR_INVALID, "STARTTLS takes no data")
+            raise _OptionError(C.REP_ERR_POLICY, "TLS is not configured")
+        else:  # EXTENDED_HEADERS, PEEK_EXPORT and anything unknown
+            raise _OptionError(C.REP_ERR_UNSUP, f"option {opt} not supported")
+
+    def _lookup(self, raw: bytes) -> tuple[str, BlockExport]:
+        if len(raw) > C.MAX_STRING:
+            raise _OptionError(C.REP_ERR_TOO_BIG, "export name too long")
+        try:
+            name = raw.decode()
+        except UnicodeDecodeError:
+            raise _OptionError(C.REP_ERR_INVALID, "export name is not UTF-8") from None
+        export = self._registry.lookup(name)
+        if export is None:
+            raise _OptionError(C.REP_ERR_UNKNOWN, f"unknown export {name!r}")
+        return name, export
+
+    def _flags_for(self, export: BlockExport) -> int:
+        return transmission_flags(export.read_only, fast_zero=self._fast_zero)
+
+    def _finish(self, name: str, export: BlockExport, size: int, tflags: int) -> None:
+        meta = _META_ID if (self._meta_name is not None and self._meta_name == name) else None
+        self.result = Negotiated(
+            export=export,
+            name=name,
+            size=size,
+            transmission_flags=tflags,
+            structured_replies=self.structured_replies,
+            meta_context_id=meta if self.structured_replies else None,
+            no_zeroes=bool(self.client_flags & C.FLAG_C_NO_ZEROES),
+        )
+        self.state = HandshakeState.TRANSMISSION
+
+    def _opt_info_go(self, opt: int, data: bytes) -> None:
+        if len(data) < 6:
+            raise _OptionError(C.REP_ERR_INVALID, "short INFO/GO request")
+        (namelen,) = _U32.unpack_from(data, 0)
+        if namelen > len(data) - 6:
+            raise _OptionError(C.REP_ERR_INVALID, "bad export name length")
+        (ninfo,) = _U16.unpack_from(data, 4 + namelen)
+        if len(data) != 6 + namelen + 2 * ninfo:
+            raise _OptionError(C.REP_ERR_INVALID, "bad information request count")
+        infos = set(struct.unpack_from(f">{ninfo}H", data, 6 + namelen))
+        name, export = self._lookup(data[4 : 4 + namelen])
+        if opt == C.OPT_GO:
+            try:
+                export.attach()
+            except OSError as e:
+                raise _OptionError(
+                    _attach_error(e.errno), f"export {name!r} unavailable: {e.strerror or e}"
+                ) from None
+        try:
+            size = export.size()
+            tflags = self._flags_for(export)
+            replies = [struct.pack(">HQH", C.INFO_EXPORT, size, tflags)]
+            replies.append(struct.pack(">HIII", C.INFO_BLOCK_SIZE, *self._block_sizes))
+            if C.INFO_NAME in infos:
+                replies.append(_U16.pack(C.INFO_NAME) + export.name.encode())
+            if C.INFO_DESCRIPTION in infos and export.description:
+                replies.append(_U16.pack(C.INFO_DESCRIPTION) + export.description.encode())
+        except BaseException:
+            if opt == C.OPT_GO:
+                export.detach()
+            raise
+        for r in replies:
+            self._reply(opt, C.REP_INFO, r)
+        self._reply(opt, C.REP_ACK)
+        if opt == C.OPT_GO:
+            self._finish(name, export, size, tflags)
+
+    def _opt_export_name(self, data: bytes) -> None:
+        try:
+            name, export = self._lookup(data)
+        except _OptionError as e:
+            raise ProtocolError(f"EXPORT_NAME: {e.message}") from None
+        try:
+            export.attach()
+        except OSError as e:
+            raise ProtocolError(f"EXPORT_NAME: export {name!r} unavailable: {e}") from None
+        try:
+            size = export.size()
+            tflags = self._flags_for(export)
+        except BaseException:
+            export.detach()
+            raise
+        self._out += struct.pack(">QH", size, tflags)
+        if not self.client_flags & C.FLAG_C_NO_ZEROES:
+            self._out += bytes(124)
+        self._finish(name, export, size, tflags)
+
+    def _opt_meta_context(self, opt: int, data: bytes) -> None:
+        if not self.structured_replies:
+            raise _OptionError(C.REP_ERR_INVALID, "structured replies not negotiated")
+        bad = _OptionError(C.REP_ERR_INVALID, "malformed meta context request")
+        if len(data) < 8:
+            raise bad
+        (namelen,) = _U32.unpack_from(data, 0)
+        if namelen > len(data) - 8:
+            raise bad
+        raw_name = data[4 : 4 + namelen]
+        pos = 4 + namelen
+        (nq,) = _U32.unpack_from(data, pos)
+        pos += 4
+        queries: list[str] = []
+        for _ in range(nq):
+            if pos + 4 > len(data):
+                raise bad
+            (qlen,) = _U32.unpack_from(data, pos)
+            pos += 4
+            if qlen > len(data) - pos:
+                raise bad
+            if qlen > C.MAX_STRING:
+                raise _OptionError(C.REP_ERR_TOO_BIG, "query too long")
+            try:
+                queries.append(data[pos : pos + qlen].decode())
+            except UnicodeDecodeError:
+                raise bad from None
+            pos += qlen
+        if pos != len(data):
+            raise bad
+        name, _export = self._lookup(raw_name)
+        if opt == C.OPT_LIST_META_CONTEXT:
+            found = not queries or any(q in ("base:", C.META_BASE_ALLOCATION) for q in queries)
+            ctx_id = 0
+        else:
+            found = C.META_BASE_ALLOCATION in queries
+            ctx_id = _META_ID
+            self._meta_name = name if found else None
+        if found:
+            self._reply(opt, C.REP_META_CONTEXT, _U32.pack(ctx_id) + C.META_BASE_ALLOCATION.encode())
+        self._reply(opt, C.REP_ACK)
+
+
+# --- transmission ------------------------------------------------------------------
+
+Request = tuple[int, int, int, int, int, int]
+"""``(cmd, flags, cookie, offset, length, error)``; error 0 = valid."""
+
+_REQ = struct.Struct(">IHHQQI")
+_SIMPLE = struct.Struct(">IIQ")
+_SR_HDR = struct.Struct(">IHHQI")
+_SR_DATA_HDR = struct.Struct(">IHHQIQ")
+_SR_ERROR = struct.Struct(">IHHQIIH")
+
+_KNOWN_CMD_FLAGS = (
+    C.CMD_FLAG_FUA | C.CMD_FLAG_NO_HOLE | C.CMD_FLAG_DF | C.CMD_FLAG_REQ_ONE | C.CMD_FLAG_FAST_ZERO
+)
+_RANGE_CMDS = frozenset(
+    {C.CMD_READ, C.CMD_WRITE, C.CMD_TRIM, C.CMD_CACHE, C.CMD_WRITE_ZEROES, C.CMD_BLOCK_STATUS}
+)
+_MUTATING_CMDS = frozenset({C.CMD_WRITE, C.CMD_TRIM, C.CMD_WRITE_ZEROES})
+
+
+def simple_reply(cookie: int, error: int = 0) -> bytes:
+    return _SIMPLE.pack(C.SIMPLE_REPLY_MAGIC, error, cookie)
+
+
+def read_chunk_header(cookie: int, offset: int, length: int) -> bytes:
+    """Header of a final OFFSET_DATA chunk carrying ``length`` data bytes."""
+    return _SR_DATA_HDR.pack(
+        C.STRUCTURED_REPLY_MAGIC, C.REPLY_FLAG_DONE, C.REPLY_TYPE_OFFSET_DATA, cookie, 8 + length, offset
+    )
+
+
+def hole_chunk(cookie: int, offset: int, length: int, *, done: bool) -> bytes:
+    return _SR_HDR.pack(
+        C.STRUCTURED_REPLY_MAGIC,
+        C.REPLY_FLAG_DONE if done else 0,
+        C.REPLY_TYPE_OFFSET_HOLE,
+        cookie,
+        12,
+    ) + struct.pack(">QI", offset, length)
+
+
+def done_chunk(cookie: int) -> bytes:
+    return _SR_HDR.pack(C.STRUCTURED_REPLY_MAGIC, C.REPLY_FLAG_DONE, C.REPLY_TYPE_NONE, cookie, 0)
+
+
+def error_chunk(cookie: int, error: int, message: str = "") -> bytes:
+    msg = message.encode()[:4096]
+    return (
+        _SR_ERROR.pack(
+            C.STRUCTURED_REPLY_MAGIC,
+            C.REPLY_FLAG_DONE,
+            C.REPLY_TYPE_ERROR,
+            cookie,
+            6 + len(msg),
+            error,
+            len(msg),
+        )
+        + msg
+    )
+
+
+def block_status_chunk(
+    cookie: int, context_id: int, extents: list[tuple[int, int]], length: int, req_one: bool
+) -> bytes:
+    """Final BLOCK_STATUS chunk: extents clipped to ``length``, merged, ≥1 of them.
+
+    Raises ValueError if ``extents`` describes nothing.
+    """
+    lens: list[int] = []
+    flags: list[int] = []
+    total = 0
+    for elen, eflags in extents:
+        if elen <= 0:
+            break
+        eflags &= C.STATE_HOLE | C.STATE_ZERO
+        elen = min(elen, length - total)
+        if flags and flags[-1] == eflags:
+            lens[-1] += elen
+        else:
+            if req_one and lens:
+                break
+            if len(lens) >= C.MAX_EXTENTS:
+                break
+            lens.append(elen)
+            flags.append(eflags)
+        total += elen
+        if total >= length:
+            break
+    if not lens:
+        raise ValueError("block_status returned no extents")
+    body = struct.pack(f">I{2 * len(lens)}I", context_id, *[v for pair in zip(lens, flags) for v in pair])
+    return (
+        _SR_HDR.pack(
+            C.STRUCTURED_REPLY_MAGIC, C.REPLY_FLAG_DONE, C.REPLY_TYPE_BLOCK_STATUS, cookie, len(body)
+        )
+        + body
+    )
+
+
+def wire_error(host_errno: int | None, flags: int = 0) -> int:
+    """Host errno -> NBD error, refined per command flags as nbdkit does."""
+    err = C.nbd_errno(host_errno)
+    if err == C.ENOTSUP and not flags & C.CMD_FLAG_FAST_ZERO:
+        return C.EINVAL
+    if err == C.EOVERFLOW and not flags & C.CMD_FLAG_DF:
+        return C.EINVAL
+    return err
+
+
+class Transmission:
+    """Request validation and reply encoding for one negotiated connection."""
+
+    __slots__ = (
+        "size",
+        "flags",
+        "structured",
+        "meta_context_id",
+        "read_only",
+        "_fast_mask",
+        "_unpack",
+    )
+
+    def __init__(self, negotiated: Negotiated) -> None:
+        self.size = negotiated.size
+        self.flags = negotiated.transmission_flags
+        self.structured = negotiated.structured_replies
+        self.meta_context_id = negotiated.meta_context_id
+        self.read_only = bool(self.flags & C.FLAG_READ_ONLY)
+        # flag bits that force the slow validation path for READ/WRITE
+        self._fast_mask = 0xFFFF & ~C.CMD_FLAG_FUA if self.flags & C.FLAG_SEND_FUA else 0xFFFF
+        self._unpack = _REQ.unpack_from
+
+    def parse(self, buf: bytes | bytearray | memoryview | mmap.mmap, pos: int, end: int) -> Request | None:
+        """The request whose header starts at ``buf[pos]``, or None if < 28 bytes.
+
+        Raises ProtocolError on a bad magic or an absurdly large WRITE payload.
+        """
+        if end - pos < 28:
+            return None
+        magic, flags, cmd, cookie, offset, length = self._unpack(buf, pos)
+        if (
+            magic == 0x25609513
+            and cmd <= 1
+            and not flags & self._fast_mask
+            and 0 < length <= 0x2000000
+            and offset + length <= self.size
+            and (cmd == 0 or not self.read_only)
+        ):
+            return (cmd, flags, cookie, offset, length, 0)
+        if magic != C.REQUEST_MAGIC:
+            raise ProtocolError(f"bad request magic 0x{magic:08x}")
+        if cmd == C.CMD_WRITE and length > C.MAX_SKIP_PAYLOAD:
+            raise ProtocolError(f"WRITE payload of {length} bytes is too large to skip")
+        return (cmd, flags, cookie, offset, length, self.validate(cmd, flags, offset, length))
+
+    def validate(self, cmd: int, flags: int, offset: int, length: int) -> int:
+        """NBD errno for a request (0 if valid); same checks and order as nbdkit."""
+        if cmd == C.CMD_DISC:
+            return 0
+        if self.read_only and cmd in _MUTATING_CMDS:
+            return C.EPERM
+        if cmd in _RANGE_CMDS:
+            if length == 0:
+                return C.EINVAL
+            if offset + length > self.size:
+                return C.ENOSPC if cmd in (C.CMD_WRITE, C.CMD_WRITE_ZEROES) else C.EINVAL
+        elif cmd == C.CMD_FLUSH:
+            if offset or length:
+                return C.EINVAL
+        else:
+            return C.EINVAL  # unknown command
+        if flags & ~_KNOWN_CMD_FLAGS:
+            return C.EINVAL
+        if flags & C.CMD_FLAG_NO_HOLE and cmd != C.CMD_WRITE_ZEROES:
+            return C.EINVAL
+        if flags & C.CMD_FLAG_FAST_ZERO and (
+            cmd != C.CMD_WRITE_ZEROES or not self.flags & C.FLAG_SEND_FAST_ZERO
+        ):
+            return C.EINVAL
+        if flags & C.CMD_FLAG_DF:  # SEND_DF is never advertised
+            return C.EINVAL
+        if flags & C.CMD_FLAG_REQ_ONE and cmd != C.CMD_BLOCK_STATUS:
+            return C.EINVAL
+        if flags & C.CMD_FLAG_FUA and not self.flags & C.FLAG_SEND_FUA:
+            return C.EINVAL
+        if cmd in (C.CMD_READ, C.CMD_WRITE) and length > C.MAX_PAYLOAD:
+            return C.EINVAL
+        if cmd == C.CMD_BLOCK_STATUS and self.meta_context_id is None:
+            return C.EINVAL
+        return 0
+
+    # --- replies ---------------------------------------------------------------
+
+    def read_header(self, cookie: int, offset: int, length: int) -> bytes:
+        """What precedes ``length`` bytes of READ data."""
+        if self.structured:
+            return read_chunk_header(cookie, offset, length)
+        return _SIMPLE.pack(C.SIMPLE_REPLY_MAGIC, 0, cookie)
+
+    def error_reply(self, cookie: int, cmd: int, error: int, message: str = "") -> bytes:
+        """Error reply: a structured ERROR chunk for READ/BLOCK_STATUS under SR."""
+        if self.structured and (cmd == C.CMD_READ or cmd == C.CMD_BLOCK_STATUS):
+            return error_chunk(cookie, error, message)
+        return _SIMPLE.pack(C.SIMPLE_REPLY_MAGIC, error, cookie)
+
+    def block_status_reply(
+        self, cookie: int, flags: int, length: int, extents: list[tuple[int, int]]
+    ) -> bytes:
+        assert self.meta_context_id is not None
+        return block_status_chunk(
+            cookie, self.meta_context_id, extents, length, bool(flags & C.CMD_FLAG_REQ_ONE)
+        )

@@ -1,0 +1,789 @@
+"""The trio transport of the NBD server.
+
+One reader per connection ``recv_into``s a preallocated ring, parses every
+complete request in place (:meth:`uzram.nbd.proto.Transmission.parse`),
+executes it synchronously against the export (WRITE payloads are passed as
+memoryviews into the ring) and queues the reply; the replies of a batch go out
+together in one ``sendmsg``.  No task, coroutine or checkpoint is spent per
+request on this path.
+
+When an export call returns an awaitable, the request completes in its own
+task and its reply is sent whenever it is ready (out of order).
+
+Ordering rule: while an awaited WRITE/TRIM/WRITE_ZEROES is outstanding, a
+later request whose range, widened to whole 4 KiB pages (an export may
+read-modify-write pages), overlaps it is deferred (a WRITE payload is copied)
+and runs only once that mutation has completed and after every earlier
+deferred request it conflicts with (two requests conflict if their pages
+overlap and either one changes data).  Requests on other pages keep running,
+so the outcome equals running the requests one by one in arrival order.  An
+awaited READ orders nothing: the export chose its data when it was called.
+FLUSH is not ordered: it covers the writes already answered, as the protocol
+requires.
+
+Replies never interleave: whichever task finds the send path idle becomes the
+sender and drains the queue, the others only append to it.  Reading pauses
+while too many requests are outstanding or too many reply bytes are queued;
+sending never pauses.
+
+Shutdown: :meth:`NBDServer.stop` stops accepting, shuts down the read side of
+every connection (so blocked receives return), lets each connection finish the
+requests it already received (a WRITE cut short gets ESHUTDOWN), answers
+them, and closes.  Cancel the surrounding scope to stop harder.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import mmap
+import os
+import socket
+import struct
+from collections import deque
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import trio
+
+from . import constants as C
+from .export import BlockExport, ExportRegistry
+from .proto import (
+    Handshake,
+    HandshakeState,
+    Negotiated,
+    ProtocolError,
+    Transmission,
+    simple_reply,
+    wire_error,
+)
+
+__all__ = ["NBDServer", "ServerConfig", "serve_connection", "serve_listener"]
+
+log = logging.getLogger("uzram.nbd")
+
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+_PAGE_MASK = ~4095
+_ORDERED_CMDS = frozenset(
+    {C.CMD_READ, C.CMD_WRITE, C.CMD_TRIM, C.CMD_WRITE_ZEROES, C.CMD_CACHE, C.CMD_BLOCK_STATUS}
+)
+_MUTATING_CMDS = frozenset({C.CMD_WRITE, C.CMD_TRIM, C.CMD_WRITE_ZEROES})
+_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+_MSG_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
+_SIMPLE_OK = struct.Struct(">IIQ")
+_LEN = struct.Struct(">I")
+_COOKIE = struct.Struct(">Q")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    ring_size: int = 4 << 20
+    """Receive ring per connection; larger WRITEs get a buffer of their own."""
+    max_outstanding: int = 256
+    """Requests awaiting an export awaitable or deferred, before reading pauses."""
+    max_buffered: int = 64 << 20
+    """Queued, unsent reply bytes before reading pauses."""
+    handshake_timeout: float = 30.0
+    fast_zero: bool = True
+    compact_below: int = 256 << 10
+    """Move a partial request to the ring's start when less room than this is left."""
+    send_buffer: int | None = 2 << 20
+    """SO_SNDBUF for connections (None: leave the default).  A larger send
+    buffer lets big READ replies go out in fewer wakeups."""
+
+
+class NBDServer:
+    """Serves exports of a registry on any number of listeners and connections."""
+
+    def __init__(self, registry: ExportRegistry, config: ServerConfig | None = None) -> None:
+        self.registry = registry
+        self.config = config or ServerConfig()
+        if self.config.ring_size < (1 << 20):
+            raise ValueError("ring_size must be at least 1 MiB")
+        self._connections: set[_Connection] = set()
+        self._accept_scopes: set[trio.CancelScope] = set()
+        self._stopping = False
+        self._idle = trio.Event()
+        self._idle.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown (idempotent; call from the trio thread).
+
+        Listeners stop accepting; each connection stops reading, answers what it
+        already received, then closes.  ``wait_closed()`` waits for the end."""
+        self._stopping = True
+        for scope in self._accept_scopes:
+            scope.cancel()
+        for conn in list(self._connections):
+            conn.stop()
+
+    async def wait_closed(self) -> None:
+        """Wait until no connection is open."""
+        while self._connections:
+            await self._idle.wait()
+
+    async def serve_listener(
+        self, listen_sock: trio.socket.SocketType, *, task_status: Any = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Accept on an already listening socket until :meth:`stop`; then wait for
+        this listener's connections to end.  The socket is not closed."""
+        async with trio.open_nursery() as nursery:
+            with trio.CancelScope() as scope:
+                self._accept_scopes.add(scope)
+                if self._stopping:
+                    scope.cancel()
+                task_status.started()
+                try:
+                    while True:
+                        try:
+                            sock, _ = await listen_sock.accept()
+                        except OSError as e:
+                            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                                log.warning("accept: %s; retrying", e)
+                                await trio.sleep(0.1)
+                                continue
+                            if e.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
+                                continue
+                            raise
+                        nursery.start_soon(self.serve_connection, sock)
+                finally:
+                    self._accept_scopes.discard(scope)
+
+    async def serve_connection(self, sock: trio.socket.SocketType) -> None:
+        """Serve one accepted connection until it ends; closes ``sock``.
+
+        Client misbehaviour never raises out of here; nor do bugs (logged)."""
+        try:
+            conn = _Connection(self, sock)
+        except OSError as e:
+            log.debug("NBD: cannot serve socket: %s", e)
+            sock.close()
+            return
+        self._connections.add(conn)
+        if self._idle.is_set():
+            self._idle = trio.Event()
+        try:
+            await conn.run()
+        except Exception:
+            log.exception("NBD connection failed")
+        finally:
+            self._connections.discard(conn)
+            if not self._connections:
+                self._idle.set()
+
+
+async def serve_connection(
+    sock: trio.socket.SocketType,
+    registry: ExportRegistry,
+    *,
+    config: ServerConfig | None = None,
+    server: NBDServer | None = None,
+) -> None:
+    """Serve one connection (see :meth:`NBDServer.serve_connection`)."""
+    await (server or NBDServer(registry, config)).serve_connection(sock)
+
+
+async def serve_listener(
+    listen_sock: trio.socket.SocketType,
+    registry: ExportRegistry,
+    *,
+    config: ServerConfig | None = None,
+    server: NBDServer | None = None,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept and serve until ``server.stop()`` (see :meth:`NBDServer.serve_listener`)."""
+    srv = server or NBDServer(registry, config)
+    await srv.serve_listener(listen_sock, task_status=task_status)
+
+
+class _Connection:
+    """One client connection: handshake, then the transmission loop."""
+
+    def __init__(self, server: NBDServer, sock: trio.socket.SocketType) -> None:
+        self.server = server
+        self.config = server.config
+        self.sock = sock
+        self.fd = sock.fileno()
+        # A stdlib socket object on the same fd: non-blocking calls without
+        # trio's per-call checkpoints; detached (not closed) at the end.
+        self.raw = socket.socket(fileno=self.fd)
+        self.stopping = False
+        self.broken = False
+        self.disc = False
+        self.out: list[Any] = []
+        self.out_bytes = 0
+        self.sending = False
+        self.outstanding = 0  # export awaitables being awaited
+        self.deferred: deque[tuple[Any, ...]] = deque()
+        self.barriers: dict[int, tuple[int, int]] = {}
+        self.next_token = 0
+        self.skip = 0
+        self.progress: trio.Event | None = None
+        self.yielded = False
+        self.limited = False
+        self.nursery: trio.Nursery | None = None
+        self.tx: Transmission | None = None
+        self.export: BlockExport | None = None
+
+    # --- lifecycle --------------------------------------------------------------
+
+    def stop(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        try:
+            self.raw.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+        self._poke()
+
+    async def run(self) -> None:
+        try:
+            if self.sock.family in (socket.AF_INET, socket.AF_INET6):
+                try:
+                    self.raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except OSError:
+                    pass
+            if self.config.send_buffer:
+                try:
+                    self.raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.send_buffer)
+                except OSError:
+                    pass
+            if self.server.stopping:
+                return
+            hs = Handshake(self.server.registry, fast_zero=self.config.fast_zero)
+            ok = await self._negotiate(hs)
+            neg = hs.result
+            if neg is None:
+                return
+            try:
+                if ok:
+                    await self._transmission(neg, hs.trailing_data())
+            finally:
+                neg.export.detach()
+        finally:
+            self.raw.detach()
+            self.sock.close()
+
+    # --- raw socket I/O ------------------------------------------------------------
+
+    async def _recv_into(self, view: memoryview) -> int:
+        """Receive at least one byte (0 = EOF).  Raises OSError on errors."""
+        raw = self.raw
+        while True:
+            try:
+                return raw.recv_into(view)
+            except BlockingIOError:
+                self.yielded = True
+                await trio.lowlevel.wait_readable(self.fd)
+
+    async def _send_list(self, bufs: list[Any]) -> None:
+        """Send every buffer; handles partial sends and IOV_MAX."""
+        raw = self.raw
+        i = 0
+        n = len(bufs)
+        while i < n:
+            chunk = bufs if (i == 0 and n <= _IOV_MAX) else bufs[i : i + _IOV_MAX]
+            try:
+                sent = raw.sendmsg(chunk, (), _MSG_NOSIGNAL)
+            except BlockingIOError:
+                self.yielded = True
+                await trio.lowlevel.wait_writable(self.fd)
+                continue
+            while i < n:
+                b = bufs[i]
+                blen = b.nbytes if type(b) is memoryview else len(b)
+                if sent >= blen:
+                    sent -= blen
+                    i += 1
+                else:
+                    if sent:
+                        bufs[i] = memoryview(b).cast("B")[sent:]
+                    break
+
+    async def _send_bytes(self, data: bytes) -> bool:
+        try:
+            await self._send_list([data])
+        except (OSError, *_GONE) as e:
+            log.debug("NBD: send failed during handshake: %s", e)
+            return False
+        return True
+
+    async def flush(self) -> None:
+        """Send everything queued, unless another task is already doing so."""
+        if self.sending:
+            return
+        self.sending = True
+        try:
+            while self.out:
+                bufs = self.out
+                nbytes = self.out_bytes
+                self.out = []
+                if self.broken:
+                    self.out_bytes -= nbytes
+                    continue
+                try:
+                    await self._send_list(bufs)
+                except OSError as e:
+                    if not isinstance(e, _GONE):
+                        log.debug("NBD: send failed: %s", e)
+                    self.broken = True
+                self.out_bytes -= nbytes
+                self._poke()
+        finally:
+            self.sending = False
+
+    def _poke(self) -> None:
+        ev = self.progress
+        if ev is not None:
+            self.progress = None
+            ev.set()
+
+    def _paused(self) -> bool:
+        return (
+            self.outstanding + len(self.deferred) >= self.config.max_outstanding
+            or self.out_bytes >= self.config.max_buffered
+        )
+
+    # --- handshake ------------------------------------------------------------
+
+    async def _negotiate(self, hs: Handshake) -> bool:
+        """Run option haggling; True if transmission may start."""
+        buf = bytearray(65536)
+        view = memoryview(buf)
+        with trio.move_on_after(self.config.handshake_timeout) as scope:
+            while True:
+                out = hs.data_to_send()
+                if out and not await self._send_bytes(out):
+                    return False
+                if hs.state is HandshakeState.TRANSMISSION:
+                    return not self.stopping
+                if hs.state is HandshakeState.CLOSED or self.stopping:
+                    return False
+                try:
+                    n = await self._recv_into(view)
+                except OSError as e:
+                    log.debug("NBD: receive failed during handshake: %s", e)
+                    return False
+                if n == 0:
+                    log.debug("NBD: client closed during handshake")
+                    return False
+                try:
+                    hs.receive_data(bytes(view[:n]))
+                except ProtocolError as e:
+                    log.debug("NBD: dropping client: %s", e)
+                    # send whatever was produced before the violation? no: drop.
+                    return False
+        if scope.cancelled_caught:
+            log.debug("NBD: handshake timed out")
+        return False
+
+    # --- transmission -----------------------------------------------------------
+
+    async def _transmission(self, neg: Negotiated, trailing: bytes) -> None:
+        self.tx = Transmission(neg)
+        self.export = neg.export
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                await self._reader(trailing)
+            # every awaited request has completed; send what is left
+        finally:
+            self.nursery = None
+        await self.flush()
+
+    async def _reader(self, trailing: bytes) -> None:
+        cfg = self.config
+        size = cfg.ring_size
+        # private anonymous memory: pages the traffic never reaches stay uncommitted
+        ring = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        view = memoryview(ring)
+        end = len(trailing)
+        ring[:end] = trailing
+        pos = 0
+        process = self._process
+        while True:
+            if end > pos:
+                try:
+                    pos = process(ring, view, pos, end)
+                except ProtocolError as e:
+                    log.debug("NBD: dropping client: %s", e)
+                    return
+            if self.out:
+                await self.flush()
+            if self.disc or self.broken:
+                return
+            if self.limited or self._paused():
+                # a bound was hit: wait for room, then resume parsing
+                self.limited = False
+                if self._paused():
+                    ev = self.progress = trio.Event()
+                    await ev.wait()
+                    self.yielded = True
+                continue
+            if self.stopping:
+                self._answer_cut_short(ring, pos, end)
+                return
+            if not self.yielded:
+                await trio.lowlevel.checkpoint()  # stay fair under sustained load
+            self.yielded = False
+            # make room for what comes next
+            if pos == end:
+                pos = end = 0
+            elif self.skip == 0:
+                need = self._bytes_needed(ring, pos, end)
+                if need > size:
+                    if not await self._large_write(view, pos, end):
+                        return
+                    pos = end = 0
+                    continue
+                if pos + need > size or size - end < cfg.compact_below:
+                    n = end - pos
+                    ring[:n] = view[pos:end]
+                    pos, end = 0, n
+            try:
+                if self.skip:
+                    # discard the rest of a rejected WRITE payload (ring is empty)
+                    n = await self._recv_into(view[: min(self.skip, size)])
+                    if n == 0:
+                        log.debug("NBD: EOF inside a rejected WRITE payload")
+                        return
+                    self.skip -= n
+                    continue
+                n = await self._recv_into(view[end:])
+            except OSError as e:
+                log.debug("NBD: receive failed: %s", e)
+                return
+            if n == 0:
+                if self.stopping:
+                    self._answer_cut_short(ring, pos, end)
+                elif end > pos:
+                    log.debug("NBD: EOF in the middle of a request")
+                return
+            end += n
+
+    def _bytes_needed(self, ring: mmap.mmap, pos: int, end: int) -> int:
+        """Size of the (incomplete) request at ``pos``."""
+        if end - pos < 28:
+            return 28
+        length: int = _LEN.unpack_from(ring, pos + 24)[0]
+        return 28 + length  # only an incomplete WRITE stops the parser here
+
+    def _answer_cut_short(self, ring: mmap.mmap, pos: int, end: int) -> None:
+        """On stop: ESHUTDOWN for a request whose header arrived but not its payload."""
+        if end - pos >= 28:
+            cookie = _COOKIE.unpack_from(ring, pos + 8)[0]
+            self.out.append(simple_reply(cookie, C.ESHUTDOWN))
+            self.out_bytes += 16
+
+    async def _large_write(self, view: memoryview, pos: int, end: int) -> bool:
+        """Receive a WRITE bigger than the ring into its own buffer and run it."""
+        assert self.tx is not None
+        req = self.tx.parse(view, pos, end)
+        assert req is not None and req[0] == C.CMD_WRITE and req[5] == 0
+        length = req[4]
+        buf = bytearray(length)
+        have = end - pos - 28
+        buf[:have] = view[pos + 28 : end]
+        mv = memoryview(buf)
+        while have < length:
+            try:
+                n = await self._recv_into(mv[have:])
+            except OSError as e:
+                log.debug("NBD: receive failed: %s", e)
+                return False
+            if n == 0:
+                if self.stopping:
+                    self.out.append(simple_reply(req[2], C.ESHUTDOWN))
+                    self.out_bytes += 16
+                else:
+                    log.debug("NBD: EOF in the middle of a WRITE payload")
+                return False
+            have += n
+        self._submit(req, mv)
+        return True
+
+    # --- request execution (synchronous) ----------------------------------------
+
+    def _process(self, ring: mmap.mmap, view: memoryview, pos: int, end: int) -> int:
+        """Handle every complete request in ring[pos:end]; return the new pos.
+
+        This is the hot path: everything it needs is bound to locals."""
+        tx = self.tx
+        export = self.export
+        assert tx is not None and export is not None
+        parse = tx.parse
+        read_header = tx.read_header
+        write = export.write
+        read = export.read
+        out = self.out
+        append = out.append
+        pack_ok = _SIMPLE_OK.pack
+        max_buffered = self.config.max_buffered
+        max_outstanding = self.config.max_outstanding
+        out_bytes = self.out_bytes
+        try:
+            while True:
+                req = parse(ring, pos, end)
+                if req is None:
+                    return pos
+                cmd, flags, cookie, offset, length, err = req
+                if cmd == 1:  # WRITE
+                    start = pos + 28
+                    stop = start + length
+                    if stop > end:
+                        if err:  # reject now, discard the rest of the payload later
+                            append(tx.error_reply(cookie, cmd, err))
+                            out_bytes += 16
+                            self.skip = stop - end
+                            return end
+                        return pos
+                    pos = stop
+                    if err:
+                        append(tx.error_reply(cookie, cmd, err))
+                        out_bytes += 16
+                        continue
+                    if (self.barriers or self.deferred) and self._conflicting(req):
+                        self.deferred.append((req, bytes(view[start:stop])))
+                        if self.outstanding + len(self.deferred) >= max_outstanding:
+                            self.limited = True
+                            return pos
+                        continue
+                    try:
+                        w = write(offset, view[start:stop], flags & 1 == 1)
+                    except Exception as e:
+                        append(self._failure(cmd, flags, cookie, e))
+                        out_bytes += 16
+                        continue
+                    if w is None:
+                        append(pack_ok(0x67446698, 0, cookie))
+                        out_bytes += 16
+                    else:
+                        self._start_async(w, req)
+                        if self.outstanding + len(self.deferred) >= max_outstanding:
+                            self.limited = True
+                            return pos
+                elif cmd == 0:  # READ
+                    pos += 28
+                    if err:
+                        append(tx.error_reply(cookie, cmd, err))
+                        out_bytes += 16
+                        continue
+                    if (self.barriers or self.deferred) and self._conflicting(req):
+                        self.deferred.append((req, None))
+                        if self.outstanding + len(self.deferred) >= max_outstanding:
+                            self.limited = True
+                            return pos
+                        continue
+                    try:
+                        r = read(offset, length)
+                    except Exception as e:
+                        append(self._failure(cmd, flags, cookie, e))
+                        out_bytes += 16
+                        continue
+                    if type(r) is list:
+                        total = 0
+                        for b in r:
+                            total += len(b)
+                        if total != length:
+                            fixed = self._fix_read(r, length)
+                            if fixed is None:
+                                append(tx.error_reply(cookie, cmd, C.EIO, "short read"))
+                                out_bytes += 16
+                                continue
+                            r = fixed
+                        append(read_header(cookie, offset, length))
+                        out.extend(r)
+                        out_bytes += length + 32
+                        if out_bytes >= max_buffered:
+                            self.limited = True
+                            return pos
+                    else:
+                        self._start_async(cast(Awaitable[Any], r), req)
+                        if self.outstanding + len(self.deferred) >= max_outstanding:
+                            self.limited = True
+                            return pos
+                else:
+                    pos += 28
+                    if cmd == C.CMD_DISC:
+                        self.disc = True
+                        return pos
+                    self.out_bytes = out_bytes
+                    if err:
+                        self._queue(tx.error_reply(cookie, cmd, err))
+                    else:
+                        self._submit(req, None)
+                    out_bytes = self.out_bytes
+                    if self.outstanding + len(self.deferred) >= max_outstanding:
+                        self.limited = True
+                        return pos
+        finally:
+            self.out_bytes = out_bytes
+
+    def _queue(self, reply: bytes) -> None:
+        self.out.append(reply)
+        self.out_bytes += len(reply)
+
+    def _failure(self, cmd: int, flags: int, cookie: int, e: Exception) -> bytes:
+        assert self.tx is not None
+        if isinstance(e, OSError):
+            return self.tx.error_reply(cookie, cmd, wire_error(e.errno, flags), e.strerror or "")
+        log.error("NBD export %s failed", C.CMD_NAMES.get(cmd, cmd), exc_info=e)
+        return self.tx.error_reply(cookie, cmd, C.EIO, "internal error")
+
+    @staticmethod
+    def _fix_read(bufs: list[Any], length: int) -> list[Any] | None:
+        """Accept buffers whose len() is not their byte size (non-'B' formats)."""
+        views = [memoryview(b).cast("B") for b in bufs]
+        if sum(v.nbytes for v in views) != length:
+            log.error("NBD export read returned %d bytes, expected %d", sum(v.nbytes for v in views), length)
+            return None
+        return views
+
+    def _submit(self, req: tuple[int, int, int, int, int, int], payload: Any) -> None:
+        """Execute a validated request now, or defer it behind conflicting ones."""
+        if (self.barriers or self.deferred) and self._conflicting(req):
+            self.deferred.append((req, bytes(payload) if payload is not None else None))
+        else:
+            self._execute(req, payload)
+
+    def _execute(self, req: tuple[int, int, int, int, int, int], payload: Any) -> None:
+        """Run one validated request now (any command but DISC); queue its reply
+        or start its completion task."""
+        cmd, flags, cookie, offset, length, _ = req
+        export = self.export
+        tx = self.tx
+        assert export is not None and tx is not None
+        try:
+            if cmd == C.CMD_WRITE:
+                r: Any = export.write(offset, payload, bool(flags & C.CMD_FLAG_FUA))
+            elif cmd == C.CMD_READ:
+                r = export.read(offset, length)
+                if type(r) is list:
+                    self._queue_read(cookie, offset, length, r)
+                    return
+            elif cmd == C.CMD_FLUSH:
+                r = export.flush()
+            elif cmd == C.CMD_TRIM:
+                r = export.trim(offset, length)
+            elif cmd == C.CMD_WRITE_ZEROES:
+                r = export.write_zeroes(offset, length, not flags & C.CMD_FLAG_NO_HOLE)
+            elif cmd == C.CMD_CACHE:
+                r = export.cache(offset, length)
+            elif cmd == C.CMD_BLOCK_STATUS:
+                extents = export.block_status(offset, length)
+                try:
+                    reply = tx.block_status_reply(cookie, flags, length, extents)
+                except ValueError as e:
+                    log.error("NBD export block_status: %s", e)
+                    reply = tx.error_reply(cookie, cmd, C.EIO, "no extents")
+                self._queue(reply)
+                return
+            else:  # pragma: no cover - validate() rejects these
+                raise OSError(errno.EINVAL, "unknown command")
+        except Exception as e:
+            self._queue(self._failure(cmd, flags, cookie, e))
+            return
+        if r is None:
+            self._queue(simple_reply(cookie))
+        else:
+            self._start_async(r, req)
+
+    def _queue_read(self, cookie: int, offset: int, length: int, bufs: list[Any]) -> None:
+        assert self.tx is not None
+        if sum(len(b) for b in bufs) != length:
+            fixed = self._fix_read(bufs, length)
+            if fixed is None:
+                self._queue(self.tx.error_reply(cookie, C.CMD_READ, C.EIO, "short read"))
+                return
+            bufs = fixed
+        self.out.append(self.tx.read_header(cookie, offset, length))
+        self.out.extend(bufs)
+        self.out_bytes += length + 32
+
+    # --- awaited export calls and ordering ----------------------------------------
+
+    def _start_async(self, aw: Awaitable[Any], req: tuple[int, int, int, int, int, int]) -> None:
+        assert self.nursery is not None
+        token = self.next_token
+        self.next_token += 1
+        cmd, _, _, offset, length, _ = req
+        if cmd in _MUTATING_CMDS:
+            self.barriers[token] = (offset & _PAGE_MASK, (offset + length + 4095) & _PAGE_MASK)
+        self.outstanding += 1
+        self.nursery.start_soon(self._complete, aw, req, token)
+
+    async def _complete(
+        self, aw: Awaitable[Any], req: tuple[int, int, int, int, int, int], token: int
+    ) -> None:
+        cmd, flags, cookie, offset, length, _ = req
+        assert self.tx is not None
+        try:
+            try:
+                result = await aw
+            except Exception as e:
+                self._queue(self._failure(cmd, flags, cookie, e))
+            else:
+                if cmd != C.CMD_READ:
+                    self._queue(simple_reply(cookie))
+                elif type(result) is list:
+                    self._queue_read(cookie, offset, length, result)
+                else:
+                    log.error("NBD export read returned %r", type(result))
+                    self._queue(self.tx.error_reply(cookie, cmd, C.EIO, "internal error"))
+        finally:
+            self.outstanding -= 1
+            self.barriers.pop(token, None)
+        self._run_deferred()
+        self._poke()
+        await self.flush()
+
+    def _conflicting(self, req: tuple[int, int, int, int, int, int]) -> bool:
+        """Whether ``req`` must wait for an outstanding awaited mutation or for an
+        earlier deferred request (ranges widened to whole 4 KiB pages)."""
+        cmd, _, _, offset, length, _ = req
+        if cmd not in _ORDERED_CMDS:
+            return False
+        return self._conflicts(
+            offset & _PAGE_MASK, (offset + length + 4095) & _PAGE_MASK, cmd in _MUTATING_CMDS, self.deferred
+        )
+
+    def _conflicts(self, lo: int, hi: int, mut: bool, earlier: Any) -> bool:
+        for blo, bhi in self.barriers.values():
+            if lo < bhi and blo < hi:
+                return True
+        for dreq, _ in earlier:
+            dcmd, _, _, doff, dlen, _ = dreq
+            if (
+                (mut or dcmd in _MUTATING_CMDS)
+                and lo < ((doff + dlen + 4095) & _PAGE_MASK)
+                and (doff & _PAGE_MASK) < hi
+            ):
+                return True
+        return False
+
+    def _run_deferred(self) -> None:
+        """Run the deferred requests that no longer conflict, in arrival order."""
+        if not self.deferred:
+            return
+        pending = self.deferred
+        self.deferred = deque()
+        kept = self.deferred
+        for item in pending:
+            req, payload = item
+            cmd, _, _, offset, length, _ = req
+            lo = offset & _PAGE_MASK
+            hi = (offset + length + 4095) & _PAGE_MASK
+            if self._conflicts(lo, hi, cmd in _MUTATING_CMDS, kept):
+                kept.append(item)
+            else:
+                self._execute(req, memoryview(payload) if payload is not None else None)
