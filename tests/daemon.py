@@ -1,0 +1,92 @@
+"""Starting a real uzramd for tests: a subprocess on sockets in a temp dir."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from uzram.control import decode, encode, raise_for
+
+
+class Uzramd:
+    def __init__(self, workdir: Path, proc: subprocess.Popen, nbd: Path, control: Path) -> None:
+        self.workdir = workdir
+        self.proc = proc
+        self.nbd_sock = nbd
+        self.control_sock = control
+
+    def uri(self, export: str = "zram0") -> str:
+        return f"nbd+unix:///{export}?socket={self.nbd_sock}"
+
+    def request(self, **req) -> dict:
+        """One control request; returns the final reply (progress lines skipped)."""
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(self.control_sock))
+            s.sendall(encode(req))
+            f = s.makefile("rb")
+            while True:
+                reply = decode(f.readline())
+                if "progress" not in reply:
+                    return reply
+
+    def show(self, device: str, attr: str) -> str:
+        return raise_for(self.request(cmd="show", device=device, attr=attr))["value"]
+
+    def store(self, device: str, attr: str, value: str) -> None:
+        raise_for(self.request(cmd="store", device=device, attr=attr, value=value))
+
+    def mm_stat(self, device: str = "zram0") -> list[int]:
+        return [int(x) for x in self.show(device, "mm_stat").split()]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+def _wait_for(paths: list[Path], proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(p.exists() for p in paths):
+        if proc.poll() is not None:
+            raise RuntimeError(f"uzramd exited with {proc.returncode}: {log.read_text()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError("uzramd did not create its sockets")
+        time.sleep(0.02)
+
+
+@contextmanager
+def uzramd(workdir: Path, *args: str, devices: tuple[str, ...] = ("zram0:disksize=64M",),
+           env: dict[str, str] | None = None) -> Iterator[Uzramd]:
+    """Run uzramd with ``--device`` for each of ``devices`` (none: its defaults)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    nbd = workdir / "nbd.sock"
+    control = workdir / "control.sock"
+    cmd = [sys.executable, "-m", "uzram.daemon", "-q", "--listen", f"unix:{nbd}", "--control", str(control)]
+    for d in devices:
+        cmd += ["--device", d]
+    cmd += list(args)
+    log = open(workdir / "uzramd.log", "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})})
+    try:
+        _wait_for([nbd, control], proc, workdir / "uzramd.log", 20)
+        yield Uzramd(workdir, proc, nbd, control)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()

@@ -1,0 +1,148 @@
+"""uzramd's configuration: command line and TOML file, merged into one plan."""
+
+from __future__ import annotations
+
+import errno
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..control import default_control_path, default_nbd_path
+
+GiB = 1 << 30
+
+
+@dataclass
+class DeviceSpec:
+    """A device to create at start, with attributes stored in the order given."""
+    name: str
+    attrs: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Listen:
+    kind: str            # "unix" or "tcp"
+    path: str = ""
+    host: str = ""
+    port: int = 0
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}" if self.kind == "unix" else f"tcp:{self.host}:{self.port}"
+
+
+@dataclass
+class Config:
+    listen: list[Listen] = field(default_factory=list)
+    control: Path = field(default_factory=default_control_path)
+    devices: list[DeviceSpec] = field(default_factory=list)
+    fuse: Path | None = None
+    log_level: str = "warning"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def parse_listen(text: str) -> Listen:
+    """``unix:PATH``, ``tcp:PORT``, ``tcp::PORT``, ``tcp:HOST:PORT`` or ``tcp:[V6]:PORT``.
+    A TCP listener without a host binds loopback only."""
+    kind, sep, rest = text.partition(":")
+    if not sep or not rest:
+        raise ConfigError(f"bad listen address {text!r}: use unix:PATH or tcp:[HOST:]PORT")
+    if kind == "unix":
+        return Listen("unix", path=rest)
+    if kind != "tcp":
+        raise ConfigError(f"bad listen address {text!r}: use unix:PATH or tcp:[HOST:]PORT")
+    host, _, port = rest.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        number = int(port)
+    except ValueError:
+        raise ConfigError(f"bad TCP port in {text!r}") from None
+    if not 0 <= number <= 65535:
+        raise ConfigError(f"bad TCP port in {text!r}")
+    return Listen("tcp", host=host, port=number)
+
+
+def parse_device(text: str) -> DeviceSpec:
+    """``NAME[:ATTR=VALUE,...]``, e.g. ``zram0:comp_algorithm=zstd,disksize=1G``."""
+    name, _, rest = text.partition(":")
+    spec = DeviceSpec(name.strip())
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        attr, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(f"bad device attribute {item!r} in {text!r}: expected ATTR=VALUE")
+        spec.attrs.append((attr.strip(), value))
+    return spec
+
+
+def default_disksize() -> int:
+    """zram-generator's default: min(RAM / 2, 4 GiB)."""
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return min(ram // 2, 4 * GiB)
+
+
+def default_device() -> DeviceSpec:
+    return DeviceSpec("zram0", [("comp_algorithm", "lz4"), ("disksize", str(default_disksize()))])
+
+
+def load_file(path: Path, cfg: Config) -> None:
+    """Read a TOML file: a ``[uzramd]`` table and one ``[zramN]`` table per device."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: {e}") from e
+    daemon = data.pop("uzramd", {})
+    for key, value in daemon.items():
+        if key == "listen":
+            values = value if isinstance(value, list) else [value]
+            cfg.listen.extend(parse_listen(str(v)) for v in values)
+        elif key == "control":
+            cfg.control = Path(value)
+        elif key == "fuse":
+            cfg.fuse = Path(value)
+        elif key == "log_level":
+            cfg.log_level = str(value)
+        else:
+            raise ConfigError(f"{path}: unknown key {key!r} in [uzramd]")
+    for name, table in data.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: {name!r} must be a table like [zram0]")
+        cfg.devices.append(DeviceSpec(name, [(k, _as_text(v)) for k, v in table.items()]))
+
+
+def _as_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
+def build(config_file: str | None, listen: list[str], control: str | None,
+          devices: list[str], fuse: str | None = None) -> Config:
+    cfg = Config()
+    if config_file:
+        load_file(Path(config_file), cfg)
+    cfg.listen.extend(parse_listen(item) for item in listen)
+    if control:
+        cfg.control = Path(control)
+    if fuse:
+        cfg.fuse = Path(fuse)
+    cfg.devices.extend(parse_device(d) for d in devices)
+    if not config_file and not devices:
+        cfg.devices.append(default_device())
+    seen = set()
+    for d in cfg.devices:
+        if d.name in seen:
+            raise ConfigError(f"device {d.name} configured twice")
+        seen.add(d.name)
+    return cfg
+
+
+def default_listen() -> Listen:
+    return Listen("unix", path=str(default_nbd_path()))
+
+
+__all__ = ["Config", "ConfigError", "DeviceSpec", "Listen", "build", "default_listen", "errno"]

@@ -1,0 +1,110 @@
+"""The control socket: uzram.control's protocol over a UNIX socket, served by
+the daemon with peer credentials checked (root or the daemon's own user)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import socket
+import struct
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .. import __version__
+from ..control import MAX_LINE, decode, encode, error_reply
+from ..zram import attrs
+from .logs import event
+
+if TYPE_CHECKING:
+    from .main import Daemon
+
+log = logging.getLogger("uzram.control")
+
+
+def peer_uid(sock: trio.socket.SocketType) -> int:
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", raw)[1]
+
+
+async def serve(listen_sock: trio.socket.SocketType, daemon: Daemon, *,
+                task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async with trio.open_nursery() as nursery:
+        task_status.started()
+        while True:
+            sock, _ = await listen_sock.accept()
+            uid = peer_uid(sock)
+            if uid not in (0, os.geteuid()):
+                event(log, logging.WARNING, "refused control client", uid=uid)
+                sock.close()
+                continue
+            nursery.start_soon(_client, sock, daemon)
+
+
+async def _client(sock: trio.socket.SocketType, daemon: Daemon) -> None:
+    stream = trio.SocketStream(sock)
+    buf = bytearray()
+    try:
+        async with stream:
+            while True:
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+                buf += data
+                while (nl := buf.find(b"\n")) >= 0:
+                    line = bytes(buf[:nl])
+                    del buf[: nl + 1]
+                    reply = await _dispatch(daemon, line, stream)
+                    await stream.send_all(encode(reply))
+                if len(buf) > MAX_LINE:
+                    await stream.send_all(encode(error_reply(OSError(errno.E2BIG, "request too long"))))
+                    return
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return
+
+
+async def _dispatch(daemon: Daemon, line: bytes, stream: trio.SocketStream) -> dict[str, Any]:
+    try:
+        req = decode(line)
+    except (ValueError, json.JSONDecodeError) as e:
+        return error_reply(OSError(errno.EINVAL, f"bad request: {e}"))
+    cmd = req.get("cmd")
+    try:
+        if cmd == "devices":
+            return {"ok": True, "devices": [d.name for d in daemon.registry.devices()]}
+        if cmd == "status":
+            return {"ok": True, "devices": [daemon.status(d) for d in daemon.registry.devices()]}
+        if cmd == "attrs":
+            daemon.registry.get(_field(req, "device"))
+            return {"ok": True, "attrs": {n: oct(attrs.MODES[n]) for n in attrs.names()}}
+        if cmd == "show":
+            dev = daemon.registry.get(_field(req, "device"))
+            return {"ok": True, "value": dev.show(_field(req, "attr"))}
+        if cmd == "store":
+            dev = daemon.registry.get(_field(req, "device"))
+
+            async def progress(done: int, total: int, what: str) -> None:
+                await stream.send_all(encode({"progress": {"done": done, "total": total, "what": what}}))
+            await daemon.store(dev, _field(req, "attr"), _field(req, "value"),
+                               progress if req.get("progress") else None)
+            return {"ok": True}
+        if cmd == "hot_add":
+            return {"ok": True, "value": daemon.registry.hot_add()}
+        if cmd == "hot_remove":
+            await daemon.hot_remove(_field(req, "value"))
+            return {"ok": True}
+        if cmd == "version":
+            return {"ok": True, "version": __version__}
+        return error_reply(OSError(errno.EINVAL, f"unknown command {cmd!r}"))
+    except OSError as e:
+        event(log, logging.DEBUG, "control request failed", cmd=cmd, errno=e.errno, error=e.strerror)
+        return error_reply(e)
+
+
+def _field(req: dict[str, Any], name: str) -> str:
+    value = req.get(name)
+    if not isinstance(value, str):
+        raise OSError(errno.EINVAL, f"request needs a string field {name!r}")
+    return value

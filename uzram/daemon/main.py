@@ -1,0 +1,238 @@
+"""uzramd: keeps zram devices and serves each over NBD, with a control socket."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from .. import __version__
+from ..nbd.server import NBDServer
+from ..zram import ZramDevice
+from ..zram.kparse import kstrtoint, kstrtou16
+from . import config as config_mod
+from . import control, hardening, jobs, sockets, systemd
+from .logs import event, setup
+from .registry import DeviceRegistry, parse_device_name
+
+log = logging.getLogger("uzram.daemon")
+
+Progress = Callable[[int, int, str], Awaitable[None]]
+
+
+class Daemon:
+    """The composition root: devices, the NBD server and long-running work."""
+
+    def __init__(self, registry: DeviceRegistry, nbd: NBDServer) -> None:
+        self.registry = registry
+        self.nbd = nbd
+        self._work: dict[str, jobs.DeviceWork] = {}
+
+    def work(self, dev: ZramDevice) -> jobs.DeviceWork:
+        w = self._work.get(dev.name)
+        if w is None or w.dev is not dev:
+            w = self._work[dev.name] = jobs.DeviceWork(dev)
+        return w
+
+    def status(self, dev: ZramDevice) -> dict[str, Any]:
+        names = ("disksize", "comp_algorithm", "mm_stat", "io_stat", "initstate")
+        return {"name": dev.name, "clients": dev.openers, "attrs": {n: dev.show(n) for n in names}}
+
+    async def store(self, dev: ZramDevice, attr: str, value: str, progress: Progress | None) -> None:
+        """Store an attribute; the long ones run without blocking NBD service."""
+        if not value:
+            return  # a zero-length write never reaches the attribute
+        if attr == "writeback":
+            await jobs.run_writeback(self.work(dev), value, progress)
+        elif attr == "recompress":
+            await jobs.run_recompress(self.work(dev), value, progress)
+        elif attr == "compact":
+            await jobs.run_compact(self.work(dev), progress)
+        elif attr == "reset":
+            if not kstrtou16(value):
+                raise OSError(errno.EINVAL, "reset needs a non-zero value")
+            await self._claim_and_quiesce(dev)
+            dev.reset()
+        else:
+            dev.store(attr, value)
+
+    async def _claim_and_quiesce(self, dev: ZramDevice) -> None:
+        """Refuse while clients are attached; otherwise block new opens, stop
+        and wait for post-processing (a reset in the kernel waits likewise)."""
+        if dev.openers or dev.claimed:
+            raise OSError(errno.EBUSY, f"{dev.name} is in use by {dev.openers} client(s)")
+        dev.claimed = True
+        try:
+            await jobs.quiesce(self.work(dev))
+        finally:
+            dev.claimed = False
+
+    async def hot_remove(self, value: str) -> None:
+        dev_id = kstrtoint(value)
+        if dev_id >= 0:
+            try:
+                dev = self.registry.get(f"zram{dev_id}")
+            except OSError:
+                dev = None
+            if dev is not None:
+                await self._claim_and_quiesce(dev)
+        self.registry.hot_remove(value)
+
+    def stop_work(self) -> None:
+        for w in self._work.values():
+            w.request_stop()
+
+    async def wait_work(self) -> None:
+        while any(w.busy for w in self._work.values()):
+            await trio.sleep(0.01)
+
+
+def configure_devices(registry: DeviceRegistry, specs: list[config_mod.DeviceSpec]) -> None:
+    for spec in specs:
+        dev = registry.add(parse_device_name(spec.name))
+        for attr, value in spec.attrs:
+            try:
+                dev.store(attr, value)
+            except OSError as e:
+                raise config_mod.ConfigError(f"{spec.name}: {attr}={value}: {describe(e)}") from e
+
+
+def describe(e: OSError) -> str:
+    """The errno's message, plus the detail when there is one."""
+    text = os.strerror(e.errno) if e.errno else str(e)
+    return f"{text} ({e.strerror})" if e.strerror and e.strerror != text else text
+
+
+def attach_hint(listeners: list[str]) -> str:
+    unix = next((p[5:] for p in listeners if p.startswith("unix:")), None)
+    lines = ["uzramd: serving " + ", ".join(listeners)]
+    if unix:
+        lines += [
+            "attach it with one of:",
+            f"  nbdinfo 'nbd+unix:///zram0?socket={unix}'",
+            f"  nbd-client -unix {unix} /dev/nbd0 -N zram0 -b 4096 && mkswap /dev/nbd0 && swapon -d /dev/nbd0",
+            f"  qemu-system-x86_64 ... -drive file=nbd+unix:///zram0?socket={unix},format=raw,if=virtio",
+        ]
+    return "\n".join(lines)
+
+
+async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
+    registry = DeviceRegistry()
+    configure_devices(registry, cfg.devices)
+    nbd = NBDServer(registry)
+    daemon = Daemon(registry, nbd)
+
+    listen_socks: list[trio.socket.SocketType] = []
+    names: list[str] = []
+    control_sock = None
+    created: list[str] = []
+    for sock, name in systemd.listen_fds():
+        tsock = trio.socket.from_stdlib_socket(sock)
+        if name == "control":
+            control_sock = tsock
+        else:
+            listen_socks.append(tsock)
+            names.append(f"fd:{sock.fileno()}")
+    listens = cfg.listen or ([] if listen_socks else [config_mod.default_listen()])
+    try:
+        for item in listens:
+            listen_socks.append(await sockets.bind(item))
+            names.append(str(item))
+            if item.kind == "unix":
+                created.append(item.path)
+        if control_sock is None:
+            control_sock = await sockets.bind_unix(cfg.control, 0o600)
+            created.append(str(cfg.control))
+
+        async with trio.open_nursery() as nursery:
+            for sock in listen_socks:
+                await nursery.start(nbd.serve_listener, sock)
+            control_scope = trio.CancelScope()
+
+            async def control_task(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                with control_scope:
+                    await control.serve(control_sock, daemon, task_status=task_status)
+            await nursery.start(control_task)
+            fuse_scope = trio.CancelScope()
+            if cfg.fuse is not None:
+                from . import fusefs
+
+                async def fuse_task(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                    with fuse_scope:
+                        await fusefs.serve(daemon, str(cfg.fuse), task_status=task_status)
+                await nursery.start(fuse_task)
+            event(log, logging.INFO, "ready", listen=" ".join(names), control=str(cfg.control),
+                  devices=" ".join(d.name for d in registry.devices()))
+            if not quiet:
+                print(attach_hint(names), file=sys.stderr, flush=True)
+            systemd.notify("READY=1\nSTATUS=serving " + " ".join(names))
+
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    event(log, logging.INFO, "stopping", signal=signal.Signals(signum).name)
+                    break
+            systemd.notify("STOPPING=1")
+            nbd.stop()
+            daemon.stop_work()
+            with trio.move_on_after(30):
+                await nbd.wait_closed()
+                await daemon.wait_work()
+            control_scope.cancel()
+            fuse_scope.cancel()
+    finally:
+        for sock in listen_socks:
+            sock.close()
+        if control_sock is not None:
+            control_sock.close()
+        for path in created:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+    event(log, logging.INFO, "stopped")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="uzramd", description="Serve zram devices, emulated in userspace, over NBD.")
+    p.add_argument("--config", metavar="FILE", help="TOML configuration ([uzramd] and [zramN] tables)")
+    p.add_argument("--listen", metavar="ADDR", action="append", default=[],
+                   help="unix:PATH or tcp:[HOST:]PORT (repeatable; default unix:%s)"
+                   % config_mod.default_listen().path)
+    p.add_argument("--control", metavar="PATH", help="control socket (default %s, or $UZRAM_CONTROL)"
+                   % config_mod.default_control_path())
+    p.add_argument("--device", metavar="NAME[:ATTR=VALUE,...]", action="append", default=[],
+                   help="create a device and store attributes in order, e.g. zram0:comp_algorithm=zstd,disksize=1G")
+    p.add_argument("--fuse", metavar="DIR", help="mount the sysfs-like attribute tree (and dev/zramN files) at DIR")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    p.add_argument("-q", "--quiet", action="store_true", help="do not print the attach hint")
+    p.add_argument("--version", action="version", version=f"uzramd {__version__}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        cfg = config_mod.build(args.config, args.listen, args.control, args.device, args.fuse)
+    except config_mod.ConfigError as e:
+        print(f"uzramd: {e}", file=sys.stderr)
+        return 2
+    level = {0: cfg.log_level, 1: "info"}.get(args.verbose, "debug")
+    setup(level)
+    hardening.apply()
+    try:
+        return trio.run(run, cfg, args.quiet)
+    except config_mod.ConfigError as e:
+        print(f"uzramd: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"uzramd: {e}", file=sys.stderr)
+        return 1

@@ -1,0 +1,75 @@
+"""The device registry: zram devices by id, zram-control's hot_add/hot_remove,
+and the NBD export registry over them."""
+
+from __future__ import annotations
+
+import errno
+import re
+
+from ..zram import ZramDevice
+from .export import ZramExport
+
+_NAME = re.compile(r"^(?:/dev/)?zram(\d+)$")
+
+
+def parse_device_name(name: str) -> int:
+    """``zram3`` or ``/dev/zram3`` -> 3; anything else is ENODEV."""
+    m = _NAME.match(name.strip())
+    if not m:
+        raise OSError(errno.ENODEV, f"no such device {name!r} (expected zramN)")
+    return int(m.group(1))
+
+
+class DeviceRegistry:
+    def __init__(self) -> None:
+        self._exports: dict[int, ZramExport] = {}
+
+    # -- devices ---------------------------------------------------------------
+
+    def add(self, dev_id: int | None = None) -> ZramDevice:
+        """Create ``zram<id>`` (the lowest free id by default, as hot_add does)."""
+        if dev_id is None:
+            dev_id = next(i for i in range(len(self._exports) + 1) if i not in self._exports)
+        elif dev_id in self._exports:
+            raise OSError(errno.EEXIST, f"zram{dev_id} already exists")
+        dev = ZramDevice(f"zram{dev_id}")
+        dev.async_backing_reads = True  # reads of written-back pages go to a worker thread
+        self._exports[dev_id] = ZramExport(dev)
+        return dev
+
+    def get(self, name: str) -> ZramDevice:
+        export = self._exports.get(parse_device_name(name))
+        if export is None:
+            raise OSError(errno.ENODEV, f"no such device {name!r}")
+        return export.dev
+
+    def devices(self) -> list[ZramDevice]:
+        return [self._exports[i].dev for i in sorted(self._exports)]
+
+    def hot_add(self) -> str:
+        """Reading zram-control/hot_add: a new device; returns its id."""
+        return f"{self.add().name[4:]}\n"
+
+    def hot_remove(self, value: str) -> None:
+        """Writing zram-control/hot_remove: reset and delete the device."""
+        from ..zram.kparse import kstrtoint
+        dev_id = kstrtoint(value)
+        if dev_id < 0:
+            raise OSError(errno.EINVAL, "device id must not be negative")
+        export = self._exports.get(dev_id)
+        if export is None:
+            raise OSError(errno.ENODEV, f"no such device zram{dev_id}")
+        export.dev.reset()  # EBUSY while clients are attached
+        del self._exports[dev_id]
+
+    # -- uzram.nbd.export.ExportRegistry ----------------------------------------
+
+    def lookup(self, name: str) -> ZramExport | None:
+        """NBD export by device name; the empty name means zram0."""
+        if name == "":
+            return self._exports.get(0)
+        m = _NAME.match(name)
+        return self._exports.get(int(m.group(1))) if m else None
+
+    def list(self) -> list[tuple[str, str]]:
+        return [(self._exports[i].name, self._exports[i].description) for i in sorted(self._exports)]
