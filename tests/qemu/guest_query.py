@@ -1,0 +1,47 @@
+"""Print uzram attributes from inside the guest (mode B), one console line each.
+
+Run by the guest's /init with the host's venv Python, chrooted into the
+read-only 9p view of the host:
+``python guest_query.py CONTROL_SOCK DEVICE LABEL ATTR...``. Prints
+``UZRAM-SERVER: LABEL ATTR v1 v2 ...`` per attribute; exit status 1 if the
+daemon cannot be asked.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import sys
+
+from uzram.control import decode, encode, raise_for
+
+
+def show(sock: socket.socket, reader: io.BufferedReader, device: str, attr: str) -> str:
+    """One ``show`` request; progress lines are skipped."""
+    sock.sendall(encode({"cmd": "show", "device": device, "attr": attr}))
+    while True:
+        reply = decode(reader.readline())
+        if "progress" not in reply:
+            return str(raise_for(reply)["value"])
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 4:
+        print("usage: guest_query.py CONTROL_SOCK DEVICE LABEL ATTR...", file=sys.stderr)
+        return 2
+    path, device, label, *attrs = argv
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(30)
+            s.connect(path)
+            reader = s.makefile("rb")
+            for attr in attrs:
+                print(f"UZRAM-SERVER: {label} {attr} {' '.join(show(s, reader, device, attr).split())}")
+    except (OSError, ValueError) as e:
+        print(f"UZRAM-SERVER: {label} error {e}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

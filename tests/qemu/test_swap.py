@@ -1,0 +1,132 @@
+"""Boot a Linux guest under QEMU (TCG) and make it swap through uzram for real.
+
+Mode A: uzramd on the host, QEMU's own NBD client shows the export to the
+guest as virtio-blk. Mode B (the users' path): uzramd runs inside the guest
+from the host's venv (9p), the guest kernel's nbd.ko attaches it.
+
+Both modes pass only if the guest's verifying memory hog got all its data back
+and the guest swapped out and in on the device, *and* uzram's own counters
+agree: while the hog holds its memory, uzram stores at least what the guest
+has in swap, compressed; its ``stat`` saw every sector the guest's block
+device read and wrote; and freed swap clusters came back as TRIM.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.daemon import uzramd
+
+from .vm import (GuestConfig, GuestRun, QemuAssets, Unavailable, build_initramfs, ensure_packages,
+                 host_root_9p, nbd_disk, qemu_command, run_guest)
+
+pytestmark = pytest.mark.qemu
+
+TIMEOUT = 300          # seconds per boot; a healthy one takes 10-30 s under TCG
+MIN_RATIO = 1.5        # "mixed" pages are half one repeated word: about 2:1
+MiB = 1 << 20
+SLACK_SECTORS = 2048   # uzram may see up to 1 MiB more than the guest device counted
+
+# mm_stat fields
+ORIG, COMPR, MEM_USED, SAME = 0, 1, 2, 5
+# stat fields (the block layer's, 0-based): sectors read / written / discarded
+READ_IOS, READ_SECTORS, WRITE_IOS, WRITE_SECTORS, DISCARD_IOS, DISCARD_SECTORS = 0, 2, 4, 6, 11, 13
+
+
+def check_swap(run: GuestRun, hold_mm: list[int], hold_stat: list[int],
+               end_mm: list[int], end_stat: list[int]) -> None:
+    """The guest passed, and uzram's counters show that its swap went through uzram."""
+    ctx = (f"\nuzram mm_stat hold {hold_mm} end {end_mm}\nuzram stat hold {hold_stat} end {end_stat}"
+           f"\nguest {run.guest}\nguest device stat {run.dev}\n{run.tail()}")
+    assert not run.timed_out, f"QEMU killed after {TIMEOUT}s{ctx}"
+    assert run.passed, f"guest result: {run.result or 'none'}{ctx}"
+    assert run.returncode == 0, f"QEMU exited with {run.returncode}{ctx}"
+    assert {"hold", "end"} <= run.guest.keys() and {"hold", "end"} <= run.dev.keys(), ctx
+    assert len(hold_mm) == len(end_mm) == 9 and len(hold_stat) == len(end_stat) == 17, (
+        f"uzram's counters were not read at the hold point and at the end{ctx}")
+    hold, end = run.guest["hold"], run.guest["end"]
+    assert end["pswpout"] > 0 and end["pswpin"] > 0, ctx
+
+    # while memhog holds its memory, uzram stores what the guest has in swap,
+    # compressed (same-filled pages are kept as just their word)
+    swap_used = int(hold["swap_used_kb"]) * 1024
+    assert swap_used >= 32 * MiB, f"guest swap in use only {swap_used} bytes{ctx}"
+    assert hold_mm[ORIG] >= 0.8 * swap_used, f"uzram stores less than the guest has in swap{ctx}"
+    assert 0 < hold_mm[COMPR] and hold_mm[ORIG] / hold_mm[COMPR] > MIN_RATIO, f"compression ratio{ctx}"
+    assert 0 < hold_mm[MEM_USED] < hold_mm[ORIG], f"pool size{ctx}"
+    assert hold_mm[SAME] > 0, f"memhog's same-filled pages not detected{ctx}"
+
+    # uzram saw every sector the guest's block device moved: a request the
+    # guest counts as done was answered by uzram. (QEMU may split or merge
+    # requests and read a little on its own, hence >= with a small slack.)
+    for label, st in (("hold", hold_stat), ("end", end_stat)):
+        dev = run.dev[label]
+        for field in (READ_SECTORS, WRITE_SECTORS, DISCARD_SECTORS):
+            assert dev[field] <= st[field] <= dev[field] + SLACK_SECTORS, (
+                f"{label}: stat field {field}: uzram {st[field]}, guest /dev {dev[field]}{ctx}")
+    assert end_stat[WRITE_IOS] > 0 and end_stat[READ_IOS] > 0, ctx
+    assert end["write_sectors"] * 512 >= swap_used and end["read_sectors"] > 0, ctx
+
+    # memhog's exit freed its swap clusters: swap discarded them (TRIM) and
+    # uzram dropped those pages
+    assert end["discard_sectors"] > 0, f"the guest issued no discards (swapon -d){ctx}"
+    assert end_stat[DISCARD_IOS] > 0, ctx
+    assert end_mm[ORIG] < hold_mm[ORIG] // 2, f"discards did not free uzram's pages{ctx}"
+    print(f"uzram at hold: {hold_mm[ORIG] >> 20} MiB stored in {hold_mm[COMPR] >> 20} MiB "
+          f"(ratio {hold_mm[ORIG] / hold_mm[COMPR]:.2f}, {hold_mm[SAME]} same-filled pages); "
+          f"sectors read/written/discarded: {end_stat[READ_SECTORS]}/{end_stat[WRITE_SECTORS]}/"
+          f"{end_stat[DISCARD_SECTORS]}; after discards {end_mm[ORIG] >> 20} MiB stored")
+
+
+def boot(assets: QemuAssets, cfg: GuestConfig, devices: list[str], workdir: Path,
+         on_hold: Callable[[], None] | None = None) -> GuestRun:
+    """Build this guest's initramfs in ``workdir``, boot it, return what it printed."""
+    initrd = build_initramfs(assets.kernel, cfg, assets.memhog, assets.busybox, workdir / "initramfs.cpio")
+    cmd = qemu_command(assets.kernel, initrd, cfg.mem_mb, devices)
+    run = run_guest(cmd, workdir / f"console-{cfg.mode}.log", TIMEOUT, on_hold)
+    print(f"mode {cfg.mode}: QEMU ran {run.seconds:.1f}s: {run.result}")
+    return run
+
+
+def test_swap_host_uzramd_qemu_nbd_client(qemu_assets: QemuAssets, short_tmp: Path, tmp_path: Path) -> None:
+    """Mode A: host uzramd <- QEMU NBD client <- virtio-blk /dev/vda <- guest swap."""
+    cfg = GuestConfig("a", mem_mb=128, hog_mb=192, hog_passes=2)
+    with uzramd(short_tmp, devices=("zram0:comp_algorithm=zstd,disksize=512M",)) as d:
+        held: dict[str, list[int]] = {}
+
+        def on_hold() -> None:
+            held["mm_stat"] = d.mm_stat()
+            held["stat"] = [int(x) for x in d.show("zram0", "stat").split()]
+
+        run = boot(qemu_assets, cfg, nbd_disk(d.nbd_sock), tmp_path, on_hold)
+        alive = d.alive()
+        end_mm = d.mm_stat() if alive else []
+        end_stat = [int(x) for x in d.show("zram0", "stat").split()] if alive else []
+        rc = d.stop()
+    assert alive, f"uzramd died ({rc}):\n{(short_tmp / 'uzramd.log').read_text()}\n{run.tail()}"
+    check_swap(run, held.get("mm_stat", []), held.get("stat", []), end_mm, end_stat)
+    assert rc == 0, f"uzramd exited with {rc} on SIGTERM"
+
+
+def test_swap_guest_uzramd_nbd_ko(qemu_assets: QemuAssets, tmp_path: Path) -> None:
+    """Mode B: guest swap -> /dev/nbd0 (nbd.ko) -> uzramd in the guest, from the host's venv."""
+    try:
+        ensure_packages(["nbd-client"])
+    except Unavailable as e:
+        pytest.skip(str(e))
+    repo = Path(__file__).resolve().parents[2]
+    nbd_sock, ctl_sock = "/run/uzram/nbd.sock", "/run/uzram/control.sock"
+    daemon_args = (f"-q --listen unix:{nbd_sock} --control {ctl_sock} "
+                   "--device zram0:comp_algorithm=lz4,disksize=512M")
+    cfg = GuestConfig("b", mem_mb=384, hog_mb=192, hog_passes=1, hog_memory_high="64M", extra={
+        "PY": sys.executable, "REPO": str(repo), "DAEMON_ARGS": daemon_args,
+        "NBD_SOCK": nbd_sock, "CTL_SOCK": ctl_sock, "NBD_CLIENT_OPTS": "-b 4096"})
+    run = boot(qemu_assets, cfg, host_root_9p(), tmp_path)
+    server = {k: run.server.get(k, []) for k in (("hold", "mm_stat"), ("hold", "stat"),
+                                                 ("end", "mm_stat"), ("end", "stat"))}
+    check_swap(run, *server.values())
+    assert run.guest.get("server", {}).get("rc") == 0, "uzramd in the guest did not exit 0 on SIGTERM"
