@@ -30,6 +30,7 @@ class ZramExport:
         # bound methods, looked up once for the hot path
         self._read_chunks = dev.read_chunks
         self.trim = dev.discard
+        self.write = dev.write
 
     def read(self, offset: int, length: int) -> list[bytes] | Awaitable[list[bytes]]:
         chunks = self._read_chunks(offset, length)
@@ -60,9 +61,6 @@ class ZramExport:
 
     def detach(self) -> None:
         self.dev.openers -= 1
-
-    def write(self, offset: int, data: memoryview, fua: bool) -> None:
-        self.dev.write(offset, data)
 
     def write_zeroes(self, offset: int, length: int, may_trim: bool) -> None:
         self.dev.write_zeroes(offset, length, unmap=may_trim)

@@ -29,6 +29,8 @@ from .slots import (
 from .zsmalloc import ZsPool
 
 MAX_COMPS = 4          # ZRAM_MAX_COMPS: the primary and three recompression algorithms
+_SPECIAL = SAME | WB | HUGE | PRIO_MASK  # slots not read by the primary decompressor
+_SAME_CANDIDATE = 64  # every same-filled page compresses below this with any backend
 ZERO_PAGE = bytes(PAGE_SIZE)
 SECTOR_SHIFT = 9
 _SCAN_CHUNK = 1 << 20  # slots per numpy pass, bounding temporary memory
@@ -144,6 +146,8 @@ class ZramDevice:
         self.table = SlotTable(self.nr_pages)
         self.pool = ZsPool(self.chain_size)
         self.comps = comps
+        self._compress = comps[0].compress  # type: ignore[union-attr]
+        self._decompress0 = comps[0].decompress  # type: ignore[union-attr]
         self.stats = Stats()
         self.max_used_pages = 0
         self.disksize = disksize
@@ -220,27 +224,24 @@ class ZramDevice:
         if b is not None and b.pending_punches:
             b.flush_releases()
 
-    def _compressor(self) -> Codec:
-        return self.comps[0]  # type: ignore[return-value]
-
     # -- page operations ------------------------------------------------------------
 
     def _write_page(self, i: int, page: memoryview, now: int) -> None:
-        """``zram_write_page`` + ``mark_slot_accessed`` for a full page."""
-        table = self.table
+        """``zram_write_page`` + ``mark_slot_accessed`` for a full page.
+
+        Same-filled pages are found first as the kernel does, but the shifted
+        comparison only runs when the page compressed to almost nothing (every
+        same-filled page does), which spares it on every other page.
+        """
         st = self.stats
-        if page == ZERO_PAGE or page[8:] == page[:-8]:
-            word = int.from_bytes(page[:8], "little")
-            if table.flags[i] & ALLOCATED:  # type: ignore[union-attr]
-                self._slot_free(i)
-            table.handle[i] = word  # type: ignore[union-attr]
-            table.flags[i] = SAME  # type: ignore[union-attr]
-            table.ac_time[i] = now  # type: ignore[union-attr]
-            st.same_pages += 1
-            st.pages_stored += 1
+        if page == ZERO_PAGE:
+            self._store_same(i, 0, now)
             return
-        comp = self.comps[0].compress(page)  # type: ignore[union-attr]
+        comp = self._compress(page)
         clen = len(comp)
+        if clen < _SAME_CANDIDATE and page[8:] == page[:-8]:
+            self._store_same(i, int.from_bytes(page[:8], "little"), now)
+            return
         pool = self.pool
         if clen >= self.huge_class_size:
             h = pool.store(page)  # type: ignore[union-attr]
@@ -260,13 +261,33 @@ class ZramDevice:
                 st.huge_pages -= 1
                 st.huge_pages_since -= 1
             raise _oserror(errno.ENOMEM, f"{self.name}: mem_limit reached ({self.limit_pages << PAGE_SHIFT} bytes)")
+        table = self.table
+        flags = table.flags  # type: ignore[union-attr]
+        handles = table.handle  # type: ignore[union-attr]
+        old = flags[i]
+        if old & ALLOCATED:
+            if old & _SPECIAL:
+                self._slot_free(i)
+                st.pages_stored += 1
+            else:  # the common overwrite: a plain compressed object
+                pool.free(handles[i])  # type: ignore[union-attr]
+                st.compr_data_size -= old & SIZE_MASK
+        else:
+            st.pages_stored += 1
+        handles[i] = h
+        flags[i] = new_flags
+        table.ac_time[i] = now  # type: ignore[union-attr]
+        st.compr_data_size += clen
+
+    def _store_same(self, i: int, word: int, now: int) -> None:
+        table = self.table
         if table.flags[i] & ALLOCATED:  # type: ignore[union-attr]
             self._slot_free(i)
-        table.handle[i] = h  # type: ignore[union-attr]
-        table.flags[i] = new_flags  # type: ignore[union-attr]
+        table.handle[i] = word  # type: ignore[union-attr]
+        table.flags[i] = SAME  # type: ignore[union-attr]
         table.ac_time[i] = now  # type: ignore[union-attr]
-        st.pages_stored += 1
-        st.compr_data_size += clen
+        self.stats.same_pages += 1
+        self.stats.pages_stored += 1
 
     def _read_page(self, i: int, now: int, defer: list | None = None) -> bytes | None:
         """``zram_read_page`` + ``mark_slot_accessed``; returns the 4 KiB page.
@@ -275,26 +296,68 @@ class ZramDevice:
         ``defer``, its block is pinned, recorded there, and None returned.
         """
         table = self.table
-        f = table.flags[i]  # type: ignore[union-attr]
-        if f & ALLOCATED:
-            table.flags[i] = f & ACCESS_CLEAR  # type: ignore[union-attr]
-            table.ac_time[i] = now  # type: ignore[union-attr]
-            if f & SAME:
-                word = table.handle[i]  # type: ignore[union-attr]
-                return ZERO_PAGE if word == 0 else word.to_bytes(8, "little") * (PAGE_SIZE // 8)
-            if f & WB:
-                block = table.handle[i]  # type: ignore[union-attr]
-                if defer is not None:
-                    self.backing.pin(block)  # type: ignore[union-attr]
-                    defer.append((block, f))
-                    return None
-                return self._read_written_back(block, f)
-            size = f & SIZE_MASK
-            obj = self.pool.view(table.handle[i], size)  # type: ignore[union-attr]
-            if size == PAGE_SIZE:
-                return bytes(obj)
-            return self._decompress(f, obj)
-        return ZERO_PAGE
+        flags = table.flags  # type: ignore[union-attr]
+        f = flags[i]
+        if not f & ALLOCATED:
+            return ZERO_PAGE
+        flags[i] = f & ACCESS_CLEAR
+        table.ac_time[i] = now  # type: ignore[union-attr]
+        if f & _SPECIAL:
+            return self._read_special(i, f, defer)
+        obj = self.pool.view(table.handle[i], f & SIZE_MASK)  # type: ignore[union-attr]
+        try:
+            page = self._decompress0(obj, PAGE_SIZE)
+        except Exception as e:  # corrupt data must surface as an I/O error
+            raise _oserror(errno.EIO, f"{self.name}: decompression failed: {e}") from e
+        if len(page) != PAGE_SIZE:
+            raise _oserror(errno.EIO, f"{self.name}: decompressed {len(page)} bytes, expected {PAGE_SIZE}")
+        return page
+
+    def _read_run(self, first: int, stop: int, now: int, defer: list | None) -> list:
+        """``_read_page`` over [first, stop), inlined for multi-page requests."""
+        table = self.table
+        flags, handles, ac = table.flags, table.handle, table.ac_time  # type: ignore[union-attr]
+        view = self.pool.view  # type: ignore[union-attr]
+        decompress = self._decompress0
+        out: list = []
+        append = out.append
+        for i in range(first, stop):
+            f = flags[i]
+            if not f & ALLOCATED:
+                append(ZERO_PAGE)
+                continue
+            flags[i] = f & ACCESS_CLEAR
+            ac[i] = now
+            if f & _SPECIAL:
+                append(self._read_special(i, f, defer))
+                continue
+            try:
+                page = decompress(view(handles[i], f & SIZE_MASK), PAGE_SIZE)
+            except Exception as e:  # corrupt data must surface as an I/O error
+                raise _oserror(errno.EIO, f"{self.name}: decompression failed: {e}") from e
+            if len(page) != PAGE_SIZE:
+                raise _oserror(errno.EIO, f"{self.name}: decompressed {len(page)} bytes, expected {PAGE_SIZE}")
+            append(page)
+        return out
+
+    def _read_special(self, i: int, f: int, defer: list | None) -> bytes | None:
+        """Same-filled, written-back, huge and recompressed slots."""
+        table = self.table
+        if f & SAME:
+            word = table.handle[i]  # type: ignore[union-attr]
+            return ZERO_PAGE if word == 0 else word.to_bytes(8, "little") * (PAGE_SIZE // 8)
+        if f & WB:
+            block = table.handle[i]  # type: ignore[union-attr]
+            if defer is not None:
+                self.backing.pin(block)  # type: ignore[union-attr]
+                defer.append((block, f))
+                return None
+            return self._read_written_back(block, f)
+        size = f & SIZE_MASK
+        obj = self.pool.view(table.handle[i], size)  # type: ignore[union-attr]
+        if size == PAGE_SIZE:
+            return bytes(obj)
+        return self._decompress(f, obj)
 
     def _read_written_back(self, block: int, f: int) -> bytes:
         backing = self.backing
@@ -330,19 +393,30 @@ class ZramDevice:
     def read_chunks(self, offset: int, length: int) -> list[bytes]:
         """Read ``length`` bytes at ``offset`` as a list of buffers (one per page
         touched, the first and last trimmed). The NBD fast path."""
+        if length == PAGE_SIZE and not offset & (PAGE_SIZE - 1) and 0 <= offset < self.disksize:
+            st = self.stats
+            st.read_ios += 1
+            st.read_sectors += PAGE_SIZE >> SECTOR_SHIFT
+            defer: list | None = [] if self.async_backing_reads else None
+            try:
+                page = self._read_page(offset >> PAGE_SHIFT, self.clock(), defer)
+            except OSError:
+                st.failed_reads += 1
+                raise
+            if page is None:
+                return PendingRead(self, [None], defer, offset, length)  # type: ignore[arg-type,return-value]
+            return [page]
         self._check_range(offset, length, False)
         st = self.stats
         st.read_ios += 1
         st.read_sectors += (length + 511) >> SECTOR_SHIFT
         if not length:
             return []
-        now = self.clock()
-        read_page = self._read_page
         first = offset >> PAGE_SHIFT
         last = (offset + length - 1) >> PAGE_SHIFT
-        defer: list | None = [] if self.async_backing_reads else None
+        defer = [] if self.async_backing_reads else None
         try:
-            chunks = [read_page(i, now, defer) for i in range(first, last + 1)]
+            chunks = self._read_run(first, last + 1, self.clock(), defer)
         except OSError:
             st.failed_reads += 1
             if defer:
@@ -393,13 +467,27 @@ class ZramDevice:
             for n, v in zip(Stats.__slots__, saved):
                 setattr(self.stats, n, v)
 
-    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+    def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False) -> None:
         """Write ``data`` at ``offset``; any alignment (sub-page parts are
-        read-modify-written). ``data`` is consumed before this returns."""
+        read-modify-written). ``data`` is consumed before this returns.
+        ``fua`` (NBD's force unit access) needs nothing: a stored page is stable."""
         mv = data if type(data) is memoryview else memoryview(data)
         if mv.format != "B" or mv.ndim != 1:
             mv = mv.cast("B")
         length = mv.nbytes
+        if length == PAGE_SIZE and not offset & (PAGE_SIZE - 1) and 0 <= offset < self.disksize:
+            st = self.stats
+            st.write_ios += 1
+            st.write_sectors += PAGE_SIZE >> SECTOR_SHIFT
+            try:
+                self._write_page(offset >> PAGE_SHIFT, mv, self.clock())
+            except OSError:
+                st.failed_writes += 1
+                raise
+            finally:
+                if self.backing is not None:
+                    self.flush_backing()
+            return
         self._check_range(offset, length, True)
         st = self.stats
         st.write_ios += 1

@@ -289,8 +289,17 @@ class ZsPool:
         zs.inuse = inuse
         cls.obj_used += 1
         self.objects += 1
-        if cls.fg_of[inuse] != zs.fg:
-            self._regroup(zs)
+        fg = cls.fg_of[inuse]
+        old = zs.fg
+        if fg != old:  # _regroup, inlined: this runs on most allocations
+            groups = cls.groups
+            group = groups[old]
+            del group[zs]
+            if not group:
+                cls.mask &= ~(1 << old)
+            groups[fg][zs] = None
+            cls.mask |= 1 << fg
+            zs.fg = fg
         return h
 
     def free(self, h: int) -> None:
@@ -306,12 +315,30 @@ class ZsPool:
                 zs.deferred = []  # type: ignore[union-attr]
             zs.deferred.append(where & 0xFFFF)  # type: ignore[union-attr]
             return
-        self._put_slot(zs, where & 0xFFFF)  # type: ignore[arg-type]
-        inuse = zs.inuse  # type: ignore[union-attr]
+        cls = zs.cls  # type: ignore[union-attr]
+        if zs.hdr:  # type: ignore[union-attr]
+            idx = where & 0xFFFF
+            zs.q[(zs.base + idx * zs.size) >> 3] = zs.free_head << 1  # type: ignore[union-attr]
+            zs.free_head = idx + 1  # type: ignore[union-attr]
+        else:
+            zs.huge_handle = 0  # type: ignore[union-attr]
+        inuse = zs.inuse - 1  # type: ignore[union-attr]
+        zs.inuse = inuse  # type: ignore[union-attr]
+        cls.obj_used -= 1
         if inuse == 0:
             self._free_zspage(zs)  # type: ignore[arg-type]
-        elif zs.cls.fg_of[inuse] != zs.fg:  # type: ignore[union-attr]
-            self._regroup(zs)  # type: ignore[arg-type]
+            return
+        fg = cls.fg_of[inuse]
+        old = zs.fg  # type: ignore[union-attr]
+        if fg != old:  # _regroup, inlined
+            groups = cls.groups
+            group = groups[old]
+            del group[zs]
+            if not group:
+                cls.mask &= ~(1 << old)
+            groups[fg][zs] = None
+            cls.mask |= 1 << fg
+            zs.fg = fg  # type: ignore[union-attr]
 
     # -- object access -----------------------------------------------------------
 
