@@ -81,7 +81,7 @@ def test_nbd_keeps_serving_while_a_slow_writeback_runs(tmp_path):
         with uzramd(tmp_path / "d", devices=(f"zram0:backing_dev={ff.path},writeback_batch_size=8,disksize=16M",)) as d:
             with NBDClient(d.nbd_sock, "zram0") as c:
                 data = fill(c, 512)
-                ff.control("delay 0.05")              # each backing write takes 50 ms
+                ff.control("delay 0.3")               # each backing write takes 300 ms
                 done = threading.Event()
                 result = {}
 
@@ -164,7 +164,7 @@ def test_reset_during_writeback_waits_and_leaks_nothing(tmp_path):
                 fill(c, 256)
                 # a client attached: reset refused, writeback unaffected
                 assert d.request(cmd="store", device="zram0", attr="reset", value="1")["errno"] == errno.EBUSY
-            ff.control("delay 0.05")
+            ff.control("delay 1")                      # the first thread hop takes a second
             result = {}
             t = threading.Thread(target=lambda: result.update(
                 d.request(cmd="store", device="zram0", attr="writeback", value="page_indexes=0-255")))

@@ -26,6 +26,7 @@ log = logging.getLogger("uzram.jobs")
 
 Progress = Callable[[int, int, str], Awaitable[None]]
 STEP_SECONDS = 0.002  # longest stretch of compaction/recompression between checkpoints
+HOP_PAGES = 256       # pages written per worker-thread hop (several writeback batches)
 
 
 class DeviceWork:
@@ -71,9 +72,9 @@ async def run_writeback(work: DeviceWork, value: str, progress: Progress | None)
             started = time.monotonic()
             try:
                 with trio.CancelScope(shield=True):
-                    batch = job.next_batch()
-                    while batch is not None:
-                        batch = await _write_one(job, batch, backing)
+                    batches = _gather(job)
+                    while batches:
+                        batches = await _write_one(job, batches, backing)
                         progress = await _report(progress, job.done, job.total, "writeback")
             finally:
                 work.writeback = None
@@ -89,20 +90,40 @@ async def run_writeback(work: DeviceWork, value: str, progress: Progress | None)
         work.busy -= 1
 
 
-async def _write_one(job: WritebackJob, batch: Batch, backing) -> Batch | None:  # type: ignore[no-untyped-def]
-    """Write ``batch`` in a thread while the next one is copied out; complete
-    ``batch`` and return the next one."""
+async def _write_one(job: WritebackJob, batches: list[Batch], backing) -> list[Batch]:  # type: ignore[no-untyped-def]
+    """Write ``batches`` in one worker-thread hop while the next ones are
+    copied out; complete them and return the next ones."""
     result: list = []
+    blocks = [b for batch in batches for b in batch.blocks]
+    bufs = [b for batch in batches for b in batch.bufs]
 
     async def io() -> None:
-        result.append(await trio.to_thread.run_sync(backing.write_blocks, batch.blocks, batch.bufs))
+        result.append(await trio.to_thread.run_sync(backing.write_blocks, blocks, bufs))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(io)
         await trio.sleep(0)          # let the thread start before copying out more
-        following = job.next_batch()
-    job.complete(batch, result[0])
+        following = _gather(job)
+    errors = result[0]
+    k = 0
+    for batch in batches:
+        job.complete(batch, errors[k : k + len(batch.blocks)])
+        k += len(batch.blocks)
     return following
+
+
+def _gather(job: WritebackJob) -> list[Batch]:
+    """Batches for one thread hop: a hop costs as much as writing ~100 pages,
+    so up to HOP_PAGES pages share one."""
+    batches: list[Batch] = []
+    pages = 0
+    while pages < HOP_PAGES:
+        batch = job.next_batch()
+        if batch is None:
+            break
+        batches.append(batch)
+        pages += len(batch.blocks)
+    return batches
 
 
 async def run_stepped(work: DeviceWork, steps, total: int, what: str, progress: Progress | None) -> None:  # type: ignore[no-untyped-def]

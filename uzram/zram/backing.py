@@ -173,15 +173,21 @@ class BackingStore:
             while j < len(order) and j - i < IOV_MAX and blocks[order[j]] == blocks[order[j - 1]] + 1:
                 j += 1
             run = order[i:j]
-            want = len(run) * PAGE_SIZE
             try:
                 done = call(self.fd, [bufs[k] for k in run], blocks[run[0]] * PAGE_SIZE)
-                if done != want:
-                    raise OSError(errno.EIO, f"short transfer on {self.path}: {done} of {want} bytes")
             except OSError as e:
                 for k in run:
                     errors[k] = e
-            i = j
+                i = j
+                continue
+            complete = done // PAGE_SIZE
+            if complete == 0 and done < len(run) * PAGE_SIZE:
+                # nothing whole was transferred and no error: end of file or device
+                errors[run[0]] = OSError(errno.EIO, f"short transfer on {self.path}")
+                complete = 1
+            # a short transfer: retry from the first incomplete block, which
+            # either succeeds or reports the real error (ENOSPC, EIO)
+            i += complete
         return errors
 
     def close(self) -> None:
