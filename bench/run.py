@@ -27,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from bench import corpus  # noqa: E402
+from uzram.ctl.client import Client  # noqa: E402
 
 MiB = 1 << 20
 AREA = 512 * MiB          # the part of each export fio touches
@@ -116,9 +117,8 @@ def timed(cmd: list[str]) -> float:
 
 
 def mm_stat_text(ctl: Path, device: str = "zram0") -> list[int]:
-    out = subprocess.run([sys.executable, "-m", "uzram.ctl", "--control", str(ctl), "--attr", "mm_stat", device],
-                         capture_output=True, text=True, check=True).stdout
-    return [int(x) for x in out.split()]
+    with Client(ctl) as c:
+        return [int(x) for x in c.show(device, "mm_stat").split()]
 
 
 def kernel_zram(alg: str) -> Path | None:

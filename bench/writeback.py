@@ -22,23 +22,17 @@ sys.path.insert(0, str(HERE.parent))
 
 from bench import corpus  # noqa: E402
 from bench.run import Server, need  # noqa: E402
-from uzram.control import decode, encode  # noqa: E402
+from uzram.ctl.client import Client  # noqa: E402
 
 
-def control(ctl: Path, **req: str) -> dict:
-    import socket
-    with socket.socket(socket.AF_UNIX) as s:
-        s.connect(str(ctl))
-        s.sendall(encode(req))
-        f = s.makefile("rb")
-        while True:
-            reply = decode(f.readline())
-            if "progress" not in reply:
-                return reply
+def store(ctl: Path, attr: str, value: str) -> None:
+    with Client(ctl) as c:
+        c.store("zram0", attr, value)
 
 
 def stat(ctl: Path, attr: str) -> list[int]:
-    return [int(x) for x in control(ctl, cmd="show", device="zram0", attr=attr)["value"].split()]
+    with Client(ctl) as c:
+        return [int(x) for x in c.show("zram0", attr).split()]
 
 
 def fio_latency(uri: str, seconds: float, workdir: Path) -> dict[str, float]:
@@ -84,17 +78,16 @@ def main() -> int:
         base = {"rss": uz.rss(), "mm": stat(ctl, "mm_stat")}
         r["latency_idle"] = fio_latency(uz.uri("zram0"), 3, work)
 
-        control(ctl, cmd="store", device="zram0", attr="idle", value="all")
+        store(ctl, "idle", "all")
         # read every other page: those are no longer idle and stay in RAM, so
         # the writeback frees objects all over the pool (fragmentation)
         touch_every_other_page(uz.uri("zram0"), pages * corpus.PAGE, work)
         t = time.monotonic()
-        reply = control(ctl, cmd="store", device="zram0", attr="writeback", value="idle")
+        store(ctl, "writeback", "idle")
         wb_s = time.monotonic() - t
-        assert reply["ok"], reply
         written = stat(ctl, "bd_stat")[2]
         after_wb = {"rss": uz.rss(), "mm": stat(ctl, "mm_stat")}
-        control(ctl, cmd="store", device="zram0", attr="compact", value="1")
+        store(ctl, "compact", "1")
         after_compact = {"rss": uz.rss(), "mm": stat(ctl, "mm_stat")}
 
         dd_file = disk / "dd.img"
@@ -109,13 +102,13 @@ def main() -> int:
 
         # latency while a large writeback runs: rewrite the data, then write it all back again
         subprocess.run(["nbdcopy", "--allocated", str(img), uz.uri("zram0")], check=True)
-        control(ctl, cmd="store", device="zram0", attr="idle", value="all")
+        store(ctl, "idle", "all")
         done = threading.Event()
         wb2: dict = {}
 
         def writeback() -> None:
             t0 = time.monotonic()
-            wb2["reply"] = control(ctl, cmd="store", device="zram0", attr="writeback", value="idle")
+            store(ctl, "writeback", "idle")
             wb2["seconds"] = time.monotonic() - t0
             done.set()
         th = threading.Thread(target=writeback)

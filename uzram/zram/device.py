@@ -475,20 +475,9 @@ class ZramDevice:
         if mv.format != "B" or mv.ndim != 1:
             mv = mv.cast("B")
         length = mv.nbytes
-        if length == PAGE_SIZE and not offset & (PAGE_SIZE - 1) and 0 <= offset < self.disksize:
-            st = self.stats
-            st.write_ios += 1
-            st.write_sectors += PAGE_SIZE >> SECTOR_SHIFT
-            try:
-                self._write_page(offset >> PAGE_SHIFT, mv, self.clock())
-            except OSError:
-                st.failed_writes += 1
-                raise
-            finally:
-                if self.backing is not None:
-                    self.flush_backing()
-            return
-        self._check_range(offset, length, True)
+        single = length == PAGE_SIZE and not offset & (PAGE_SIZE - 1)
+        if not (single and 0 <= offset < self.disksize):
+            self._check_range(offset, length, True)
         st = self.stats
         st.write_ios += 1
         st.write_sectors += (length + 511) >> SECTOR_SHIFT
@@ -496,6 +485,9 @@ class ZramDevice:
             return
         now = self.clock()
         try:
+            if single:
+                self._write_page(offset >> PAGE_SHIFT, mv, now)
+                return
             pos = 0
             i = offset >> PAGE_SHIFT
             head = offset & (PAGE_SIZE - 1)

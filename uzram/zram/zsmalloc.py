@@ -289,17 +289,8 @@ class ZsPool:
         zs.inuse = inuse
         cls.obj_used += 1
         self.objects += 1
-        fg = cls.fg_of[inuse]
-        old = zs.fg
-        if fg != old:  # _regroup, inlined: this runs on most allocations
-            groups = cls.groups
-            group = groups[old]
-            del group[zs]
-            if not group:
-                cls.mask &= ~(1 << old)
-            groups[fg][zs] = None
-            cls.mask |= 1 << fg
-            zs.fg = fg
+        if cls.fg_of[inuse] != zs.fg:
+            self._regroup(zs)
         return h
 
     def free(self, h: int) -> None:
@@ -328,17 +319,8 @@ class ZsPool:
         if inuse == 0:
             self._free_zspage(zs)  # type: ignore[arg-type]
             return
-        fg = cls.fg_of[inuse]
-        old = zs.fg  # type: ignore[union-attr]
-        if fg != old:  # _regroup, inlined
-            groups = cls.groups
-            group = groups[old]
-            del group[zs]
-            if not group:
-                cls.mask &= ~(1 << old)
-            groups[fg][zs] = None
-            cls.mask |= 1 << fg
-            zs.fg = fg  # type: ignore[union-attr]
+        if cls.fg_of[inuse] != zs.fg:  # type: ignore[union-attr]
+            self._regroup(zs)  # type: ignore[arg-type]
 
     # -- object access -----------------------------------------------------------
 
