@@ -22,6 +22,8 @@ cmd            fields                                      reply fields
                ``progress`` (bool, optional)
 ``hot_add``    –                                           ``value``: "N\\n"
 ``hot_remove`` ``value``: the id as text                   –
+``debug``      ``device``, ``name`` (``block_state`` or     ``value``: text
+               ``classes``: zram's and zsmalloc's debugfs)
 ``version``    –                                           ``version``
 =============  ==========================================  ====================
 

@@ -305,3 +305,20 @@ def test_ctl_does_not_import_the_daemon():
     code = "import sys, uzram.ctl.__main__; print(any(m.startswith('uzram.daemon') for m in sys.modules))"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert res.stdout == "False\n"
+
+
+def test_debug_files(daemon, ctl):
+    """zram's block_state and zsmalloc's classes table, through the daemon."""
+    with NBDClient(daemon.nbd_sock, "zram0") as nbd:
+        nbd.pwrite(0, b"a" * 4096 + bytes(range(256)) * 16)
+    out = ctl("--debug", "block_state", "zram0")
+    assert out.rc == 0, out.err
+    lines = out.out.splitlines()
+    assert [line.split()[0] for line in lines] == ["0", "1"]
+    assert lines[0].split()[2] == "s....."
+    out = ctl("--debug", "classes", "/dev/zram0")
+    assert out.rc == 0 and out.out.splitlines()[-1].split()[0] == "Total"
+    out = ctl("--debug", "classes", "zram1")
+    assert out.rc == 1 and "Invalid argument" in out.err
+    out = ctl("--debug", "nope", "zram0")
+    assert out.rc == 1 and "No such file" in out.err

@@ -23,7 +23,7 @@ from .table import COLUMNS, DEFAULT_COLUMNS, UnknownColumn, parse_columns, rende
 PROG = "uzramctl"
 
 # uzramctl's actions beyond zramctl's (status, find, set-up, reset)
-_EXTRA = ("attr", "writeback", "idle", "compact", "recompress", "hot_add", "hot_remove")
+_EXTRA = ("attr", "writeback", "idle", "compact", "recompress", "hot_add", "hot_remove", "debug")
 # zramctl's groups of options that cannot be combined, plus: each extra action
 # excludes every other action and --output
 _EXCLUSIVE = (
@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                f"       {PROG} [options] -f | <device> -s <size>\n"
                f"       {PROG} --attr <name>[=<value>] <device>\n"
                f"       {PROG} --idle <age>|all | --compact | --writeback <mode> | --recompress <args> <device>\n"
+               f"       {PROG} --debug block_state|classes <device>\n"
                f"       {PROG} --hot-add | --hot-remove <id>"),
         description="Set up and control uzram devices (zram emulated in userspace by uzramd).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -127,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--compact", action=_Ordered, flag=True, help="compact the memory pool of <device>")
     a("--recompress", metavar="<args>", action=_Ordered,
       help="recompress pages with a secondary algorithm (e.g. 'type=huge')")
+    a("--debug", metavar="<name>", action=_Ordered,
+      help="print a debugfs file of <device>: block_state (zram) or classes (zsmalloc)")
     a("--hot-add", action=_Ordered, flag=True, help="add a new device and print its name")
     a("--hot-remove", metavar="<id>", action=_Ordered, help="remove a device (N, zramN or /dev/zramN)")
     a("-V", "--version", action="version", version=f"{PROG} from uzram {__version__}")
@@ -161,7 +164,7 @@ def _check_usage(p: argparse.ArgumentParser, args: argparse.Namespace) -> str:
     if act != "create" and (args.algorithm is not None or args.algorithm_params is not None
                             or args.streams):
         p.error("options --algorithm, --algorithm-params, and --streams must be combined with --size")
-    needs_device = act in ("reset", "attr", "writeback", "idle", "compact", "recompress") or (
+    needs_device = act in ("reset", "attr", "writeback", "idle", "compact", "recompress", "debug") or (
         act == "create" and not args.find)
     if needs_device and not args.devices:
         p.error("no device specified")
@@ -329,6 +332,14 @@ def do_attr(client: Client, args: argparse.Namespace) -> None:
     _attr_store(client, args.devices[0], attr, value)
 
 
+def do_debug(client: Client, args: argparse.Namespace) -> None:
+    name = _kname(args.devices[0])
+    try:
+        sys.stdout.write(str(client.request("debug", device=name, name=args.debug)["value"]))
+    except ControlError as e:
+        raise Failure(f"{name}: {args.debug}: {e.strerror}") from None
+
+
 def do_hot_add(client: Client, args: argparse.Namespace) -> None:
     try:
         n = client.hot_add()
@@ -371,6 +382,8 @@ def run(client: Client, act: str, args: argparse.Namespace) -> int:
         do_hot_add(client, args)
     elif act == "hot_remove":
         do_hot_remove(client, args)
+    elif act == "debug":
+        do_debug(client, args)
     return 0
 
 

@@ -95,6 +95,9 @@ async def _dispatch(daemon: Daemon, line: bytes, stream: trio.SocketStream) -> d
         if cmd == "hot_remove":
             await daemon.hot_remove(_field(req, "value"))
             return {"ok": True}
+        if cmd == "debug":
+            dev = daemon.registry.get(_field(req, "device"))
+            return {"ok": True, "value": dev.debugfs(_field(req, "name"))}
         if cmd == "version":
             return {"ok": True, "version": __version__}
         return error_reply(OSError(errno.EINVAL, f"unknown command {cmd!r}"))

@@ -704,6 +704,14 @@ class ZramDevice:
         t = self.table
         return t.handle[i], t.flags[i], t.ac_time[i]  # type: ignore[union-attr]
 
+    def debugfs(self, name: str) -> str:
+        """zram's and zsmalloc's debugfs files: ``block_state`` and ``classes``."""
+        if name not in ("block_state", "classes"):
+            raise _oserror(errno.ENOENT, f"no debug file {name!r} (block_state, classes)")
+        if not self.initialized:
+            raise _oserror(errno.EINVAL, f"{self.name} is not initialised")
+        return self.block_state() if name == "block_state" else self.pool.format_classes()  # type: ignore[union-attr]
+
     def block_state(self) -> str:
         """debugfs ``block_state``: one line per allocated slot."""
         flags = self.table.np_flags()  # type: ignore[union-attr]
