@@ -84,7 +84,8 @@ b)
         d=$fs; [ $fs = sysfs ] && d=sys; [ $fs = devtmpfs ] && d=dev
         mount -t $fs $fs $H/$d || fail "mount $H/$d"
     done
-    mount -t tmpfs tmpfs $H/tmp && mount -t tmpfs tmpfs $H/run || fail "tmpfs on $H"
+    # only /run gets a tmpfs: the checkout (and its .venv) may live under /tmp
+    mount -t tmpfs tmpfs $H/run && mkdir -p $H/run/tmp || fail "tmpfs on $H/run"
     mkdir -p $H$(dirname $NBD_SOCK) $H$(dirname $CTL_SOCK)
     # the server must never wait for its own swap device: keep its memory out
     # of swap and protect it from reclaim
@@ -92,7 +93,7 @@ b)
         echo 0 > /sys/fs/cgroup/server/memory.swap.max &&
         echo $SERVER_MEMORY_MIN > /sys/fs/cgroup/server/memory.min || fail "server cgroup"
     say "starting uzramd in the guest at $(uptime_s)s: $PY -m uzram.daemon $DAEMON_ARGS"
-    in_cgroup server chroot $H env PYTHONDONTWRITEBYTECODE=1 PYTHONPATH=$REPO \
+    in_cgroup server chroot $H env PYTHONDONTWRITEBYTECODE=1 PYTHONPATH=$REPO TMPDIR=/run/tmp \
         $PY -m uzram.daemon $DAEMON_ARGS </dev/null &
     SERVER_PID=$!
     i=0
