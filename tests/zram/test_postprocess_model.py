@@ -8,27 +8,23 @@ runs them around awaits. Reads of written-back pages are left pending
 blocks, run in between.
 """
 
-import random
 import os
+import random
 import tempfile
 
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import initialize, invariant, precondition, rule
 
 from uzram.zram import ZramDevice
 from uzram.zram.postprocess import RecompressJob, WritebackJob
 from uzram.zram.slots import HUGE, SAME, SIZE_MASK, WB
 
 from .model import PAGE, DeviceModel
-from .test_device_model import make, page_kinds
-
-NR_PAGES = 32
-SIZE = NR_PAGES * PAGE
-ranges = st.integers(0, SIZE - 1).flatmap(lambda off: st.tuples(st.just(off), st.integers(1, min(2 * PAGE, SIZE - off))))
+from .test_device_model import NR_PAGES, SIZE, DeviceMachine, make, page_kinds, ranges
 
 
-class PostProcessMachine(RuleBasedStateMachine):
+class PostProcessMachine(DeviceMachine):
     @initialize(compressed=st.booleans(), backing_pages=st.sampled_from([8, 64]),
                 batch=st.sampled_from([1, 3, 32]),
                 fill=st.lists(page_kinds, min_size=NR_PAGES, max_size=NR_PAGES),
@@ -57,29 +53,7 @@ class PostProcessMachine(RuleBasedStateMachine):
         if hasattr(self, "path"):
             os.unlink(self.path)
 
-    # -- I/O -------------------------------------------------------------------------------
-
-    @rule(first=st.integers(0, NR_PAGES - 1), kinds=st.lists(page_kinds, min_size=1, max_size=3),
-          seed=st.integers(0, 2**32))
-    def write_pages(self, first, kinds, seed):
-        rnd = random.Random(seed)
-        data = b"".join(make(k, rnd) for k in kinds)[: SIZE - first * PAGE]
-        buf = bytearray(data)
-        self.dev.write(first * PAGE, buf)
-        buf[:] = bytes(len(buf))          # the caller's buffer is reused at once
-        self.model.write(first * PAGE, data)
-
-    @rule(r=ranges, seed=st.integers(0, 2**32))
-    def write_bytes(self, r, seed):
-        rnd = random.Random(seed)
-        off, n = r
-        data = rnd.randbytes(n)
-        self.dev.write(off, data)
-        self.model.write(off, data)
-
-    @rule(r=ranges)
-    def read(self, r):
-        assert self.dev.read(*r) == self.model.read(*r)
+    # -- I/O: DeviceMachine's rules, plus reads left pending -------------------------
 
     @rule(r=ranges)
     def start_async_read(self, r):
@@ -101,25 +75,7 @@ class PostProcessMachine(RuleBasedStateMachine):
         results = self.dev.backing.read_blocks(pending.blocks)
         assert b"".join(self.dev.finish_read(pending, results)) == expected
 
-    @rule(r=ranges)
-    def discard(self, r):
-        self.dev.discard(*r)
-        self.model.discard(*r)
-
-    @rule(r=ranges)
-    def write_zeroes(self, r):
-        self.dev.write_zeroes(*r)
-        self.model.write_zeroes(*r)
-
-    # -- maintenance ---------------------------------------------------------------------------
-
-    @rule()
-    def compact(self):
-        self.dev.store("compact", "1")
-
-    @rule(mode=st.sampled_from(["all", "0"]))
-    def idle(self, mode):
-        self.dev.store("idle", mode)
+    # -- maintenance (write, read, discard, zeroes, compact, idle are inherited) ----
 
     @rule(args=st.sampled_from(["", "type=huge", "type=idle", "max_pages=3", "threshold=1000"]))
     def recompress(self, args):
@@ -166,7 +122,7 @@ class PostProcessMachine(RuleBasedStateMachine):
     # -- invariants ---------------------------------------------------------------------------
 
     @invariant()
-    def consistent(self):
+    def contents_and_stats(self):
         if not hasattr(self, "dev"):
             return
         dev = self.dev
