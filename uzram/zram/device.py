@@ -23,7 +23,7 @@ from .backing import BackingStore
 from .compressors import DEFAULT_ALGORITHM, Codec, CompParams, create_codec
 from .sizeclass import CHAIN_SIZE_DEFAULT, PAGE_SHIFT, PAGE_SIZE, build_class_table
 from .slots import (
-    ACCESS_CLEAR, ALLOCATED, HUGE, IDLE, INCOMPRESSIBLE, PP_SLOT, PRIO_MASK, PRIO_SHIFT,
+    ACCESS_CLEAR, ALLOCATED, HUGE, IDLE, INCOMPRESSIBLE, PRIO_MASK, PRIO_SHIFT,
     SAME, SIZE_MASK, WB, SlotTable,
 )
 from .zsmalloc import ZsPool
@@ -82,7 +82,7 @@ class Stats:
     __slots__ = (
         "compr_data_size", "failed_reads", "failed_writes", "notify_free", "same_pages",
         "huge_pages", "huge_pages_since", "pages_stored", "miss_free",
-        "bd_count", "bd_reads", "bd_writes",
+        "bd_reads", "bd_writes",
         "read_ios", "read_sectors", "write_ios", "write_sectors",
         "discard_ios", "discard_sectors", "flush_ios",
     )
@@ -725,7 +725,3 @@ class ZramDevice:
             marks += "n" if f & INCOMPRESSIBLE else "."
             lines.append("%12d %12d.000000 %s\n" % (i, ac, marks))
         return "".join(lines)
-
-    # For writeback (a later layer) and tests: slot flags by name.
-    FLAG_BITS = {"same": SAME, "wb": WB, "pp_slot": PP_SLOT, "huge": HUGE,
-                 "idle": IDLE, "incompressible": INCOMPRESSIBLE}

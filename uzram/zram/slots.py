@@ -46,7 +46,3 @@ class SlotTable:
 
     def np_ac_time(self) -> np.ndarray:
         return np.frombuffer(self._maps[2], dtype=np.uint32, count=self.nr_pages)
-
-    def resident_bytes_hint(self) -> int:
-        """Virtual size of the table (what a fully touched table would cost)."""
-        return self.nr_pages * 16
