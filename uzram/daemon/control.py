@@ -19,7 +19,7 @@ from ..zram import attrs
 from .logs import event
 
 if TYPE_CHECKING:
-    from .main import Daemon
+    from .service import Daemon
 
 log = logging.getLogger("uzram.control")
 

@@ -28,7 +28,7 @@ from ..zram.device import PendingRead
 from .logs import event
 
 if TYPE_CHECKING:
-    from .main import Daemon
+    from .service import Daemon
 
 log = logging.getLogger("uzram.fuse")
 
