@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import resource
 
 from .logs import event
 
@@ -50,9 +51,22 @@ def protect_from_oom() -> bool:
     return True
 
 
+def raise_fd_limit() -> int:
+    """Raise the soft descriptor limit to the hard one; returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError):
+            pass
+    return soft
+
+
 def apply() -> None:
+    nofile = raise_fd_limit()
     tune_malloc()
     flusher = set_io_flusher()
     oom = protect_from_oom()
     event(log, logging.INFO, "hardening", io_flusher=flusher, oom_protected=oom,
-          uid=os.geteuid())
+          uid=os.geteuid(), nofile=nofile)

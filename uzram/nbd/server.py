@@ -38,6 +38,7 @@ import errno
 import logging
 import mmap
 import os
+import resource
 import socket
 import struct
 from collections import deque
@@ -49,6 +50,7 @@ import trio
 
 from . import constants as C
 from .export import BlockExport, ExportRegistry
+from .listen import accept_retrying
 from .proto import (
     Handshake,
     HandshakeState,
@@ -76,6 +78,15 @@ _LEN = struct.Struct(">I")
 _COOKIE = struct.Struct(">Q")
 
 
+def default_max_connections() -> int:
+    """One descriptor per connection, 32 kept for everything else
+    (listeners, control clients, backing files, FUSE), at most 1024."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(4, min(1024, soft - 32))
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     ring_size: int = 4 << 20
@@ -88,6 +99,9 @@ class ServerConfig:
     fast_zero: bool = True
     compact_below: int = 256 << 10
     """Move a partial request to the ring's start when less room than this is left."""
+    max_connections: int | None = None
+    """Connections served at once; more are closed on accept.  None: sized
+    from the descriptor limit (see :func:`default_max_connections`)."""
     send_buffer: int | None = 2 << 20
     """SO_SNDBUF for connections (None: leave the default).  A larger send
     buffer lets big READ replies go out in fewer wakeups."""
@@ -102,6 +116,9 @@ class NBDServer:
         if self.config.ring_size < (1 << 20):
             raise ValueError("ring_size must be at least 1 MiB")
         self._connections: set[_Connection] = set()
+        self.max_connections = self.config.max_connections or default_max_connections()
+        self.refused = 0
+        self._refused_logged = -1e9
         self._accept_scopes: set[trio.CancelScope] = set()
         self._stopping = False
         self._idle = trio.Event()
@@ -144,19 +161,24 @@ class NBDServer:
                 task_status.started()
                 try:
                     while True:
-                        try:
-                            sock, _ = await listen_sock.accept()
-                        except OSError as e:
-                            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                                log.warning("accept: %s; retrying", e)
-                                await trio.sleep(0.1)
-                                continue
-                            if e.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
-                                continue
-                            raise
+                        sock = await accept_retrying(listen_sock, log)
+                        if len(self._connections) >= self.max_connections:
+                            self._refuse(sock)
+                            continue
                         nursery.start_soon(self.serve_connection, sock)
                 finally:
                     self._accept_scopes.discard(scope)
+
+    def _refuse(self, sock: trio.socket.SocketType) -> None:
+        """Over the connection limit: close at once (the client sees EOF
+        before the greeting), with a warning at most every few seconds."""
+        sock.close()
+        self.refused += 1
+        now = trio.current_time()
+        if now - self._refused_logged >= 10:
+            self._refused_logged = now
+            log.warning("NBD: %d connection(s) refused: the limit of %d is reached",
+                        self.refused, self.max_connections)
 
     async def serve_connection(self, sock: trio.socket.SocketType) -> None:
         """Serve one accepted connection until it ends; closes ``sock``.
