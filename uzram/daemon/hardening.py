@@ -51,6 +51,12 @@ def protect_from_oom() -> bool:
     return True
 
 
+def trim_heap() -> None:
+    """Return free heap memory to the kernel (glibc's malloc_trim)."""
+    if _libc is not None:
+        _libc.malloc_trim(0)
+
+
 def raise_fd_limit() -> int:
     """Raise the soft descriptor limit to the hard one; returns the new soft limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
