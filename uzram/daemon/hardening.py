@@ -18,6 +18,7 @@ log = logging.getLogger("uzram.daemon")
 PR_SET_IO_FLUSHER = 57
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 
 try:
     _libc: ctypes.CDLL | None = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -32,6 +33,9 @@ def tune_malloc() -> None:
     if _libc is not None:
         _libc.mallopt(M_TRIM_THRESHOLD, 256 << 20)
         _libc.mallopt(M_MMAP_THRESHOLD, 64 << 20)
+        # worker threads (backing-file I/O) share one arena instead of
+        # keeping up to 8 per core of their own, each holding freed memory
+        _libc.mallopt(M_ARENA_MAX, 1)
 
 
 def set_io_flusher() -> bool:

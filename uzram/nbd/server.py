@@ -715,7 +715,8 @@ class _Connection:
         max_outstanding = self.config.max_outstanding
         budget = self.budget
         # this connection may hold up to its share while the budget has room
-        room = min(budget.share(self.server.connection_count) - self.held_extra,
+        held_at_entry = self.held_extra
+        room = min(budget.share(self.server.connection_count) - held_at_entry,
                    budget.limit - budget.used + self.out_bytes)
         out_bytes = self.out_bytes
         try:
@@ -799,8 +800,9 @@ class _Connection:
                             self.limited = True
                             return pos
                     else:
-                        self._start_async(cast(Awaitable[Any], r), req)
-                        if self.outstanding + len(self.deferred) >= max_outstanding:
+                        self._start_async(cast(Awaitable[Any], r), req)   # charges length
+                        if (self.outstanding + len(self.deferred) >= max_outstanding
+                                or out_bytes + self.held_extra - held_at_entry >= room):
                             self.limited = True
                             return pos
                 else:
