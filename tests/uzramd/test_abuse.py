@@ -185,3 +185,73 @@ def test_nbd_handshake_garbage_ends_that_connection_only(daemon) -> None:
             except (ConnectionResetError, BrokenPipeError, TimeoutError):
                 pass
     _healthy(d, c, pages)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(
+    st.binary(min_size=1, max_size=64),
+    st.tuples(st.sampled_from([1, 2, 3, 6, 7, 8, 9, 10, 0xFFFFFFFF]), st.binary(max_size=48)).map(
+        lambda t: struct.pack(">QII", 0x49484156454F5054, t[0], len(t[1])) + t[1]),
+    st.tuples(st.integers(0, 0xFFFFFFFF), st.binary(max_size=16)).map(   # lying lengths
+        lambda t: struct.pack(">QII", 0x49484156454F5054, 7, t[0]) + t[1]),
+), max_size=6), st.integers(0, 3))
+def test_fuzzed_handshakes(daemon, options: list[bytes], flags: int) -> None:
+    """Random option haggling: each connection ends or is served; nothing else changes."""
+    d, c, pages = daemon
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(str(d.nbd_sock))
+        s.recv(18)
+        try:
+            s.sendall(struct.pack(">I", flags) + b"".join(options))
+            s.shutdown(socket.SHUT_WR)
+            while s.recv(65536):
+                pass
+        except (ConnectionResetError, BrokenPipeError, TimeoutError):
+            pass
+    _healthy(d, c, pages)
+
+
+_REQ = struct.Struct(">IHHQQI")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(
+    st.sampled_from([0x25609513, 0x25609513, 0x25609513, 0x12345678]),
+    st.integers(0, 0xFFFF),                                   # flags
+    st.sampled_from([0, 0, 1, 3, 4, 5, 6, 7, 8, 9, 0xFFFF]),  # READ, WRITE, FLUSH, TRIM, CACHE, ZEROES, ...
+    st.one_of(st.integers(0, 16 << 20), st.integers(0, 2**64 - 1)),
+    st.one_of(st.integers(0, 70000), st.integers(0, 2**32 - 1)),
+    st.binary(max_size=300),
+), min_size=1, max_size=8))
+def test_fuzzed_transmission(daemon, requests) -> None:
+    """Random requests on a second connection, payloads shorter than claimed
+    included: errors or a closed connection for that client; the pages
+    written by the first client read back intact (no request touches them,
+    or only zero-length or refused ones do: they are outside the 16 MiB
+    device or in a range the fuzzer never writes)."""
+    d, c, pages = daemon
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(str(d.nbd_sock))
+        s.recv(18)
+        name = b"zram0"
+        go = struct.pack(">I", len(name)) + name + struct.pack(">H", 0)
+        s.sendall(struct.pack(">I", 3) + struct.pack(">QII", 0x49484156454F5054, 7, len(go)) + go)
+        blob = b""
+        for magic, flags, cmd, offset, length, payload in requests:
+            if cmd in (1, 4, 6) and _touches(offset, length, pages):
+                offset = (offset % (1 << 20)) + (8 << 20)   # writes stay clear of the kept pages
+            blob += _REQ.pack(magic, flags, cmd, 1, offset, length) + payload
+        try:
+            s.sendall(blob)
+            s.shutdown(socket.SHUT_WR)
+            while s.recv(65536):
+                pass
+        except (ConnectionResetError, BrokenPipeError, TimeoutError):
+            pass
+    _healthy(d, c, pages)
+
+
+def _touches(offset: int, length: int, pages: dict[int, bytes]) -> bool:
+    return any(offset < (i + 1) * PAGE and i * PAGE < offset + max(length, 1) for i in pages)
