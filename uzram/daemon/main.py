@@ -126,13 +126,19 @@ async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
 
 async def trim_heap_after_load(nbd: NBDServer, every: float = 2.0) -> None:
     """Give the heap back after a burst of buffered requests: once the budget
-    has held much and holds little again, trim malloc's free memory (in a
-    worker thread) so RSS returns to the baseline plus the pool."""
+    has held much since the last trim and has stayed nearly empty for a
+    whole interval, trim malloc's free memory (in a worker thread), so RSS
+    returns to the baseline plus the pool.  Never under load: re-faulting
+    freed buffers would slow large reads down."""
     budget = nbd.budget
+    high = 0
     while True:
+        budget.peak = budget.used
         await trio.sleep(every)
-        if budget.peak >= TRIM_AFTER and budget.used < TRIM_AFTER // 4:
-            budget.peak = budget.used
+        recent = budget.peak          # the highest level during this interval
+        high = max(high, recent)
+        if high >= TRIM_AFTER and recent < TRIM_AFTER // 8:
+            high = 0
             await trio.to_thread.run_sync(hardening.trim_heap)
 
 
