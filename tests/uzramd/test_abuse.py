@@ -202,14 +202,19 @@ def test_fuzzed_handshakes(daemon, options: list[bytes], flags: int) -> None:
         s.settimeout(5)
         s.connect(str(d.nbd_sock))
         s.recv(18)
-        try:
-            s.sendall(struct.pack(">I", flags) + b"".join(options))
-            s.shutdown(socket.SHUT_WR)
-            while s.recv(65536):
-                pass
-        except (ConnectionResetError, BrokenPipeError, TimeoutError):
-            pass
+        _send_and_drain(s, struct.pack(">I", flags) + b"".join(options))
     _healthy(d, c, pages)
+
+
+def _send_and_drain(s: socket.socket, data: bytes) -> None:
+    """Send everything, close our side, read until the server closes."""
+    try:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        while s.recv(65536):
+            pass
+    except (ConnectionResetError, BrokenPipeError, TimeoutError):
+        pass
 
 
 _REQ = struct.Struct(">IHHQQI")
@@ -243,13 +248,7 @@ def test_fuzzed_transmission(daemon, requests) -> None:
             if cmd in (1, 4, 6) and _touches(offset, length, pages):
                 offset = (offset % (1 << 20)) + (8 << 20)   # writes stay clear of the kept pages
             blob += _REQ.pack(magic, flags, cmd, 1, offset, length) + payload
-        try:
-            s.sendall(blob)
-            s.shutdown(socket.SHUT_WR)
-            while s.recv(65536):
-                pass
-        except (ConnectionResetError, BrokenPipeError, TimeoutError):
-            pass
+        _send_and_drain(s, blob)
     _healthy(d, c, pages)
 
 

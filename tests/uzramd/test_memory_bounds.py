@@ -45,6 +45,13 @@ def attached(d: Uzramd, n: int) -> Iterator[NBDClient]:
     return (NBDClient(d.nbd_sock, "zram0") for _ in range(n))
 
 
+def another_client_is_served(d: Uzramd, offset: int) -> None:
+    data = os.urandom(PAGE)
+    with NBDClient(d.nbd_sock, "zram0") as other:
+        other.pwrite(offset, data)
+        assert other.pread(offset, PAGE) == data
+
+
 def header(cmd: int, cookie: int, offset: int, length: int) -> bytes:
     return struct.pack(">IHHQQI", REQUEST_MAGIC, 0, cmd, cookie, offset, length)
 
@@ -81,9 +88,7 @@ def test_claimed_writes_allocate_nothing_ahead(daemon: Uzramd) -> None:
         for i, c in enumerate(clients):
             c.sock.sendall(header(CMD_WRITE, 1, (64 + i) * MiB, 32 * MiB) + b"x")
         grown = settle(d.proc.pid) - base
-        with NBDClient(d.nbd_sock, "zram0") as other:
-            other.pwrite(200 * MiB, b"o" * PAGE)
-            assert other.pread(200 * MiB, PAGE) == b"o" * PAGE
+        another_client_is_served(d, 200 * MiB)
         assert grown < BUDGET + SLACK, f"RSS grew by {grown >> 20} MiB"
     finally:
         for c in clients:
@@ -101,9 +106,7 @@ def test_unread_reply_pipelines_stay_within_the_budget(daemon: Uzramd) -> None:
             c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
             c.sock.sendall(b"".join(header(CMD_READ, k, (k % 32) * MiB, MiB) for k in range(64)))
         grown = settle(d.proc.pid, 2.5) - base
-        with NBDClient(d.nbd_sock, "zram0") as other:   # served meanwhile
-            other.pwrite(201 * MiB, b"p" * PAGE)
-            assert other.pread(201 * MiB, PAGE) == b"p" * PAGE
+        another_client_is_served(d, 201 * MiB)
         assert grown < BUDGET + SLACK, f"RSS grew by {grown >> 20} MiB"
     finally:
         for c in clients:
