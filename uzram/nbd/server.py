@@ -10,16 +10,11 @@ request on this path.
 When an export call returns an awaitable, the request completes in its own
 task and its reply is sent whenever it is ready (out of order).
 
-Ordering rule: while an awaited WRITE/TRIM/WRITE_ZEROES is outstanding, a
-later request whose range, widened to whole 4 KiB pages (an export may
-read-modify-write pages), overlaps it is deferred (a WRITE payload is copied)
-and runs only once that mutation has completed and after every earlier
-deferred request it conflicts with (two requests conflict if their pages
-overlap and either one changes data).  Requests on other pages keep running,
-so the outcome equals running the requests one by one in arrival order.  An
-awaited READ orders nothing: the export chose its data when it was called.
-FLUSH is not ordered: it covers the writes already answered, as the protocol
-requires.
+Ordering (:mod:`uzram.nbd.ordering`): while an awaited WRITE/TRIM/WRITE_ZEROES
+is outstanding, later requests overlapping it (ranges widened to the
+export's ``ordering_granularity``) are deferred, a WRITE payload copied, and
+run once it completes, so the outcome equals running the requests one by
+one in arrival order.  Requests elsewhere keep running.
 
 Replies never interleave: whichever task finds the send path idle becomes the
 sender and drains the queue, the others only append to it.  Reading pauses
@@ -41,7 +36,6 @@ import os
 import resource
 import socket
 import struct
-from collections import deque
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -51,6 +45,7 @@ import trio
 from . import constants as C
 from .export import BlockExport, ExportRegistry
 from .listen import accept_retrying
+from .ordering import Ordering
 from .budget import PIECE, Budget
 from .proto import (
     Handshake,
@@ -69,11 +64,7 @@ __all__ = ["NBDServer", "ServerConfig", "serve_connection", "serve_listener"]
 log = logging.getLogger("uzram.nbd")
 
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
-_PAGE_MASK = ~4095
-_ORDERED_CMDS = frozenset(
-    {C.CMD_READ, C.CMD_WRITE, C.CMD_TRIM, C.CMD_WRITE_ZEROES, C.CMD_CACHE, C.CMD_BLOCK_STATUS}
-)
-_MUTATING_CMDS = frozenset({C.CMD_WRITE, C.CMD_TRIM, C.CMD_WRITE_ZEROES})
+_PIECE_ALIGN = -C.PREFERRED_BLOCK_SIZE   # streamed WRITE pieces end on these boundaries
 _GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 _MSG_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 _SIMPLE_OK = struct.Struct(">IIQ")
@@ -256,8 +247,7 @@ class _Connection:
         self.pending_read: tuple[int, int, int, int, int, int] | None = None
         self.sending = False
         self.outstanding = 0  # export awaitables being awaited
-        self.deferred: deque[tuple[Any, ...]] = deque()
-        self.barriers: dict[int, tuple[int, int]] = {}
+        self.order = Ordering()   # the export's granularity is known after the handshake
         self.next_token = 0
         self.skip = 0
         self.progress: trio.Event | None = None
@@ -411,7 +401,7 @@ class _Connection:
 
     def _paused(self) -> bool:
         """Whether to stop parsing requests for now (see :mod:`.budget`)."""
-        if self.outstanding + len(self.deferred) >= self.config.max_outstanding:
+        if self.outstanding + len(self.order.deferred) >= self.config.max_outstanding:
             return True
         held = self.out_bytes + self.held_extra
         if held == 0:
@@ -457,6 +447,7 @@ class _Connection:
     async def _transmission(self, neg: Negotiated, trailing: bytes) -> None:
         self.tx = Transmission(neg)
         self.export = neg.export
+        self.order = Ordering(getattr(neg.export, "ordering_granularity", 1))
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
@@ -562,7 +553,8 @@ class _Connection:
     async def _wait_unordered(self, req: tuple[int, int, int, int, int, int]) -> None:
         """Wait until ``req`` no longer overlaps an outstanding mutation or an
         earlier deferred request (streamed requests are not deferred)."""
-        while (self.barriers or self.deferred) and self._conflicting(req):
+        order = self.order
+        while (order.barriers or order.deferred) and order.must_wait(req):
             ev = self.progress = trio.Event()
             await ev.wait()
 
@@ -602,7 +594,7 @@ class _Connection:
         while True:
             have = end - start
             last = done + have == length
-            cut = have if last else ((offset + done + have) & _PAGE_MASK) - (offset + done)
+            cut = have if last else ((offset + done + have) & _PIECE_ALIGN) - (offset + done)
             if cut > 0:
                 if error is None:
                     try:
@@ -714,6 +706,10 @@ class _Connection:
         pack_ok = _SIMPLE_OK.pack
         max_outstanding = self.config.max_outstanding
         budget = self.budget
+        order = self.order
+        barriers = order.barriers
+        deferred = order.deferred
+        must_wait = order.must_wait
         # this connection may hold up to its share while the budget has room
         held_at_entry = self.held_extra
         room = min(budget.share(self.server.connection_count) - held_at_entry,
@@ -740,10 +736,10 @@ class _Connection:
                         append(tx.error_reply(cookie, cmd, err))
                         out_bytes += 16
                         continue
-                    if (self.barriers or self.deferred) and self._conflicting(req):
-                        self.deferred.append((req, bytes(view[start:stop])))
+                    if (barriers or deferred) and must_wait(req):
+                        deferred.append((req, bytes(view[start:stop])))
                         self._hold(length)
-                        if self.outstanding + len(self.deferred) >= max_outstanding:
+                        if self.outstanding + len(deferred) >= max_outstanding:
                             self.limited = True
                             return pos
                         continue
@@ -758,7 +754,7 @@ class _Connection:
                         out_bytes += 16
                     else:
                         self._start_async(w, req)
-                        if self.outstanding + len(self.deferred) >= max_outstanding:
+                        if self.outstanding + len(deferred) >= max_outstanding:
                             self.limited = True
                             return pos
                 elif cmd == 0:  # READ
@@ -770,9 +766,9 @@ class _Connection:
                         append(tx.error_reply(cookie, cmd, err))
                         out_bytes += 16
                         continue
-                    if (self.barriers or self.deferred) and self._conflicting(req):
-                        self.deferred.append((req, None))
-                        if self.outstanding + len(self.deferred) >= max_outstanding:
+                    if (barriers or deferred) and must_wait(req):
+                        deferred.append((req, None))
+                        if self.outstanding + len(deferred) >= max_outstanding:
                             self.limited = True
                             return pos
                         continue
@@ -801,7 +797,7 @@ class _Connection:
                             return pos
                     else:
                         self._start_async(cast(Awaitable[Any], r), req)   # charges length
-                        if (self.outstanding + len(self.deferred) >= max_outstanding
+                        if (self.outstanding + len(deferred) >= max_outstanding
                                 or out_bytes + self.held_extra - held_at_entry >= room):
                             self.limited = True
                             return pos
@@ -817,7 +813,7 @@ class _Connection:
                     else:
                         self._submit(req, None)
                     out_bytes = self.out_bytes
-                    if self.outstanding + len(self.deferred) >= max_outstanding:
+                    if self.outstanding + len(deferred) >= max_outstanding:
                         self.limited = True
                         return pos
         finally:
@@ -846,8 +842,9 @@ class _Connection:
 
     def _submit(self, req: tuple[int, int, int, int, int, int], payload: Any) -> None:
         """Execute a validated request now, or defer it behind conflicting ones."""
-        if (self.barriers or self.deferred) and self._conflicting(req):
-            self.deferred.append((req, bytes(payload) if payload is not None else None))
+        order = self.order
+        if (order.barriers or order.deferred) and order.must_wait(req):
+            order.defer(req, bytes(payload) if payload is not None else None)
             if payload is not None:
                 self._hold(len(payload))
         else:
@@ -913,11 +910,9 @@ class _Connection:
         assert self.nursery is not None
         token = self.next_token
         self.next_token += 1
-        cmd, _, _, offset, length, _ = req
-        if cmd in _MUTATING_CMDS:
-            self.barriers[token] = (offset & _PAGE_MASK, (offset + length + 4095) & _PAGE_MASK)
-        elif cmd == C.CMD_READ:
-            self._hold(length)  # the data being fetched
+        self.order.hold(token, req)
+        if req[0] == C.CMD_READ:
+            self._hold(req[4])  # the data being fetched
         self.outstanding += 1
         self.nursery.start_soon(self._complete, aw, req, token)
 
@@ -945,50 +940,15 @@ class _Connection:
                     self._queue(self.tx.error_reply(cookie, cmd, C.EIO, "internal error"))
         finally:
             self.outstanding -= 1
-            self.barriers.pop(token, None)
+            self.order.release(token)
         self._run_deferred()
         self._poke()
         await self.flush()
 
-    def _conflicting(self, req: tuple[int, int, int, int, int, int]) -> bool:
-        """Whether ``req`` must wait for an outstanding awaited mutation or for an
-        earlier deferred request (ranges widened to whole 4 KiB pages)."""
-        cmd, _, _, offset, length, _ = req
-        if cmd not in _ORDERED_CMDS:
-            return False
-        return self._conflicts(
-            offset & _PAGE_MASK, (offset + length + 4095) & _PAGE_MASK, cmd in _MUTATING_CMDS, self.deferred
-        )
-
-    def _conflicts(self, lo: int, hi: int, mut: bool, earlier: Any) -> bool:
-        for blo, bhi in self.barriers.values():
-            if lo < bhi and blo < hi:
-                return True
-        for dreq, _ in earlier:
-            dcmd, _, _, doff, dlen, _ = dreq
-            if (
-                (mut or dcmd in _MUTATING_CMDS)
-                and lo < ((doff + dlen + 4095) & _PAGE_MASK)
-                and (doff & _PAGE_MASK) < hi
-            ):
-                return True
-        return False
-
     def _run_deferred(self) -> None:
-        """Run the deferred requests that no longer conflict, in arrival order."""
-        if not self.deferred:
-            return
-        pending = self.deferred
-        self.deferred = deque()
-        kept = self.deferred
-        for item in pending:
-            req, payload = item
-            cmd, _, _, offset, length, _ = req
-            lo = offset & _PAGE_MASK
-            hi = (offset + length + 4095) & _PAGE_MASK
-            if self._conflicts(lo, hi, cmd in _MUTATING_CMDS, kept):
-                kept.append(item)
-            elif payload is None:
+        """Run the deferred requests that no longer have to wait, in arrival order."""
+        for req, payload in self.order.ready():
+            if payload is None:
                 self._execute(req, None)
             else:
                 self._hold(-len(payload))
