@@ -65,12 +65,12 @@ def daemon(tmp_path: Path):
 
 def test_deeply_nested_json_is_an_error_not_a_crash(daemon) -> None:
     d, c, pages = daemon
-    body = b"[" * 200_000 + b"]" * 200_000          # 400 KB: refused before parsing
-    reply = decode(_raw_control(d, body + b"\n"))
-    assert reply["ok"] is False and reply["error"] == "E2BIG"
-    body = b"[" * 30_000 + b"]" * 30_000            # small enough to parse, too deep
+    body = b"[" * 200_000 + b"]" * 200_000          # 400 KB, too deep to parse
     reply = decode(_raw_control(d, body + b"\n"))
     assert reply["ok"] is False and reply["error"] == "EINVAL"
+    body = b"[" * 600_000 + b"]" * 600_000          # 1.2 MB: refused before parsing
+    reply = decode(_raw_control(d, body + b"\n"))
+    assert reply["ok"] is False and reply["error"] == "E2BIG"
     nested = b'{"cmd":' * 5000 + b"1" + b"}" * 5000
     reply = decode(_raw_control(d, nested + b"\n"))
     assert reply["ok"] is False and reply["error"] == "EINVAL"
@@ -81,7 +81,7 @@ def test_huge_device_numbers_and_numbers_are_refused(daemon) -> None:
     d, c, pages = daemon
     reply = d.request(cmd="show", device="zram" + "1" * 5000, attr="disksize")
     assert reply["ok"] is False and reply["error"] in ("ENODEV", "EINVAL")
-    reply = decode(_raw_control(d, b'{"cmd":"version","x":' + b"9" * 50_000 + b"}\n"))
+    reply = decode(_raw_control(d, b'{"cmd":"version","x":' + b"9" * 100_000 + b"}\n"))
     assert reply["ok"] is False and reply["error"] == "EINVAL"
     reply = d.request(cmd="hot_remove", value="9" * 5000)
     assert reply["ok"] is False

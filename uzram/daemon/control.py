@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("uzram.control")
 
-MAX_REQUEST = 64 << 10  # requests are small; a longer line is refused before parsing
+MAX_REQUEST = 1 << 20  # requests are small; a longer line is refused before parsing
 
 
 def peer_uid(sock: trio.socket.SocketType) -> int:
