@@ -37,8 +37,8 @@ _SPECIAL = SAME | WB | HUGE | PRIO_MASK  # slots not read by the primary decompr
 _SAME_CANDIDATE = 64  # every same-filled page compresses below this with any backend
 ZERO_PAGE = bytes(PAGE_SIZE)
 SECTOR_SHIFT = 9
-STEP_SCAN = 1 << 16    # slots scanned by one step of a job (numpy, well under 1 ms)
-STEP_FREE = 256        # allocated slots freed by one step of a job (~1 ms)
+STEP_SCAN = 1 << 14    # slots scanned by one step of a job (numpy, well under 1 ms)
+STEP_FREE = 128        # allocated slots freed by one step of a job (~0.5 ms)
 
 
 def _boottime() -> int:

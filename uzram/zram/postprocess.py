@@ -46,7 +46,7 @@ _MODES = {
     "incompressible": INCOMPRESSIBLE_WRITEBACK,
 }
 PP_BUCKET_SIZE = 64
-STEP_SCAN = 1 << 16   # slots scanned per step
+STEP_SCAN = 1 << 14   # slots scanned per step (well under a millisecond)
 HOP_PAGES = 256       # pages written per Offload (several batches share one)
 
 
@@ -88,11 +88,17 @@ class _Buckets:
             self.parts[b].append(picked[bounds[b] : bounds[b + 1]])
 
     def all(self) -> np.ndarray:
+        return run(self.all_steps())
+
+    def all_steps(self) -> Job[np.ndarray]:
+        """The slots, largest bucket first: one bucket merged per step."""
         out = []
         for parts in reversed(self.parts):
             if parts:
                 merged = np.concatenate(parts)
                 out.append(merged if self.sorted else np.sort(merged))
+                yield None
+        self.parts = [[] for _ in self.parts]
         return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
@@ -199,14 +205,14 @@ class WritebackJob:
                 for start in range(lo, hi, STEP_SCAN):
                     buckets.add(dev, _scan(dev, mode, start, min(hi, start + STEP_SCAN)))
                     yield None
+            picked = yield from buckets.all_steps()
             complete = True
         finally:
-            picked = buckets.all()
             if not complete:
-                _release_marks(dev, picked)
+                _release_marks(dev, buckets.all())
         self.scans = []
-        self.slots = picked.tolist()
-        self.total = len(self.slots)
+        self.slots = picked  # type: ignore[assignment]
+        self.total = len(picked)
         yield None
 
     def steps(self) -> Job[None]:
@@ -266,7 +272,7 @@ class WritebackJob:
             if dev.wb_limit_enable and dev.bd_wb_limit == 0:
                 self._stop(OSError(errno.EIO, "writeback_limit budget exhausted"))
                 break
-            i = self.slots[self.pos]
+            i = int(self.slots[self.pos])
             f = flags[i]
             if not f & PP_SLOT:  # read, written or freed since the scan
                 self.pos += 1
@@ -423,13 +429,13 @@ class RecompressJob:
                     flags[picked[prios + 1 >= self.prio_max]] &= ~np.uint32(PP_SLOT)
                     buckets.add(dev, picked[prios + 1 < self.prio_max])
                 yield None
+            picked = yield from buckets.all_steps()
             complete = True
         finally:
-            picked = buckets.all()
             if not complete:
-                _release_marks(dev, picked)
-        self.slots = picked.tolist()
-        self.total = len(self.slots)
+                _release_marks(dev, buckets.all())
+        self.slots = picked  # type: ignore[assignment]
+        self.total = len(picked)
         self.selected = True
         yield None
 
@@ -440,20 +446,18 @@ class RecompressJob:
             yield from self.select_steps()
         flags = self.dev.table.flags  # type: ignore[union-attr]
         try:
-            while self.pos < len(self.slots):
+            while self.pos < len(self.slots) and self.budget:
                 end = min(self.pos + chunk, len(self.slots))
-                while self.pos < end:
-                    i = self.slots[self.pos]
-                    self.pos += 1
+                for i in self.slots[self.pos : end].tolist():
                     if not self.budget:
-                        self.pos = len(self.slots)
                         break
+                    self.pos += 1
                     if flags[i] & PP_SLOT:
                         flags[i] &= ~PP_SLOT
                         if self.dev.recompress_slot(i, self.prio, self.prio_max, self.threshold):
                             self.budget -= 1
                 yield None
-        finally:
+        finally:  # what was selected but not processed is released (release_pp_ctl)
             _release_marks(self.dev, self.slots[self.pos :])
             self.pos = len(self.slots)
 
