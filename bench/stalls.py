@@ -7,6 +7,8 @@ A probe thread reads 4 KiB pages of zram1 one at a time, for the whole run,
 and logs each read's start and latency. For each operation on zram0 the
 stall is the longest probe read that overlapped it: the time the daemon's
 event loop was unavailable to another client (plus one read's own cost).
+The first row, a second with no operation, shows the noise of the machine
+(other processes, CPython's full garbage collections).
 """
 
 from __future__ import annotations
@@ -118,6 +120,7 @@ def main() -> int:
                 assert c.pread(size // 2, PAGE) == bytes(PAGE)
 
         fill(sock, size)
+        measure("nothing (1 s idle: the machine's noise)", lambda: time.sleep(1))
         measure("mem_limit, 100,000 digits", lambda: store("mem_limit", "9" * 100_000, "zram1"))
         measure("idle all", lambda: store("idle", "all"))
         measure("recompress type=idle max_pages=1000", lambda: store("recompress", "type=idle max_pages=1000"))
