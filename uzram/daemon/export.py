@@ -42,8 +42,10 @@ class ZramExport:
         self._punch = puncher(dev)
 
     async def _job(self, job: Job[None]) -> None:
-        await drive(job)
-        await self._punch.wait()
+        try:
+            await drive(job)
+        finally:
+            await self._punch.wait()
 
     def write(self, offset: int, data: memoryview, fua: bool = False) -> None | Awaitable[None]:
         if (offset | len(data)) & (PAGE_SIZE - 1) and self.dev.write_needs_backing(offset, len(data)):

@@ -219,8 +219,10 @@ class DeviceWork:
             if progress is not None and status is not None:
                 progress = await _report(progress, status.done, status.total, status.what)
 
-        await drive(job, should_stop=lambda: self.stop_requested, on_yield=report)
-        await puncher(self.dev).wait()  # the blocks it released are free when it returns
+        try:
+            await drive(job, should_stop=lambda: self.stop_requested, on_yield=report)
+        finally:
+            await puncher(self.dev).wait()  # the blocks it released are free when it returns
         if status is not None:
             await report()
 
