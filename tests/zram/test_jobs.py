@@ -15,7 +15,7 @@ from uzram.zram import ZramDevice, kparse
 from uzram.zram.attrs import DICT_MAX, read_dict
 from uzram.zram.jobs import Offload, Ticket, run
 from uzram.zram.postprocess import PP_BUCKET_SIZE, RecompressJob, WritebackJob
-from uzram.zram.slots import PP_SLOT, SIZE_MASK, WB
+from uzram.zram.slots import IDLE, PP_SLOT, SIZE_MASK, WB
 
 from . import pages
 
@@ -123,7 +123,7 @@ def test_mark_idle_is_stepwise():
     dev.store("disksize", str(1 << 30))
     dev.write(0, pages.compressible(random.Random(1)))
     assert checkpoints(dev.mark_idle_steps(None)) > 1
-    assert dev.slot_state(0)[1] & 0x10000 or "i" in dev.debugfs("block_state")
+    assert dev.slot_state(0)[1] & IDLE
 
 
 def _lexsort_order(dev, picked):
