@@ -9,17 +9,24 @@ import trio
 
 from ..zram import ZramDevice
 from ..zram.device import PendingRead
+from ..zram.jobs import Job
+from ..zram.sizeclass import PAGE_SIZE
+from .jobs import drive, puncher
 
 STATE_HOLE = 1
 STATE_ZERO = 2
+SYNC_PAGES = 256  # TRIM/WRITE_ZEROES up to this many pages run in the call (~1 ms)
 
 
 class ZramExport:
     """Adapts ZramDevice to ``uzram.nbd.export.BlockExport``.
 
-    Every call is synchronous on the trio thread; the device consumes write
-    payloads before returning, so views into the NBD receive ring never outlive
-    the request.
+    Calls run on the trio thread. Quick ones complete in the call; a large
+    TRIM or WRITE_ZEROES, and a sub-page write into a written-back page,
+    return an awaitable that drives the device's job (``jobs.drive``); the
+    server holds back later requests on those pages meanwhile. Write payloads
+    are consumed (or copied for the job) before returning, so views into the
+    NBD receive ring never outlive the request.
     """
 
     read_only = False
@@ -30,8 +37,28 @@ class ZramExport:
         self.name = dev.name
         # bound methods, looked up once for the hot path
         self._read_chunks = dev.read_chunks
-        self.trim = dev.discard
-        self.write = dev.write
+        self._write = dev.write
+        # Released backing blocks are punched in a worker thread; a request
+        # that released some is answered once they are (bd_stat is exact).
+        self._punch = puncher(dev)
+
+    async def _job(self, job: Job[None]) -> None:
+        try:
+            await drive(job)
+        finally:
+            await self._punch.wait()
+
+    def write(self, offset: int, data: memoryview, fua: bool = False) -> None | Awaitable[None]:
+        if (offset | len(data)) & (PAGE_SIZE - 1) and self.dev.write_needs_backing(offset, len(data)):
+            return self._job(self.dev.write_steps(offset, bytes(data)))
+        self._write(offset, data, fua)
+        return self._punch.wait() if self._punch.running else None
+
+    def trim(self, offset: int, length: int) -> None | Awaitable[None]:
+        if length <= SYNC_PAGES * PAGE_SIZE:
+            self.dev.discard(offset, length)
+            return self._punch.wait() if self._punch.running else None
+        return self._job(self.dev.discard_steps(offset, length))
 
     def read(self, offset: int, length: int) -> list[bytes] | Awaitable[list[bytes]]:
         chunks = self._read_chunks(offset, length)
@@ -63,8 +90,12 @@ class ZramExport:
     def detach(self) -> None:
         self.dev.openers -= 1
 
-    def write_zeroes(self, offset: int, length: int, may_trim: bool) -> None:
-        self.dev.write_zeroes(offset, length, unmap=may_trim)
+    def write_zeroes(self, offset: int, length: int, may_trim: bool) -> None | Awaitable[None]:
+        dev = self.dev
+        if length <= SYNC_PAGES * PAGE_SIZE and not dev.write_needs_backing(offset, length):
+            dev.write_zeroes(offset, length, unmap=may_trim)
+            return self._punch.wait() if self._punch.running else None
+        return self._job(dev.write_zeroes_steps(offset, length, unmap=may_trim))
 
     def flush(self) -> None:
         self.dev.flush()

@@ -1,12 +1,16 @@
-"""Long-running device work, run so that NBD requests keep being served:
-writeback (batches of backing-file I/O in worker threads), recompression and
-compaction (in steps, with checkpoints between), and reset/hot_remove, which
-wait for that work.
+"""The trio driver of device jobs (``uzram.zram.jobs``), and the per-device
+state around them.
 
-Writeback and recompression of one device are serialised, as the kernel's
-device lock does. A writeback keeps going when its control client goes away
-(like a write(2) to sysfs, it cannot be interrupted); reset and shutdown ask
-it to stop after the batch in flight.
+``drive`` runs a job's steps on the event loop, handing control back to the
+loop whenever STEP_SECONDS have passed, and runs its Offloads in worker
+threads. Every long operation goes through it: attribute stores (writeback,
+recompress, compact, idle, reset, algorithm_params), large TRIM and
+WRITE_ZEROES, and sub-page writes into written-back pages.
+
+Writeback, recompression and compaction of one device are serialised, as the
+kernel's device lock does. A job keeps going when its control client goes
+away (like a write(2) to sysfs); reset, hot_remove and shutdown ask the
+device's jobs to stop at their next checkpoint and wait for them.
 """
 
 from __future__ import annotations
@@ -15,161 +19,228 @@ import errno
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import trio
 
 from ..zram import ZramDevice
-from ..zram.postprocess import Batch, RecompressJob, WritebackJob
+from ..zram.jobs import Job, Offload, Ticket
 from .logs import event
 
 log = logging.getLogger("uzram.jobs")
 
+T = TypeVar("T")
 Progress = Callable[[int, int, str], Awaitable[None]]
-STEP_SECONDS = 0.002  # longest stretch of compaction/recompression between checkpoints
-HOP_PAGES = 256       # pages written per worker-thread hop (several writeback batches)
+STEP_SECONDS = 0.002  # longest stretch of job steps between two visits to the loop
+
+
+class Stopped(Exception):
+    """The job was asked to stop (reset, hot_remove, shutdown)."""
+
+
+async def _offload(req: Offload) -> Any:
+    # Not cancellable: the call works on buffers and blocks the job owns.
+    return await trio.to_thread.run_sync(req.fn, *req.args)
+
+
+async def drive(job: Job[T], *, should_stop: Callable[[], bool] | None = None,
+                on_yield: Callable[[], Awaitable[None]] | None = None) -> T:
+    """Run ``job`` to completion on the event loop.
+
+    ``should_stop`` is polled at checkpoints; when true the job is closed
+    there and Stopped raised. ``on_yield`` runs each time the loop is
+    visited (progress reports). Cancellation also closes the job at its
+    next checkpoint (an Offload in flight is waited for first)."""
+    caught: BaseException | None = None
+    result: Any = None
+    try:
+        async with trio.open_nursery() as nursery:  # background Offloads
+            try:
+                result = await _steps(job, nursery, should_stop, on_yield)
+            except BaseException as e:  # raised as is, not in an ExceptionGroup
+                caught = e
+        if caught is not None:
+            raise caught
+        return result  # type: ignore[no-any-return]
+    finally:
+        caught = None
+        job.close()
+
+
+async def _steps(job: Job[T], nursery: trio.Nursery, should_stop: Callable[[], bool] | None,
+                 on_yield: Callable[[], Awaitable[None]] | None) -> T:
+    value: Any = None
+    error: BaseException | None = None
+    deadline = time.monotonic() + STEP_SECONDS
+    while True:
+        try:
+            req = job.throw(error) if error is not None else job.send(value)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        value = error = None
+        if req is None:
+            if should_stop is not None and should_stop():
+                raise Stopped()
+            if time.monotonic() >= deadline:
+                if on_yield is not None:
+                    await on_yield()
+                await trio.sleep(0)
+                deadline = time.monotonic() + STEP_SECONDS
+            continue
+        if type(req) is Ticket:
+            while not req.done:
+                await req.event.wait()
+            value, error = req.result, req.error
+        elif req.background:  # type: ignore[union-attr]
+            ticket = Ticket()
+            ticket.event = trio.Event()
+            nursery.start_soon(_background, req, ticket)
+            value = ticket
+            continue
+        else:
+            with trio.CancelScope(shield=True):
+                try:
+                    value = await _offload(req)  # type: ignore[arg-type]
+                except Exception as e:
+                    error = e
+        deadline = time.monotonic() + STEP_SECONDS
+
+
+async def _background(req: Offload, ticket: Ticket) -> None:
+    with trio.CancelScope(shield=True):
+        try:
+            ticket.result = await _offload(req)
+        except Exception as e:
+            ticket.error = e
+    ticket.done = True
+    ticket.event.set()
+
+
+class Puncher:
+    """Punches out released backing blocks in a worker thread: the device's
+    ``release_hook``. Blocks stay out of use until their punch is done."""
+
+    def __init__(self, dev: ZramDevice) -> None:
+        self.dev = dev
+        self.running = False
+        self.idle = trio.Event()
+        self.idle.set()
+
+    def __call__(self) -> None:
+        if self.running:
+            return
+        try:
+            trio.lowlevel.current_trio_token()
+        except RuntimeError:  # outside the event loop (start-up): punch here
+            b = self.dev.backing
+            if b is not None:
+                b.flush_releases()
+            return
+        self.running = True
+        self.idle = trio.Event()
+        trio.lowlevel.spawn_system_task(self._run, name=f"punch {self.dev.name}")
+
+    async def _run(self) -> None:
+        try:
+            while (b := self.dev.backing) is not None and b.pending_punches:
+                runs = b.take_punches()
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(b.punch, runs)
+                b.punched(runs)
+        except Exception as e:  # the space stays allocated; nothing else is at stake
+            event(log, logging.WARNING, "hole punching failed", device=self.dev.name, error=str(e))
+        finally:
+            self.running = False
+            self.idle.set()
+
+    async def wait(self) -> None:
+        while self.running:
+            await self.idle.wait()
+
+
+def puncher(dev: ZramDevice) -> Puncher:
+    hook = dev.release_hook
+    if not isinstance(hook, Puncher):
+        hook = dev.release_hook = Puncher(dev)
+    return hook
 
 
 class DeviceWork:
-    """The post-processing state of one device."""
+    """The jobs of one device: the serialising lock, the stop flag, and how
+    many are running (``wait_idle`` wakes when none is)."""
 
     def __init__(self, dev: ZramDevice) -> None:
         self.dev = dev
         self.lock = trio.Lock()
-        self.writeback: WritebackJob | None = None
         self.stop_requested = False
         self.busy = 0
+        self._idle = trio.Event()
+        self._idle.set()
 
     def request_stop(self) -> None:
         self.stop_requested = True
-        if self.writeback is not None:
-            self.writeback.stopped = True
+
+    async def wait_idle(self) -> None:
+        while self.busy:
+            await self._idle.wait()
+
+    async def run(self, job: Job[Any], *, serialised: bool = False, status: Any = None,
+                  progress: Progress | None = None) -> None:
+        """Drive a store's job; ``serialised`` ones hold the device lock."""
+        self.busy += 1
+        if self.busy == 1:
+            self._idle = trio.Event()
+        started = time.monotonic()
+        try:
+            if serialised:
+                async with self.lock:
+                    await self._drive(job, status, progress)
+            else:
+                await self._drive(job, status, progress)
+        except Stopped:
+            raise OSError(errno.ECANCELED, f"{getattr(status, 'what', 'job')} stopped: "
+                          "the device is being reset or the daemon stops") from None
+        finally:
+            job.close()
+            self.busy -= 1
+            if not self.busy:
+                self._idle.set()
+            if status is not None and getattr(status, "what", "") == "writeback":
+                event(log, logging.INFO, "writeback done", device=self.dev.name, pages=status.total,
+                      seconds=round(time.monotonic() - started, 3),
+                      error=status.error.strerror if status.error else "")
+
+    async def _drive(self, job: Job[Any], status: Any, progress: Progress | None) -> None:
+        if self.stop_requested:
+            raise Stopped()
+
+        async def report() -> None:
+            nonlocal progress
+            if progress is not None and status is not None:
+                progress = await _report(progress, status.done, status.total, status.what)
+
+        try:
+            await drive(job, should_stop=lambda: self.stop_requested, on_yield=report)
+        finally:
+            await puncher(self.dev).wait()  # the blocks it released are free when it returns
+        if status is not None:
+            await report()
+
+    async def quiesce(self) -> None:
+        """Stop every job of the device and wait until none runs, and until
+        released blocks are punched (reset closes the backing file)."""
+        self.stop_requested = True
+        try:
+            await self.wait_idle()
+            await puncher(self.dev).wait()
+        finally:
+            self.stop_requested = False
 
 
-async def _report(progress: Progress | None, done: int, total: int, what: str) -> Progress | None:
+async def _report(progress: Progress, done: int, total: int, what: str) -> Progress | None:
     """Send progress; a client that went away just stops getting it."""
-    if progress is None:
-        return None
     try:
         await progress(done, total, what)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         return None
     return progress
-
-
-async def run_writeback(work: DeviceWork, value: str, progress: Progress | None) -> None:
-    """``writeback`` with I/O in a worker thread, overlapping the copy-out of
-    the next batch with the write of the current one."""
-    dev = work.dev
-    work.busy += 1
-    try:
-        async with work.lock:
-            job = WritebackJob.prepare(dev, value)
-            work.writeback = job
-            if work.stop_requested:
-                job.stopped = True
-            backing = dev.backing
-            assert backing is not None
-            started = time.monotonic()
-            try:
-                with trio.CancelScope(shield=True):
-                    batches = _gather(job)
-                    while batches:
-                        batches = await _write_one(job, batches, backing)
-                        progress = await _report(progress, job.done, job.total, "writeback")
-            finally:
-                work.writeback = None
-                error = job.finish()
-            event(log, logging.INFO, "writeback done", device=dev.name, spec=value.strip(),
-                  pages=job.total, written=dev.stats.bd_writes, seconds=round(time.monotonic() - started, 3),
-                  error=error.strerror if error else "")
-            if error is not None:
-                raise error
-            if work.stop_requested:
-                raise OSError(errno.ECANCELED, "writeback stopped: the device is being reset or the daemon stops")
-    finally:
-        work.busy -= 1
-
-
-async def _write_one(job: WritebackJob, batches: list[Batch], backing) -> list[Batch]:  # type: ignore[no-untyped-def]
-    """Write ``batches`` in one worker-thread hop while the next ones are
-    copied out; complete them and return the next ones."""
-    result: list = []
-    blocks = [b for batch in batches for b in batch.blocks]
-    bufs = [b for batch in batches for b in batch.bufs]
-
-    async def io() -> None:
-        result.append(await trio.to_thread.run_sync(backing.write_blocks, blocks, bufs))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(io)
-        await trio.sleep(0)          # let the thread start before copying out more
-        following = _gather(job)
-    errors = result[0]
-    k = 0
-    for batch in batches:
-        job.complete(batch, errors[k : k + len(batch.blocks)])
-        k += len(batch.blocks)
-    return following
-
-
-def _gather(job: WritebackJob) -> list[Batch]:
-    """Batches for one thread hop: a hop costs as much as writing ~100 pages,
-    so up to HOP_PAGES pages share one."""
-    batches: list[Batch] = []
-    pages = 0
-    while pages < HOP_PAGES:
-        batch = job.next_batch()
-        if batch is None:
-            break
-        batches.append(batch)
-        pages += len(batch.blocks)
-    return batches
-
-
-async def run_stepped(work: DeviceWork, steps, total: int, what: str, progress: Progress | None) -> None:  # type: ignore[no-untyped-def]
-    """Drive a step generator, yielding to the event loop every few ms."""
-    deadline = time.monotonic() + STEP_SECONDS
-    done = 0
-    for done_now in steps:
-        done = done_now
-        if time.monotonic() >= deadline:
-            progress = await _report(progress, done, total, what)
-            await trio.sleep(0)
-            deadline = time.monotonic() + STEP_SECONDS
-    await _report(progress, total, total, what)
-
-
-async def run_recompress(work: DeviceWork, value: str, progress: Progress | None) -> None:
-    work.busy += 1
-    try:
-        async with work.lock:
-            job = RecompressJob.prepare(work.dev, value)
-            await run_stepped(work, job.steps(), job.total, "recompress", progress)
-    finally:
-        work.busy -= 1
-
-
-async def run_compact(work: DeviceWork, progress: Progress | None) -> None:
-    dev = work.dev
-    if not dev.initialized:
-        raise OSError(errno.EINVAL, f"{dev.name} is not initialised")
-    pool = dev.pool
-    assert pool is not None
-    freeable = sum(c.can_compact() for c in pool.classes)
-
-    def freed_so_far():  # type: ignore[no-untyped-def]
-        total = 0
-        for n in pool.compact_steps():
-            total += n
-            yield total
-    await run_stepped(work, freed_so_far(), freeable, "compact", progress)
-
-
-async def quiesce(work: DeviceWork) -> None:
-    """Stop and wait for the device's post-processing (before reset/hot_remove)."""
-    work.request_stop()
-    try:
-        async with work.lock:
-            pass
-    finally:
-        work.stop_requested = False

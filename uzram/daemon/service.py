@@ -1,6 +1,6 @@
-"""The uzramd service: the device registry, the NBD server and the long work
-on devices (writeback, recompression, compaction, reset), shared by the
-control socket and the FUSE tree."""
+"""The uzramd service: the device registry, the NBD server and the jobs on
+devices (every attribute store is driven as a job, see ``jobs.py``), shared
+by the control socket and the FUSE tree."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ import errno
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import trio
-
 from ..nbd.server import NBDServer
 from ..zram import ZramDevice
-from ..zram.kparse import kstrtoint, kstrtou16
+from ..zram import attrs
+from ..zram.kparse import kstrtoint
 from . import jobs
 from .registry import DeviceRegistry
 
@@ -38,31 +37,30 @@ class Daemon:
         return {"name": dev.name, "clients": dev.openers, "attrs": {n: dev.show(n) for n in names}}
 
     async def store(self, dev: ZramDevice, attr: str, value: str, progress: Progress | None) -> None:
-        """Store an attribute; the long ones run without blocking NBD service."""
+        """Store an attribute; the long ones run as jobs without blocking NBD service."""
         if not value:
             return  # a zero-length write never reaches the attribute
-        if attr == "writeback":
-            await jobs.run_writeback(self.work(dev), value, progress)
-        elif attr == "recompress":
-            await jobs.run_recompress(self.work(dev), value, progress)
-        elif attr == "compact":
-            await jobs.run_compact(self.work(dev), progress)
-        elif attr == "reset":
-            if not kstrtou16(value):
-                raise OSError(errno.EINVAL, "reset needs a non-zero value")
-            await self._claim_and_quiesce(dev)
-            dev.reset()
-        else:
-            dev.store(attr, value)
+        work = self.work(dev)
+        if attr == "reset":
+            job, _ = attrs.reset_store_job(dev, value, claimed=True)  # parse first (EINVAL)
+            job.close()
+            await self._reset(dev)
+            return
+        job, status = attrs.store_job(dev, attr, value)
+        await work.run(job, serialised=attr in attrs.SERIALISED, status=status, progress=progress)
 
-    async def _claim_and_quiesce(self, dev: ZramDevice) -> None:
+    async def _reset(self, dev: ZramDevice) -> None:
         """Refuse while clients are attached; otherwise block new opens, stop
-        and wait for post-processing (a reset in the kernel waits likewise)."""
+        and wait for the device's jobs (a reset in the kernel waits likewise),
+        then reset, releasing the pool in steps."""
         if dev.openers or dev.claimed:
             raise OSError(errno.EBUSY, f"{dev.name} is in use by {dev.openers} client(s)")
         dev.claimed = True
         try:
-            await jobs.quiesce(self.work(dev))
+            work = self.work(dev)
+            await work.quiesce()
+            async with work.lock:
+                await work.run(dev.reset_steps(claimed=True))
         finally:
             dev.claimed = False
 
@@ -74,7 +72,7 @@ class Daemon:
             except OSError:
                 dev = None
             if dev is not None:
-                await self._claim_and_quiesce(dev)
+                await self._reset(dev)
         self.registry.hot_remove(value)
 
     def stop_work(self) -> None:
@@ -82,5 +80,5 @@ class Daemon:
             w.request_stop()
 
     async def wait_work(self) -> None:
-        while any(w.busy for w in self._work.values()):
-            await trio.sleep(0.01)
+        for w in list(self._work.values()):
+            await w.wait_idle()

@@ -5,16 +5,25 @@ and prints it. The control socket, the FUSE tree and the tests all go through
 Errors are ``OSError`` with the kernel's errno. Reading a write-only or writing
 a read-only attribute is EACCES (kernfs refuses the open); an unknown name is
 ENOENT.
+
+Stores whose cost grows with the device (writeback, recompress, compact,
+idle, reset) or that read a file (algorithm_params dict=) are jobs (see
+``jobs.py``): ``store_job`` returns the job for a driver, ``store`` runs it
+to completion.
 """
 
 from __future__ import annotations
 
 import errno
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import os
+import stat as stat_mod
 
 from . import kparse
 from .compressors import AVAILABLE, MAX_ALGO_NAME, CompParams, format_available
+from .jobs import Job, Offload, run
 from .sizeclass import PAGE_SHIFT, PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -22,10 +31,21 @@ if TYPE_CHECKING:
 
 Show = Callable[["ZramDevice"], str]
 Store = Callable[["ZramDevice", str], None]
+JobStore = Callable[["ZramDevice", str], "tuple[Job[None], Any]"]
 
 _SHOW: dict[str, Show] = {}
 _STORE: dict[str, Store] = {}
+_JOB: dict[str, JobStore] = {}
 MODES: dict[str, int] = {}   # attribute -> sysfs permission bits
+SERIALISED = frozenset({"writeback", "recompress", "compact"})  # one at a time per device
+DICT_MAX = 1 << 20   # largest algorithm_params dictionary accepted
+
+
+class Progress:
+    """How far a job is: ``done`` of ``total`` (``what`` names it)."""
+
+    def __init__(self, what: str, total: int = 0) -> None:
+        self.what, self.done, self.total = what, 0, total
 
 
 def _attr(name: str, mode: int) -> Callable[[Callable], Callable]:
@@ -33,6 +53,9 @@ def _attr(name: str, mode: int) -> Callable[[Callable], Callable]:
         MODES[name] = mode
         if fn.__name__.endswith("_show"):
             _SHOW[name] = fn
+        elif fn.__name__.endswith("_job"):
+            _JOB[name] = fn
+            _STORE[name] = lambda dev, value: run(fn(dev, value)[0])
         else:
             _STORE[name] = fn
         return fn
@@ -57,6 +80,22 @@ def store(dev: ZramDevice, name: str, value: str) -> None:
         raise OSError(errno.EACCES if name in MODES else errno.ENOENT, f"{name}: cannot be written")
     if value:
         fn(dev, value)
+
+
+def _nothing() -> Job[None]:
+    return
+    yield
+
+
+def store_job(dev: ZramDevice, name: str, value: str) -> tuple[Job[None], Any]:
+    """The store as a job for a driver, and an object with ``done``/``total``
+    /``what`` telling its progress (or None). Quick stores and errors in the
+    name happen at once, here; the job's own errors come from the driver."""
+    fn = _JOB.get(name)
+    if fn is None or not value:
+        store(dev, name, value)
+        return _nothing(), None
+    return fn(dev, value)
 
 
 def _einval(what: str) -> OSError:
@@ -89,10 +128,10 @@ def initstate_show(dev: ZramDevice) -> str:
 
 
 @_attr("reset", 0o200)
-def reset_store(dev: ZramDevice, value: str) -> None:
+def reset_store_job(dev: ZramDevice, value: str, claimed: bool = False) -> tuple[Job[None], Any]:
     if not kparse.kstrtou16(value):
         raise _einval("reset needs a non-zero value")
-    dev.reset()
+    return dev.reset_steps(claimed), None
 
 
 @_attr("size", 0o444)
@@ -148,8 +187,34 @@ def recomp_algorithm_store(dev: ZramDevice, value: str) -> None:
     _set_algorithm(dev, prio, alg)
 
 
+def read_dict(path: str) -> bytes:
+    """A dictionary file: regular files only (a FIFO or device could block
+    or never end), at most DICT_MAX bytes. Blocking: run it off the loop."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as e:
+        raise _einval(f"cannot read dictionary {path}: {e.strerror}") from e
+    try:
+        st = os.fstat(fd)
+        if not stat_mod.S_ISREG(st.st_mode):
+            raise _einval(f"dictionary {path} is not a regular file")
+        if st.st_size > DICT_MAX:
+            raise _einval(f"dictionary {path} is larger than {DICT_MAX} bytes")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(DICT_MAX + 1)
+        if len(data) > DICT_MAX:
+            raise _einval(f"dictionary {path} is larger than {DICT_MAX} bytes")
+        return data
+    except OSError as e:
+        if e.errno == errno.EINVAL:
+            raise
+        raise _einval(f"cannot read dictionary {path}: {e.strerror}") from e
+    finally:
+        os.close(fd)
+
+
 @_attr("algorithm_params", 0o200)
-def algorithm_params_store(dev: ZramDevice, value: str) -> None:
+def algorithm_params_store_job(dev: ZramDevice, value: str) -> tuple[Job[None], Any]:
     prio, level, algo, dict_path, winbits = 0, None, None, None, None
     for key, val in kparse.next_args(value):
         if not val:
@@ -168,14 +233,13 @@ def algorithm_params_store(dev: ZramDevice, value: str) -> None:
         prio = next((p for p, a in enumerate(dev.comp_algs) if a == algo), -1)
     if not 0 <= prio < len(dev.comp_algs):
         raise _einval("no such algorithm or priority configured")
-    dict_data = None
-    if dict_path is not None:
-        try:
-            with open(dict_path, "rb") as f:
-                dict_data = f.read()
-        except OSError as e:
-            raise _einval(f"cannot read dictionary {dict_path}: {e.strerror}") from e
-    dev.comp_params[prio] = CompParams(level=level, dict_data=dict_data, deflate_winbits=winbits)
+
+    def job() -> Job[None]:
+        dict_data = None
+        if dict_path is not None:
+            dict_data = yield Offload(read_dict, dict_path)
+        dev.comp_params[prio] = CompParams(level=level, dict_data=dict_data, deflate_winbits=winbits)
+    return job(), None
 
 
 # -- memory ---------------------------------------------------------------------------
@@ -201,7 +265,7 @@ def mem_used_max_store(dev: ZramDevice, value: str) -> None:
 
 
 @_attr("idle", 0o200)
-def idle_store(dev: ZramDevice, value: str) -> None:
+def idle_store_job(dev: ZramDevice, value: str) -> tuple[Job[None], Any]:
     cutoff = None
     if not kparse.sysfs_streq(value, "all"):
         try:
@@ -210,13 +274,21 @@ def idle_store(dev: ZramDevice, value: str) -> None:
             raise _einval("idle takes 'all' or an age in seconds") from None
         cutoff = dev.clock() - age
     _require_init(dev)
-    dev.mark_idle(cutoff)
+    return dev.mark_idle_steps(cutoff), None
 
 
 @_attr("compact", 0o200)
-def compact_store(dev: ZramDevice, value: str) -> None:
+def compact_store_job(dev: ZramDevice, value: str) -> tuple[Job[None], Any]:
     _require_init(dev)
-    dev.compact()
+    pool = dev.pool
+    progress = Progress("compact", sum(c.can_compact() for c in pool.classes))  # type: ignore[union-attr]
+
+    def job() -> Job[None]:
+        for freed in pool.compact_steps():  # type: ignore[union-attr]
+            progress.done = min(progress.total, progress.done + freed)
+            yield None
+        progress.done = progress.total
+    return job(), progress
 
 
 # -- statistics ---------------------------------------------------------------------------
@@ -267,9 +339,10 @@ def backing_dev_store(dev: ZramDevice, value: str) -> None:
 
 
 @_attr("writeback", 0o200)
-def writeback_store(dev: ZramDevice, value: str) -> None:
-    from .postprocess import run_writeback
-    run_writeback(dev, value)
+def writeback_store_job(dev: ZramDevice, value: str) -> tuple[Job[None], Any]:
+    from .postprocess import WritebackJob
+    job = WritebackJob.parse(dev, value)
+    return job.steps(), job
 
 
 @_attr("writeback_limit", 0o644)
@@ -326,6 +399,7 @@ def bd_stat_show(dev: ZramDevice) -> str:
 
 
 @_attr("recompress", 0o200)
-def recompress_store(dev: ZramDevice, value: str) -> None:
+def recompress_store_job(dev: ZramDevice, value: str) -> tuple[Job[None], Any]:
     from .postprocess import RecompressJob
-    RecompressJob.prepare(dev, value).run()
+    job = RecompressJob.parse(dev, value)
+    return job.steps(), job

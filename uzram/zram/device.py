@@ -7,7 +7,10 @@ every access clearing IDLE and PP_SLOT. Sub-page and unaligned I/O is done by
 read-modify-write. Attributes are reached through ``show``/``store`` (see
 ``attrs.py``).
 
-One owner: every method runs to completion on the caller's thread.
+One owner: every method runs to completion on the caller's thread. Work
+whose cost grows with the device is also offered as a job (``*_steps``, see
+``jobs.py``) that an event loop drives in steps of about a millisecond; the
+plain methods run those jobs to completion.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 from . import attrs
 from .backing import BackingStore
 from .compressors import DEFAULT_ALGORITHM, Codec, CompParams, create_codec
+from .jobs import Job, Offload, run
 from .sizeclass import CHAIN_SIZE_DEFAULT, PAGE_SHIFT, PAGE_SIZE, build_class_table
 from .slots import (
     ACCESS_CLEAR, ALLOCATED, HUGE, IDLE, INCOMPRESSIBLE, PRIO_MASK, PRIO_SHIFT,
@@ -33,7 +37,8 @@ _SPECIAL = SAME | WB | HUGE | PRIO_MASK  # slots not read by the primary decompr
 _SAME_CANDIDATE = 64  # every same-filled page compresses below this with any backend
 ZERO_PAGE = bytes(PAGE_SIZE)
 SECTOR_SHIFT = 9
-_SCAN_CHUNK = 1 << 20  # slots per numpy pass, bounding temporary memory
+STEP_SCAN = 1 << 14    # slots scanned by one step of a job (numpy, well under 1 ms)
+STEP_FREE = 128        # allocated slots freed by one step of a job (~0.5 ms)
 
 
 def _boottime() -> int:
@@ -103,6 +108,9 @@ class ZramDevice:
         self.clock = clock or _boottime
         self.openers = 0          # NBD clients attached (reset refuses while > 0)
         self.claimed = False      # a reset is in progress: new opens are refused
+        # Called instead of punching released backing blocks on this thread;
+        # the owner then hands BackingStore.take_punches() to a worker.
+        self.release_hook: Callable[[], None] | None = None
         self._configure_defaults()
         self._drop_runtime()
 
@@ -154,13 +162,23 @@ class ZramDevice:
 
     def reset(self) -> None:
         """``zram_reset_device``: free everything and return to defaults."""
-        if self.openers or self.claimed:
+        run(self.reset_steps())
+
+    def reset_steps(self, claimed: bool = False) -> Job[None]:
+        """Reset as a job: the device returns to defaults in the first step;
+        the old pool is then released in steps. ``claimed``: the caller has
+        set ``self.claimed`` itself (and made sure no punch is in flight)."""
+        if self.openers or (self.claimed and not claimed):
             raise _oserror(errno.EBUSY, f"{self.name} is in use by {self.openers} client(s)")
-        backing = self.backing
+        backing, pool = self.backing, self.pool
+        if backing is not None and backing.pending_punches and self.release_hook is None:
+            backing.flush_releases()
         self._drop_runtime()
+        self._configure_defaults()
         if backing is not None:
             backing.close()
-        self._configure_defaults()
+        if pool is not None:
+            yield from pool.release_steps()
 
     def set_backing(self, path: str) -> None:
         """``backing_dev_store``: an existing regular file or block device."""
@@ -219,10 +237,14 @@ class ZramDevice:
         self.backing.release(block)  # type: ignore[union-attr]
 
     def flush_backing(self) -> None:
-        """Punch out and free the backing blocks released by the last operation."""
+        """Punch out and free the backing blocks released by the last operation
+        (or have ``release_hook`` arrange it off this thread)."""
         b = self.backing
         if b is not None and b.pending_punches:
-            b.flush_releases()
+            if self.release_hook is not None:
+                self.release_hook()
+            else:
+                b.flush_releases()
 
     # -- page operations ------------------------------------------------------------
 
@@ -515,25 +537,112 @@ class ZramDevice:
         page[start : start + part.nbytes] = part
         self._write_page(i, memoryview(page), now)
 
-    def _free_range(self, first: int, count: int) -> None:
-        """Free ``count`` whole pages from ``first`` (skipping empty slots fast)."""
+    def _patch_steps(self, i: int, start: int, part: memoryview, now: int) -> Job[None]:
+        """``_patch_page`` whose read of a written-back slot is an Offload.
+
+        The block stays pinned during the read; the patch is applied only if
+        the slot still holds that block afterwards (otherwise it is retried
+        against the slot's newer contents), so it never mixes two states."""
+        table = self.table
+        flags, handles = table.flags, table.handle  # type: ignore[union-attr]
+        backing = self.backing
+        while True:
+            f = flags[i]
+            if backing is None or not f & WB:
+                self._patch_page(i, start, part, now)
+                return
+            block = handles[i]
+            backing.pin(block)
+            try:
+                res = (yield Offload(backing.read_blocks, [block]))[0]
+            finally:
+                backing.unpin(block)
+                self.flush_backing()
+            if flags[i] & WB and handles[i] == block:  # pinned: not reused meanwhile
+                page = bytearray(self._decode_block(res, f))
+                flags[i] &= ACCESS_CLEAR
+                page[start : start + part.nbytes] = part
+                self._write_page(i, memoryview(page), now)
+                return
+
+    def write_needs_backing(self, offset: int, length: int) -> bool:
+        """Whether ``write`` would read-modify-write a written-back page (then
+        run ``write_steps`` instead, so that read happens off the loop)."""
+        if self.backing is None or not (offset | length) & (PAGE_SIZE - 1) or not length:
+            return False
+        if offset < 0 or offset + length > self.disksize:
+            return False  # write() reports the error
+        flags = self.table.flags  # type: ignore[union-attr]
+        head, tail = offset >> PAGE_SHIFT, (offset + length - 1) >> PAGE_SHIFT
+        return bool(flags[head] & WB or flags[tail] & WB)
+
+    def write_steps(self, offset: int, data: bytes) -> Job[None]:
+        """``write`` as a job: sub-page parts of written-back pages read their
+        block through an Offload. ``data`` must be owned by the job."""
+        mv = memoryview(data).cast("B")
+        length = mv.nbytes
+        self._check_range(offset, length, True)
+        st = self.stats
+        st.write_ios += 1
+        st.write_sectors += (length + 511) >> SECTOR_SHIFT
+        if not length:
+            return
+        now = self.clock()
+        try:
+            pos = 0
+            i = offset >> PAGE_SHIFT
+            head = offset & (PAGE_SIZE - 1)
+            if head or length < PAGE_SIZE:
+                n = min(PAGE_SIZE - head, length)
+                yield from self._patch_steps(i, head, mv[:n], now)
+                pos = n
+                i += 1
+            while length - pos >= PAGE_SIZE:
+                self._write_page(i, mv[pos : pos + PAGE_SIZE], now)
+                pos += PAGE_SIZE
+                i += 1
+            if pos < length:
+                yield from self._patch_steps(i, 0, mv[pos:], now)
+        except OSError:
+            st.failed_writes += 1
+            raise
+        finally:
+            self.flush_backing()
+
+    def _free_steps(self, first: int, count: int, fill_zero: bool = False, now: int = 0) -> Job[None]:
+        """Free ``count`` whole pages from ``first``, at most STEP_FREE
+        allocated (or STEP_SCAN empty) slots per step; ``fill_zero`` stores
+        each freed stretch as same-filled zero pages in the same step."""
         if count <= 64:
             for i in range(first, first + count):
                 self._slot_free(i)
+            if fill_zero:
+                self._fill_zero_pages(first, count, now)
             return
         flags = self.table.np_flags()  # type: ignore[union-attr]
-        ac = self.table.np_ac_time()  # type: ignore[union-attr]
-        for start in range(first, first + count, _SCAN_CHUNK):
-            stop = min(first + count, start + _SCAN_CHUNK)
-            busy = np.flatnonzero(flags[start:stop] & ALLOCATED)
+        slot_free = self._slot_free
+        pos, end = first, first + count
+        while pos < end:
+            stop = min(end, pos + STEP_SCAN)
+            busy = np.flatnonzero(flags[pos:stop])
+            if len(busy) > STEP_FREE:
+                stop = pos + int(busy[STEP_FREE])
+                busy = busy[:STEP_FREE]
             for j in busy.tolist():
-                self._slot_free(start + j)
-            flags[start:stop] = 0
-            ac[start:stop] = 0
+                slot_free(pos + j)
+            if fill_zero:
+                self._fill_zero_pages(pos, stop - pos, now)
+            pos = stop
+            yield None
 
     def discard(self, offset: int, length: int) -> None:
         """``zram_bio_discard``: free whole pages; a partial head or tail page
         is left alone (its contents are then unspecified, as for TRIM)."""
+        run(self.discard_steps(offset, length))
+
+    def discard_steps(self, offset: int, length: int) -> Job[None]:
+        """``discard`` as a job. Each slot is freed whole within one step, so
+        concurrent requests see it before or after, never half-freed."""
         self._check_range(offset, length, True)
         st = self.stats
         st.discard_ios += 1
@@ -546,14 +655,20 @@ class ZramDevice:
             length -= PAGE_SIZE - head
             first += 1
         count = length >> PAGE_SHIFT
-        self._free_range(first, count)
         st.notify_free += count
-        self.flush_backing()
+        try:
+            yield from self._free_steps(first, count)
+        finally:
+            self.flush_backing()
 
     def write_zeroes(self, offset: int, length: int, unmap: bool = True) -> None:
         """Make the range read as zeros. Whole pages are freed (``unmap``) or
         stored as same-filled zero pages (still no pool memory); partial head
         and tail pages are zeroed by read-modify-write."""
+        run(self.write_zeroes_steps(offset, length, unmap))
+
+    def write_zeroes_steps(self, offset: int, length: int, unmap: bool = True) -> Job[None]:
+        """``write_zeroes`` as a job (see ``discard_steps``)."""
         self._check_range(offset, length, True)
         st = self.stats
         st.write_ios += 1
@@ -566,18 +681,16 @@ class ZramDevice:
         last = end >> PAGE_SHIFT  # exclusive
         try:
             if first > last:  # inside a single page
-                self._patch_page(offset >> PAGE_SHIFT, offset & (PAGE_SIZE - 1), memoryview(bytes(length)), now)
+                yield from self._patch_steps(offset >> PAGE_SHIFT, offset & (PAGE_SIZE - 1), memoryview(bytes(length)), now)
                 return
             if offset & (PAGE_SIZE - 1):
                 head = offset & (PAGE_SIZE - 1)
-                self._patch_page(first - 1, head, memoryview(bytes(PAGE_SIZE - head)), now)
+                yield from self._patch_steps(first - 1, head, memoryview(bytes(PAGE_SIZE - head)), now)
             if end & (PAGE_SIZE - 1):
-                self._patch_page(last, 0, memoryview(bytes(end & (PAGE_SIZE - 1))), now)
-            self._free_range(first, last - first)
+                yield from self._patch_steps(last, 0, memoryview(bytes(end & (PAGE_SIZE - 1))), now)
             if unmap:
                 st.notify_free += last - first
-            else:
-                self._fill_zero_pages(first, last - first, now)
+            yield from self._free_steps(first, last - first, not unmap, now)
         except OSError:
             st.failed_writes += 1
             raise
@@ -683,17 +796,25 @@ class ZramDevice:
     def mark_idle(self, cutoff: int | None) -> None:
         """``mark_idle``: IDLE on allocated, in-RAM, not same-filled slots last
         accessed before ``cutoff`` seconds (None = all); cleared on the younger."""
-        flags = self.table.np_flags()  # type: ignore[union-attr]
-        ac = self.table.np_ac_time()  # type: ignore[union-attr]
-        for start in range(0, self.nr_pages, _SCAN_CHUNK):
-            f = flags[start : start + _SCAN_CHUNK]
+        run(self.mark_idle_steps(cutoff))
+
+    def mark_idle_steps(self, cutoff: int | None) -> Job[None]:
+        """``mark_idle`` as a job, STEP_SCAN slots per step."""
+        table = self.table
+        flags = table.np_flags()  # type: ignore[union-attr]
+        ac = table.np_ac_time()  # type: ignore[union-attr]
+        for start in range(0, self.nr_pages, STEP_SCAN):
+            if self.table is not table:
+                return  # reset meanwhile
+            f = flags[start : start + STEP_SCAN]
             eligible = ((f & SIZE_MASK) != 0) & ((f & (WB | SAME)) == 0)
             if cutoff is not None:
-                old = ac[start : start + _SCAN_CHUNK] < max(cutoff, 0)
+                old = ac[start : start + STEP_SCAN] < max(cutoff, 0)
                 f[eligible & old] |= IDLE
                 f[eligible & ~old] &= ~np.uint32(IDLE)
             else:
                 f[eligible] |= IDLE
+            yield None
 
     def compact(self) -> int:
         """``zs_compact`` on the pool; returns pages freed."""

@@ -7,6 +7,7 @@ attribute stores can let them propagate unchanged.
 from __future__ import annotations
 
 import errno
+import re
 from collections.abc import Iterator
 
 _SUFFIX_SHIFT = {"k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
@@ -21,11 +22,33 @@ def _strip_newline(s: str) -> str:
     return s[:-1] if s.endswith("\n") else s
 
 
+_DIGITS = {8: re.compile(r"[0-7]*"), 10: re.compile(r"[0-9]*"), 16: re.compile(r"[0-9a-fA-F]*")}
+_DEC_CHUNK = 18  # decimal digits folded in per step: 10**18 < 2**64
+
+
+def _wrap64(digits: str, base: int) -> int:
+    """The value of a digit string modulo 2**64 (C's unsigned overflow), in
+    time linear in its length (``int()`` of a long string is quadratic)."""
+    if base == 16:
+        return int(digits[-16:] or "0", 16)
+    if base == 8:
+        return int(digits[-22:] or "0", 8) & U64_MAX   # 8**22 is a multiple of 2**64
+    value = 0
+    scale = 10 ** _DEC_CHUNK
+    head = len(digits) % _DEC_CHUNK
+    if head:
+        value = int(digits[:head])
+    for i in range(head, len(digits), _DEC_CHUNK):
+        value = (value * scale + int(digits[i : i + _DEC_CHUNK])) & U64_MAX
+    return value
+
+
 def _parse_prefix(s: str, base: int) -> tuple[int, int]:
     """``simple_strtoull``: the longest valid numeric prefix and its length.
 
     With base 0 the base follows the C convention (``0x`` hex, ``0`` octal).
     Returns (value, characters consumed); consumed is 0 if nothing parsed.
+    The value wraps modulo 2**64 as the kernel's does.
     """
     i = 0
     if base == 0:
@@ -37,18 +60,11 @@ def _parse_prefix(s: str, base: int) -> tuple[int, int]:
             base = 10
     elif base == 16 and s[:2].lower() == "0x":
         i = 2
-    start = i
-    value = 0
-    while i < len(s):
-        c = s[i]
-        d = int(c, 16) if c in "0123456789abcdefABCDEF" else 99
-        if d >= base:
-            break
-        value = value * base + d
-        i += 1
-    if i == start:
+    m = _DIGITS[base].match(s, i)
+    end = m.end()  # type: ignore[union-attr]
+    if end == i:
         return 0, 0
-    return value & U64_MAX, i
+    return _wrap64(s[i:end], base), end
 
 
 def memparse(s: str) -> tuple[int, int]:
@@ -81,14 +97,16 @@ def kstrtoull(s: str, base: int = 10, maximum: int = U64_MAX) -> int:
             base = 10
     if not body:
         raise _err(errno.EINVAL)
-    value = 0
-    for c in body:
-        d = int(c, 16) if c in "0123456789abcdefABCDEF" else 99
-        if d >= base:
-            raise _err(errno.EINVAL)
-        value = value * base + d
-        if value > U64_MAX:
-            raise _err(errno.ERANGE)
+    n = _DIGITS[base].match(body).end()  # type: ignore[union-attr]
+    if n == 0:
+        raise _err(errno.EINVAL)
+    digits = body[:n].lstrip("0")
+    # U64_MAX has 20 decimal, 16 hex or 22 octal digits: longer overflows
+    if len(digits) > {8: 22, 10: 20, 16: 16}[base] or int(digits or "0", base) > U64_MAX:
+        raise _err(errno.ERANGE)
+    if n < len(body):
+        raise _err(errno.EINVAL)
+    value = int(digits or "0", base)
     if value > maximum:
         raise _err(errno.ERANGE)
     return value

@@ -9,19 +9,25 @@ otherwise the block is released and the slot keeps its newer contents.
 A writeback job is driven in batches: ``next_batch`` (owner thread) reserves
 blocks and copies the data out into owned buffers; the batch's I/O may run in
 another thread (``BackingStore.write_blocks``); ``complete`` (owner thread)
-switches the slots. The pure synchronous driver is ``run_writeback``.
+switches the slots. ``steps`` is the whole job (see ``jobs.py``): the scan
+in steps, then batches whose writes are Offloads overlapping the copy-out of
+the next ones. The synchronous driver is ``run_writeback``.
+
+Selection scans STEP_SCAN slots per step and orders the picked slots as
+zram's size buckets do (largest first, by index within a bucket) with a
+bucket sort built as the scan goes, so no step sorts the whole device.
 """
 
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import kparse
+from .jobs import Job, Offload, Ticket, run
 from .sizeclass import PAGE_SIZE
 from .slots import (
     HUGE, IDLE, INCOMPRESSIBLE, PP_SLOT, PRIO_MASK, PRIO_SHIFT, SAME, SIZE_MASK, WB,
@@ -40,6 +46,8 @@ _MODES = {
     "incompressible": INCOMPRESSIBLE_WRITEBACK,
 }
 PP_BUCKET_SIZE = 64
+STEP_SCAN = 1 << 14   # slots scanned per step (well under a millisecond)
+HOP_PAGES = 256       # pages written per Offload (several batches share one)
 
 
 def _scan(dev: ZramDevice, mode: int, lo: int, hi: int, extra_skip: int = 0) -> np.ndarray:
@@ -58,19 +66,66 @@ def _scan(dev: ZramDevice, mode: int, lo: int, hi: int, extra_skip: int = 0) -> 
     return picked + lo
 
 
+class _Buckets:
+    """Picked slots by size bucket, filled chunk by chunk in index order."""
+
+    def __init__(self) -> None:
+        self.parts: list[list[np.ndarray]] = [[] for _ in range(PAGE_SIZE // PP_BUCKET_SIZE + 1)]
+        self.sorted = True   # each bucket's indexes ascend (one range, scanned upwards)
+        self.last = -1
+
+    def add(self, dev: ZramDevice, picked: np.ndarray) -> None:
+        if not len(picked):
+            return
+        if picked[0] <= self.last:
+            self.sorted = False
+        self.last = int(picked[-1])
+        buckets = (dev.table.np_flags()[picked] & SIZE_MASK) // PP_BUCKET_SIZE  # type: ignore[union-attr]
+        order = np.argsort(buckets, kind="stable")
+        buckets, picked = buckets[order], picked[order]
+        bounds = np.searchsorted(buckets, np.arange(len(self.parts) + 1))
+        for b in np.flatnonzero(bounds[1:] > bounds[:-1]).tolist():  # (np.unique's first call costs 20 ms)
+            self.parts[b].append(picked[bounds[b] : bounds[b + 1]])
+
+    def all(self) -> np.ndarray:
+        return run(self.all_steps())
+
+    def all_steps(self) -> Job[np.ndarray]:
+        """The slots, largest bucket first: one bucket merged per step."""
+        out = []
+        for parts in reversed(self.parts):
+            if parts:
+                merged = np.concatenate(parts)
+                out.append(merged if self.sorted else np.sort(merged))
+                yield None
+        self.parts = [[] for _ in self.parts]
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
 def _largest_first(dev: ZramDevice, picked: np.ndarray) -> list[int]:
     """Order as zram's size buckets: the biggest objects first."""
-    if not len(picked):
-        return []
-    sizes = dev.table.np_flags()[picked] & SIZE_MASK  # type: ignore[union-attr]
-    order = np.lexsort((picked, -(sizes // PP_BUCKET_SIZE).astype(np.int64)))
-    return picked[order].tolist()
+    b = _Buckets()
+    b.sorted = False
+    b.add(dev, picked)
+    return b.all().tolist()
 
 
-def _release_marks(dev: ZramDevice, slots: list[int]) -> None:
-    flags = dev.table.flags  # type: ignore[union-attr]
-    for i in slots:
-        flags[i] &= ~PP_SLOT
+def _release_marks(dev: ZramDevice, slots: list[int] | np.ndarray) -> None:
+    if dev.table is None or not len(slots):
+        return
+    flags = dev.table.np_flags()
+    flags[np.asarray(slots, dtype=np.int64)] &= ~np.uint32(PP_SLOT)
+
+
+def _release_steps(job: WritebackJob | RecompressJob) -> Job[None]:
+    """Unmark what was selected but will not be processed, STEP_SCAN per step."""
+    while job.pos < len(job.slots):
+        end = min(job.pos + STEP_SCAN, len(job.slots))
+        _release_marks(job.dev, job.slots[job.pos : end])
+        if isinstance(job, WritebackJob):
+            job.done += end - job.pos
+        job.pos = end
+        yield None
 
 
 # -- writeback ------------------------------------------------------------------------------
@@ -103,9 +158,12 @@ class Batch:
 class WritebackJob:
     """One ``writeback`` store: the selected slots and the batches over them."""
 
-    def __init__(self, dev: ZramDevice, slots: list[int]) -> None:
+    what = "writeback"
+
+    def __init__(self, dev: ZramDevice, slots: list[int], scans: list[tuple[int, int, int]] | None = None) -> None:
         self.dev = dev
         self.slots = slots
+        self.scans = scans or []   # (mode, lo, hi) still to select
         self.pos = 0
         self.total = len(slots)
         self.done = 0
@@ -114,38 +172,100 @@ class WritebackJob:
         self.stopped = False
 
     @classmethod
-    def prepare(cls, dev: ZramDevice, value: str) -> WritebackJob:
-        """Parse the store and scan, as ``writeback_store`` does (EINVAL when not
-        initialised, ENODEV without backing store, then the arguments)."""
+    def parse(cls, dev: ZramDevice, value: str) -> WritebackJob:
+        """Parse the store as ``writeback_store`` does (EINVAL when not
+        initialised, ENODEV without backing store, then the arguments);
+        the scans are left to ``select_steps``."""
         if not dev.initialized:
             raise OSError(errno.EINVAL, f"{dev.name} is not initialised")
         if dev.backing is None:
             raise OSError(errno.ENODEV, f"{dev.name} has no backing_dev")
         nr_pages = dev.nr_pages
         lo, hi, mode = 0, nr_pages, 0
-        picked: list[np.ndarray] = []
+        scans: list[tuple[int, int, int]] = []
+        for key, val in kparse.next_args(value):
+            if not val:
+                scans.append((cls._mode(key), lo, hi))
+                break
+            if key == "type":
+                scans.append((cls._mode(val), lo, hi))
+                break
+            if key == "page_index":
+                lo, hi = _parse_index(val, nr_pages)
+                scans.append((mode, lo, hi))
+            elif key == "page_indexes":
+                lo, hi = _parse_indexes(val, nr_pages)
+                scans.append((mode, lo, hi))
+        return cls(dev, [], scans)
+
+    @classmethod
+    def prepare(cls, dev: ZramDevice, value: str) -> WritebackJob:
+        """Parse and scan at once (the slots are marked when this returns)."""
+        job = cls.parse(dev, value)
+        run(job.select_steps())
+        return job
+
+    def select_steps(self) -> Job[None]:
+        """Scan and mark the slots, STEP_SCAN per step; on being stopped
+        midway, the marks made so far are released."""
+        dev = self.dev
+        buckets = _Buckets()
+        complete = False
         try:
-            for key, val in kparse.next_args(value):
-                if not val:
-                    mode = cls._mode(key)
-                    picked.append(_scan(dev, mode, lo, hi))
-                    break
-                if key == "type":
-                    mode = cls._mode(val)
-                    picked.append(_scan(dev, mode, lo, hi))
-                    break
-                if key == "page_index":
-                    lo, hi = _parse_index(val, nr_pages)
-                    picked.append(_scan(dev, mode, lo, hi))
-                elif key == "page_indexes":
-                    lo, hi = _parse_indexes(val, nr_pages)
-                    picked.append(_scan(dev, mode, lo, hi))
-        except OSError:
-            for p in picked:
-                _release_marks(dev, p.tolist())
-            raise
-        slots = _largest_first(dev, np.concatenate(picked)) if picked else []
-        return cls(dev, slots)
+            for mode, lo, hi in self.scans:
+                for start in range(lo, hi, STEP_SCAN):
+                    buckets.add(dev, _scan(dev, mode, start, min(hi, start + STEP_SCAN)))
+                    yield None
+            picked = yield from buckets.all_steps()
+            complete = True
+        finally:
+            if not complete:
+                _release_marks(dev, buckets.all())
+        self.scans = []
+        self.slots = picked  # type: ignore[assignment]
+        self.total = len(picked)
+        yield None
+
+    def steps(self) -> Job[None]:
+        """The whole writeback: selection, then batches written HOP_PAGES at a
+        time in the background while the next ones are copied out."""
+        dev = self.dev
+        try:
+            yield from self.select_steps()
+            backing = dev.backing
+            hop = self._gather()
+            while hop:
+                blocks = [b for batch in hop for b in batch.blocks]
+                bufs = [b for batch in hop for b in batch.bufs]
+                ticket: Ticket = yield Offload(backing.write_blocks, blocks, bufs, background=True)  # type: ignore[union-attr]
+                following = self._gather()
+                errors = yield ticket
+                if ticket.error is not None:
+                    errors = [ticket.error] * len(blocks)  # type: ignore[list-item]
+                k = 0
+                for batch in hop:
+                    self.complete(batch, errors[k : k + len(batch.blocks)])
+                    k += len(batch.blocks)
+                hop = following
+                yield None
+            yield from _release_steps(self)
+        finally:
+            error = self.finish()
+        if error is not None:
+            raise error
+
+    def _gather(self) -> list[Batch]:
+        """Batches for one Offload: a hop costs as much as writing ~100
+        pages, so up to HOP_PAGES pages share one."""
+        batches: list[Batch] = []
+        pages = 0
+        while pages < HOP_PAGES:
+            batch = self.next_batch()
+            if batch is None:
+                break
+            batches.append(batch)
+            pages += len(batch.blocks)
+        return batches
 
     @staticmethod
     def _mode(word: str) -> int:
@@ -164,7 +284,7 @@ class WritebackJob:
             if dev.wb_limit_enable and dev.bd_wb_limit == 0:
                 self._stop(OSError(errno.EIO, "writeback_limit budget exhausted"))
                 break
-            i = self.slots[self.pos]
+            i = int(self.slots[self.pos])
             f = flags[i]
             if not f & PP_SLOT:  # read, written or freed since the scan
                 self.pos += 1
@@ -230,15 +350,7 @@ class WritebackJob:
 
 def run_writeback(dev: ZramDevice, value: str) -> None:
     """The synchronous driver: every batch written on the calling thread."""
-    job = WritebackJob.prepare(dev, value)
-    try:
-        while (batch := job.next_batch()) is not None:
-            errors = dev.backing.write_blocks(batch.blocks, batch.bufs)  # type: ignore[union-attr]
-            job.complete(batch, errors)
-    finally:
-        error = job.finish()
-    if error is not None:
-        raise error
+    run(WritebackJob.parse(dev, value).steps())
 
 
 # -- recompression ----------------------------------------------------------------------------
@@ -250,10 +362,14 @@ RECOMPRESS_HUGE = 2
 class RecompressJob:
     """One ``recompress`` store, run in steps so an event loop can interleave I/O."""
 
+    what = "recompress"
+
     def __init__(self, dev: ZramDevice, slots: list[int], prio: int, prio_max: int,
-                 threshold: int, max_pages: int) -> None:
+                 threshold: int, max_pages: int, mode_bits: int = 0) -> None:
         self.dev = dev
         self.slots = slots
+        self.mode_bits = mode_bits
+        self.selected = False
         self.pos = 0
         self.total = len(slots)
         self.prio = prio
@@ -268,6 +384,15 @@ class RecompressJob:
 
     @classmethod
     def prepare(cls, dev: ZramDevice, value: str) -> RecompressJob:
+        """Parse and scan at once (the slots are marked when this returns)."""
+        job = cls.parse(dev, value)
+        run(job.select_steps())
+        return job
+
+    @classmethod
+    def parse(cls, dev: ZramDevice, value: str) -> RecompressJob:
+        """Parse the store as ``recompress_store`` does; the scan is left to
+        ``select_steps``."""
         mode = threshold = 0
         max_pages = kparse.U64_MAX
         prio, prio_max = 1, dev.num_active_comps
@@ -300,36 +425,54 @@ class RecompressJob:
         if prio >= prio_max:
             raise OSError(errno.EINVAL, "no recompression algorithm configured (recomp_algorithm)")
         mode_bits = (IDLE_WRITEBACK if mode & RECOMPRESS_IDLE else 0) | (HUGE_WRITEBACK if mode & RECOMPRESS_HUGE else 0)
-        picked = _scan(dev, mode_bits, 0, dev.nr_pages, extra_skip=INCOMPRESSIBLE)
-        if len(picked):  # skip slots already at or above the last usable priority
-            flags = dev.table.np_flags()  # type: ignore[union-attr]
-            prios = (flags[picked] & PRIO_MASK) >> PRIO_SHIFT
-            too_high = picked[prios + 1 >= prio_max]
-            flags[too_high] &= ~np.uint32(PP_SLOT)
-            picked = picked[prios + 1 < prio_max]
-        return cls(dev, _largest_first(dev, picked), prio, prio_max, threshold, max_pages)
+        return cls(dev, [], prio, prio_max, threshold, max_pages, mode_bits)
 
-    def steps(self, chunk: int = 256) -> Iterator[int]:
-        """Process candidates ``chunk`` at a time, yielding progress between chunks."""
+    def select_steps(self) -> Job[None]:
+        """Scan and mark candidates, STEP_SCAN slots per step."""
+        dev = self.dev
+        flags = dev.table.np_flags()  # type: ignore[union-attr]
+        buckets = _Buckets()
+        complete = False
+        try:
+            for start in range(0, dev.nr_pages, STEP_SCAN):
+                picked = _scan(dev, self.mode_bits, start, min(dev.nr_pages, start + STEP_SCAN), extra_skip=INCOMPRESSIBLE)
+                if len(picked):  # skip slots already at or above the last usable priority
+                    prios = (flags[picked] & PRIO_MASK) >> PRIO_SHIFT
+                    flags[picked[prios + 1 >= self.prio_max]] &= ~np.uint32(PP_SLOT)
+                    buckets.add(dev, picked[prios + 1 < self.prio_max])
+                yield None
+            picked = yield from buckets.all_steps()
+            complete = True
+        finally:
+            if not complete:
+                _release_marks(dev, buckets.all())
+        self.slots = picked  # type: ignore[assignment]
+        self.total = len(picked)
+        self.selected = True
+        yield None
+
+    def steps(self, chunk: int = 16) -> Job[None]:
+        """Select (unless ``prepare`` did), then process candidates ``chunk``
+        at a time (a zstd attempt costs tens of µs), yielding between chunks."""
+        if not self.selected:
+            yield from self.select_steps()
         flags = self.dev.table.flags  # type: ignore[union-attr]
         try:
-            while self.pos < len(self.slots):
+            while self.pos < len(self.slots) and self.budget:
                 end = min(self.pos + chunk, len(self.slots))
-                while self.pos < end:
-                    i = self.slots[self.pos]
-                    self.pos += 1
+                for i in self.slots[self.pos : end].tolist():
                     if not self.budget:
-                        self.pos = len(self.slots)
                         break
+                    self.pos += 1
                     if flags[i] & PP_SLOT:
                         flags[i] &= ~PP_SLOT
                         if self.dev.recompress_slot(i, self.prio, self.prio_max, self.threshold):
                             self.budget -= 1
-                yield self.pos
-        finally:
+                yield None
+            yield from _release_steps(self)
+        finally:  # what was selected but not processed is released (release_pp_ctl)
             _release_marks(self.dev, self.slots[self.pos :])
             self.pos = len(self.slots)
 
     def run(self) -> None:
-        for _ in self.steps():
-            pass
+        run(self.steps())

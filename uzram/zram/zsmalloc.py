@@ -420,6 +420,33 @@ class ZsPool:
         self._regroup(src)
         return 0
 
+    # -- teardown ---------------------------------------------------------------------
+
+    def release_steps(self, per_step: int = 2048) -> Iterator[None]:
+        """Drop every object, zspage and chunk, ``per_step`` Python objects at
+        a time (a full pool holds millions; freeing them at once takes
+        seconds). The pool is empty and unusable afterwards (reset drops it)."""
+        zspages, self._zspages = self._zspages, []
+        for cls in self.classes:
+            for g in cls.groups:
+                g.clear()        # the list above still holds each zspage
+                yield None
+        while zspages:
+            del zspages[-per_step:]
+            yield None
+        frames, self._frames = self._frames, {}
+        for lst in frames.values():
+            while lst:
+                del lst[-per_step:]
+                yield None
+        chunks, self._chunks = self._chunks, []
+        while chunks:
+            del chunks[-4:]      # munmap: about a millisecond per 16 MiB resident
+            yield None
+        self._loc = array("Q", [0])
+        self._free_zids = []
+        self.pages_allocated = self.objects = 0
+
     # -- introspection -------------------------------------------------------------
 
     def class_stats(self) -> list[ClassStat]:
