@@ -6,13 +6,15 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 from typing import Any
 
 import trio
 
 from .. import __version__
-from ..nbd.server import NBDServer
+from ..nbd import tls as tls_mod
+from ..nbd.server import NBDServer, ServerConfig
 from . import config as config_mod
 from . import control, hardening, sockets, systemd
 from .logs import event, setup
@@ -54,7 +56,8 @@ def attach_hint(listeners: list[str]) -> str:
 async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
     registry = DeviceRegistry()
     configure_devices(registry, cfg.devices)
-    nbd = NBDServer(registry)
+    tls = tls_settings(cfg)
+    nbd = NBDServer(registry, ServerConfig(tls=tls))
     daemon = Daemon(registry, nbd)
 
     listen_socks: list[trio.socket.SocketType] = []
@@ -69,6 +72,11 @@ async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
             listen_socks.append(tsock)
             names.append(f"fd:{sock.fileno()}")
     listens = cfg.listen or ([] if listen_socks else [config_mod.default_listen()])
+    if any(item.kind == "tcp" for item in listens) or any(s.family != socket.AF_UNIX for s in listen_socks):
+        try:
+            tls.check_tcp()
+        except tls_mod.TLSError as e:
+            raise config_mod.ConfigError(str(e)) from None
     try:
         for item in listens:
             listen_socks.append(await sockets.bind(item))
@@ -128,6 +136,13 @@ async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
     return 0
 
 
+def tls_settings(cfg: config_mod.Config) -> tls_mod.TLSSettings:
+    try:
+        return tls_mod.settings(cfg.tls, cfg.tls_certificates, cfg.tls_verify_peer)
+    except tls_mod.TLSError as e:
+        raise config_mod.ConfigError(str(e)) from None
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="uzramd", description="Serve zram devices, emulated in userspace, over NBD.")
@@ -140,6 +155,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", metavar="NAME[:ATTR=VALUE,...]", action="append", default=[],
                    help="create a device and store attributes in order, e.g. zram0:comp_algorithm=zstd,disksize=1G")
     p.add_argument("--fuse", metavar="DIR", help="mount the sysfs-like attribute tree (and dev/zramN files) at DIR")
+    p.add_argument("--tls", choices=tls_mod.MODES,
+                   help="STARTTLS policy for TCP, as nbdkit's (default: require with --tls-certificates; "
+                   "TCP without TLS needs an explicit --tls off)")
+    p.add_argument("--tls-certificates", metavar="DIR",
+                   help="ca-cert.pem, server-cert.pem and server-key.pem (nbdkit's layout)")
+    p.add_argument("--tls-verify-peer", action="store_true",
+                   help="require client certificates signed by the directory's ca-cert.pem")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the attach hint")
     p.add_argument("--version", action="version", version=f"uzramd {__version__}")
@@ -150,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         cfg = config_mod.build(args.config, args.listen, args.control, args.device, args.fuse)
+        config_mod.apply_tls(cfg, args.tls, args.tls_certificates, args.tls_verify_peer)
+        tls_settings(cfg)  # certificate and policy errors before anything starts
     except config_mod.ConfigError as e:
         print(f"uzramd: {e}", file=sys.stderr)
         return 2
