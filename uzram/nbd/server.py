@@ -279,7 +279,6 @@ class _Connection:
         finally:
             if self.tls is not None:
                 self.tls.close_notify()
-                self.tls.detach()
             self.raw.detach()
             self.sock.close()
 
@@ -370,8 +369,8 @@ class _Connection:
         ctx = self.config.tls.context
         assert ctx is not None
         try:
-            stream = TLSStream(self.fd, ctx)
-        except OSError as e:
+            stream = TLSStream(self.raw, ctx)
+        except (OSError, ValueError) as e:
             log.debug("NBD: cannot start TLS: %s", e)
             return False
         self.tls = stream

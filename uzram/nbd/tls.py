@@ -39,6 +39,10 @@ SERVER_CERT: Final = "server-cert.pem"
 SERVER_KEY: Final = "server-key.pem"
 _COALESCE: Final = 16384
 """Reply buffers smaller than this are joined before encryption (one record)."""
+_RECV_SIZE: Final = 256 << 10
+_SEND_SIZE: Final = 256 << 10
+"""Ciphertext is sent once this much is pending (and at the end of a batch)."""
+_MSG_NOSIGNAL: Final = getattr(socket, "MSG_NOSIGNAL", 0)
 
 
 class TLSError(ValueError):
@@ -128,29 +132,69 @@ def settings(
 class TLSStream:
     """Server-side TLS over a connected non-blocking socket's file descriptor.
 
-    The SSLSocket takes its own socket object on ``fd``; :meth:`detach` leaves
-    the descriptor open for its owner to close."""
+    An ssl.SSLObject between two MemoryBIOs: ciphertext moves in large
+    ``recv``/``send`` calls on ``sock`` (several TLS records per system call),
+    and the descriptor stays its owner's."""
 
-    def __init__(self, fd: int, context: ssl.SSLContext) -> None:
-        self.fd = fd
-        sock = socket.socket(fileno=fd)
-        self.ssl = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        self.ssl.settimeout(0.0)
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self.ssl = context.wrap_bio(self._in, self._out, server_side=True)
+        self._eof = False
 
-    async def _wait(self, e: ssl.SSLError) -> None:
-        if isinstance(e, ssl.SSLWantWriteError):
-            await trio.lowlevel.wait_writable(self.fd)
+    async def _flush(self) -> None:
+        """Send the ciphertext the SSLObject produced."""
+        out = self._out
+        if not out.pending:
+            return
+        view = memoryview(out.read())
+        sock = self.sock
+        while view.nbytes:
+            try:
+                n = sock.send(view, _MSG_NOSIGNAL)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self.fd)
+                continue
+            view = view[n:]
+
+    async def _fill(self) -> None:
+        """Receive more ciphertext (EOF is passed on to the SSLObject)."""
+        if self._eof:
+            raise ssl.SSLEOFError("EOF from the peer")
+        while True:
+            try:
+                data = self.sock.recv(_RECV_SIZE)
+                break
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self.fd)
+        if data:
+            self._in.write(data)
         else:
-            await trio.lowlevel.wait_readable(self.fd)
+            self._eof = True
+            self._in.write_eof()
 
     async def handshake(self) -> None:
         """Run the TLS handshake; raises ssl.SSLError/OSError when it fails."""
         while True:
             try:
                 self.ssl.do_handshake()
-                return
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as e:
-                await self._wait(e)
+                break
+            except ssl.SSLWantReadError:
+                await self._flush()
+                await self._fill()
+            except ssl.SSLError:
+                await self._flush_quietly()  # the alert tells the client why
+                raise
+        await self._flush()
+
+    async def _flush_quietly(self) -> None:
+        try:
+            with trio.move_on_after(1):
+                await self._flush()
+        except OSError:
+            pass
 
     def peer_subject(self) -> str:
         cert = self.ssl.getpeercert()
@@ -161,57 +205,54 @@ class TLSStream:
     async def recv_into(self, view: memoryview) -> int:
         """Receive at least one byte of plaintext (0 = EOF), more if already there."""
         s = self.ssl
+        size = len(view)
         while True:
             try:
-                n = s.recv_into(view)
+                n = s.read(size, view)
                 break
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as e:
-                await self._wait(e)
+            except ssl.SSLWantReadError:
+                if self._out.pending:
+                    await self._flush()
+                try:
+                    await self._fill()
+                except ssl.SSLEOFError:
+                    return 0
             except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
                 return 0
-        if n == 0:
-            return 0
-        size = len(view)
-        # one call returns one record (16 KiB at most): take what else is ready
-        while n < size:
+        # one read returns one record (16 KiB at most): take the others received
+        while 0 < n < size and self._in.pending:
             try:
-                m = s.recv_into(view[n:])
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
+                m = s.read(size - n, view[n:])
+            except (ssl.SSLWantReadError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
                 break
             if m == 0:
                 break
             n += m
         return n
 
-    async def _write(self, data: Any) -> None:
-        view = memoryview(data).cast("B")
-        s = self.ssl
-        while view.nbytes:
-            try:
-                n = s.send(view)
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as e:
-                await self._wait(e)
-                continue
-            view = view[n:]
-
     async def send_list(self, bufs: Sequence[Any]) -> None:
-        """Encrypt and send every buffer; small ones are joined first."""
+        """Encrypt every buffer, then send the records together."""
+        write = self.ssl.write
         pending = bytearray()
+        out = self._out
         for b in bufs:
             size = b.nbytes if type(b) is memoryview else len(b)
             if size < _COALESCE:
                 pending += b
-                if len(pending) < 4 * _COALESCE:
+                if len(pending) < _COALESCE:
                     continue
-                await self._write(pending)
+                write(pending)
                 pending = bytearray()
-                continue
-            if pending:
-                await self._write(pending)
-                pending = bytearray()
-            await self._write(b)
+            else:
+                if pending:
+                    write(pending)
+                    pending = bytearray()
+                write(b)
+            if out.pending >= _SEND_SIZE:
+                await self._flush()
         if pending:
-            await self._write(pending)
+            write(pending)
+        await self._flush()
 
     def close_notify(self) -> None:
         """Best effort, never waits: send TLS close_notify."""
@@ -219,6 +260,8 @@ class TLSStream:
             self.ssl.unwrap()
         except (OSError, ValueError):
             pass
-
-    def detach(self) -> None:
-        self.ssl.detach()
+        try:
+            if self._out.pending:
+                self.sock.send(self._out.read(), _MSG_NOSIGNAL)
+        except OSError:
+            pass
