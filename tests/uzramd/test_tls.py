@@ -306,3 +306,18 @@ def test_unix_socket_stays_plaintext_under_require(required: TCPDaemon, certs: C
                          f"nbds+unix:///zram0?socket={sock}&tls-certificates={certs.anon}"
                          "&tls-verify-peer=false").stdout)
     assert enc["TLS"] is True
+
+
+# --- nbd-client (its TLS negotiation; the kernel part runs in tests/qemu) ----------------------
+
+
+def test_nbd_client_list_over_tls(tmp_path: Path, certs: Certs) -> None:
+    need("nbd-client")
+    c = certs.client
+    for d in start(tmp_path, "--tls-certificates", str(certs.server), "--tls-verify-peer"):
+        res = run("nbd-client", "-l", "127.0.0.1", str(d.port), "-cacertfile", str(c / "ca-cert.pem"),
+                  "-certfile", str(c / "client-cert.pem"), "-keyfile", str(c / "client-key.pem"))
+        assert "zram0" in res.stdout
+        res = run("nbd-client", "-l", "127.0.0.1", str(d.port), check=False)
+        assert res.returncode != 0 and "zram0" not in res.stdout
+        assert "TLS is required" in res.stderr

@@ -14,6 +14,7 @@ start it when certificates are configured (see :meth:`TLSSettings.mode_for`).
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import ssl
@@ -32,6 +33,8 @@ __all__ = [
     "server_context",
     "settings",
 ]
+
+log = logging.getLogger("uzram.nbd")
 
 MODES: Final = ("off", "on", "require")
 CA_CERT: Final = "ca-cert.pem"
@@ -87,6 +90,10 @@ def server_context(certdir: str | os.PathLike[str], *, verify_peer: bool = False
             f"TLS certificate directory {d} lacks {', '.join(missing)} "
             f"(expected {CA_CERT}, {SERVER_CERT}, {SERVER_KEY}, as for nbdkit)"
         )
+    key_mode = (d / SERVER_KEY).stat().st_mode
+    if key_mode & 0o077:
+        log.warning("TLS key %s is open to group or others (mode %o): chmod 600 it",
+                    d / SERVER_KEY, key_mode & 0o777)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
