@@ -9,7 +9,8 @@ one uzramd zram0 (lz4) per variant:
 - ``plain-tcp``: plaintext over loopback TCP (``--tls off``), this tree
 - ``tls-tcp``: TLS over loopback TCP (``--tls require``), this tree
 
-Rounds alternate the variants; medians are printed.  Test certificates are
+Rounds alternate the variants; medians are printed, of IOPS and of the
+server's CPU time per request (steadier than IOPS on a busy machine).  Test certificates are
 made with openssl in a temporary directory.
 
     python bench/tls.py [--before HEAD~1] [--rounds 3] [--seconds 5]
@@ -33,6 +34,12 @@ from bench.run import Server, fio, need, prefill  # noqa: E402
 from tests.tlscerts import make_certs  # noqa: E402
 
 MiB = 1 << 20
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -85,18 +92,25 @@ def main() -> int:
         for _, target in servers.values():
             prefill(target, work)
         rows: dict[tuple[str, str], list[float]] = {}
+        cpu: dict[tuple[str, str], list[float]] = {}
         for r in range(args.rounds):
             for rw in ("randwrite", "randread"):
-                for name, (_, target) in servers.items():
-                    iops = fio(target, rw, "4k", args.seconds, work)["iops"]
+                for name, (server, target) in servers.items():
+                    c0 = cpu_seconds(server.proc.pid)
+                    iops = fio(target | {"ramp_time": None}, rw, "4k", args.seconds, work)["iops"]
+                    us = (cpu_seconds(server.proc.pid) - c0) / max(iops * args.seconds, 1) * 1e6
                     rows.setdefault((rw, name), []).append(iops)
-                    print(f"bench: round {r + 1} {rw} {name}: {iops:,.0f} IOPS", flush=True)
+                    cpu.setdefault((rw, name), []).append(us)
+                    print(f"bench: round {r + 1} {rw} {name}: {iops:,.0f} IOPS, {us:.1f} µs CPU/request",
+                          flush=True)
         print()
         print("| 4 KiB QD16 | " + " | ".join(servers) + " |")
         print("|---" * (len(servers) + 1) + "|")
         for rw in ("randwrite", "randread"):
             cells = [f"{statistics.median(rows[(rw, n)]):,.0f}" for n in servers]
             print(f"| {rw} IOPS | " + " | ".join(cells) + " |")
+            cells = [f"{statistics.median(cpu[(rw, n)]):.1f}" for n in servers]
+            print(f"| {rw} server CPU µs/request | " + " | ".join(cells) + " |")
     finally:
         for s, _ in servers.values():
             s.stop()
