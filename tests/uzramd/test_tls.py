@@ -9,6 +9,7 @@ import ssl
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,6 +139,30 @@ def test_tcp_without_certificates_refuses_to_start(tmp_path: Path) -> None:
                           "--control", str(tmp_path / "c.sock")], capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "--tls off" in res.stderr
     assert not (tmp_path / "c.sock").exists()
+
+
+def test_socket_activated_tcp_without_certificates_refuses(tmp_path: Path) -> None:
+    """A TCP socket passed by systemd gets the same rule as --listen tcp:."""
+    need("systemd-socket-activate")
+    port = free_port()
+    proc = subprocess.Popen(["systemd-socket-activate", "-l", f"127.0.0.1:{port}", sys.executable, "-m",
+                             "uzram.daemon", "-q", "--control", str(tmp_path / "c.sock"),
+                             "--device", "zram0:disksize=1M"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(500):  # it execs uzramd on the first connection
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+                break
+            except ConnectionRefusedError:
+                time.sleep(0.02)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 2, err
+    assert "--tls-certificates DIR" in err and "--tls off" in err
 
 
 def test_bad_certificate_dir_refuses_to_start(tmp_path: Path) -> None:
