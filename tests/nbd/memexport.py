@@ -27,8 +27,10 @@ class MemExport:
         *,
         read_only: bool = False,
         track: bool = True,
+        ordering_granularity: int = 4096,   # its async writes read-modify-write whole pages
     ) -> None:
         self.name = name
+        self.ordering_granularity = ordering_granularity
         self.description = description
         self.read_only = read_only
         self.data = bytearray(size)

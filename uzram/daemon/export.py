@@ -23,6 +23,7 @@ class ZramExport:
     """
 
     read_only = False
+    ordering_granularity = 4096   # partial-page writes read-modify-write the whole page
 
     def __init__(self, dev: ZramDevice) -> None:
         self.dev = dev

@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import sys
-from typing import Any
 
 import trio
 
@@ -57,7 +56,10 @@ async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
     registry = DeviceRegistry()
     configure_devices(registry, cfg.devices)
     tls = tls_settings(cfg)
-    nbd = NBDServer(registry, ServerConfig(tls=tls))
+    limits = cfg.limits
+    nbd = NBDServer(registry, ServerConfig(
+        max_buffer_memory=limits.max_buffer_memory, idle_timeout=limits.idle_timeout,
+        max_connections=limits.max_connections or None, tls=tls))
     daemon = Daemon(registry, nbd)
 
     listen_socks: list[trio.socket.SocketType] = []
@@ -90,22 +92,14 @@ async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
         async with trio.open_nursery() as nursery:
             for sock in listen_socks:
                 await nursery.start(nbd.serve_listener, sock)
-            control_scope = trio.CancelScope()
-
-            async def control_task(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-                with control_scope:
-                    await control.serve(control_sock, daemon, task_status=task_status)
-            await nursery.start(control_task)
-            fuse_scope = trio.CancelScope()
+            await nursery.start(control.serve, control_sock, daemon)
             if cfg.fuse is not None:
                 from . import fusefs
-
-                async def fuse_task(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-                    with fuse_scope:
-                        await fusefs.serve(daemon, str(cfg.fuse), task_status=task_status)
-                await nursery.start(fuse_task)
+                await nursery.start(fusefs.serve, daemon, str(cfg.fuse))
+            nursery.start_soon(trim_heap_after_load, nbd)
             event(log, logging.INFO, "ready", listen=" ".join(names), control=str(cfg.control),
-                  devices=" ".join(d.name for d in registry.devices()))
+                  devices=" ".join(d.name for d in registry.devices()),
+                  max_connections=nbd.max_connections, max_buffer_memory=limits.max_buffer_memory)
             if not quiet:
                 print(attach_hint(names), file=sys.stderr, flush=True)
             systemd.notify("READY=1\nSTATUS=serving " + " ".join(names))
@@ -117,11 +111,13 @@ async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
             systemd.notify("STOPPING=1")
             nbd.stop()
             daemon.stop_work()
-            with trio.move_on_after(30):
+            with trio.move_on_after(limits.shutdown_timeout) as grace:
                 await nbd.wait_closed()
                 await daemon.wait_work()
-            control_scope.cancel()
-            fuse_scope.cancel()
+            if grace.cancelled_caught:
+                event(log, logging.WARNING, "shutdown grace period over; cancelling what is left",
+                      seconds=limits.shutdown_timeout, connections=nbd.connection_count)
+            nursery.cancel_scope.cancel()
     finally:
         for sock in listen_socks:
             sock.close()
@@ -134,6 +130,27 @@ async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
                 pass
     event(log, logging.INFO, "stopped")
     return 0
+
+
+async def trim_heap_after_load(nbd: NBDServer, every: float = 2.0) -> None:
+    """Give the heap back after a burst of buffered requests: once the budget
+    has held much since the last trim and has stayed nearly empty for a
+    whole interval, trim malloc's free memory (in a worker thread), so RSS
+    returns to the baseline plus the pool.  Never under load: re-faulting
+    freed buffers would slow large reads down."""
+    budget = nbd.budget
+    high = 0
+    while True:
+        budget.peak = budget.used
+        await trio.sleep(every)
+        recent = budget.peak          # the highest level during this interval
+        high = max(high, recent)
+        if high >= TRIM_AFTER and recent < TRIM_AFTER // 8:
+            high = 0
+            await trio.to_thread.run_sync(hardening.trim_heap)
+
+
+TRIM_AFTER = 8 << 20
 
 
 def tls_settings(cfg: config_mod.Config) -> tls_mod.TLSSettings:
@@ -162,6 +179,15 @@ def parser() -> argparse.ArgumentParser:
                    help="ca-cert.pem, server-cert.pem and server-key.pem (nbdkit's layout)")
     p.add_argument("--tls-verify-peer", action="store_true",
                    help="require client certificates signed by the directory's ca-cert.pem")
+    limits = p.add_argument_group("limits")
+    limits.add_argument("--max-buffer-memory", metavar="SIZE",
+                        help="bytes held for requests in flight, daemon-wide (default 64M)")
+    limits.add_argument("--max-connections", metavar="N",
+                        help="NBD connections served at once (default: from the descriptor limit)")
+    limits.add_argument("--idle-timeout", metavar="SECONDS",
+                        help="close a connection stalled in the middle of a request (default 60)")
+    limits.add_argument("--shutdown-timeout", metavar="SECONDS",
+                        help="on SIGTERM, answer requests in flight for this long, then exit (default 10)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the attach hint")
     p.add_argument("--version", action="version", version=f"uzramd {__version__}")
@@ -171,7 +197,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        cfg = config_mod.build(args.config, args.listen, args.control, args.device, args.fuse)
+        limits = {k: v for k in config_mod.LIMIT_KEYS if (v := getattr(args, k)) is not None}
+        cfg = config_mod.build(args.config, args.listen, args.control, args.device, args.fuse, limits)
         config_mod.apply_tls(cfg, args.tls, args.tls_certificates, args.tls_verify_peer)
         tls_settings(cfg)  # certificate and policy errors before anything starts
     except config_mod.ConfigError as e:

@@ -17,7 +17,10 @@ Contract:
   delivers the data as of the call: later requests, including writes to the
   same range, are not held back for it, so pin what it still needs.
 * While a ``write``/``trim``/``write_zeroes`` awaitable is pending, the server
-  holds back later requests touching the same 4 KiB pages until it completes.
+  holds back later requests touching the same blocks until it completes:
+  ranges are widened to ``ordering_granularity`` bytes (a power of two; 1 if
+  the export does not say), e.g. 4096 for an export that read-modify-writes
+  whole 4 KiB pages.
 * ``block_status`` returns ``(length, flags)`` extents covering a non-empty
   prefix of the range, flags being ``STATE_HOLE | STATE_ZERO`` bits.
 * ``attach``/``detach`` bracket each connection that selected the export:
@@ -42,6 +45,7 @@ class BlockExport(Protocol):
     name: str
     description: str
     read_only: bool
+    ordering_granularity: int
 
     def size(self) -> int:
         """Size in bytes; may change between connections (read at GO time)."""
