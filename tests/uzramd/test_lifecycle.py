@@ -78,7 +78,7 @@ def test_tcp_listener_defaults_to_loopback(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with uzramd(tmp_path, "--listen", f"tcp:{port}") as d:
+    with uzramd(tmp_path, "--listen", f"tcp:{port}", "--tls", "off") as d:  # plaintext TCP is opt-in
         with socket.create_connection(("127.0.0.1", port)) as c:
             assert c.recv(8) == b"NBDMAGIC"
         assert d.alive()

@@ -40,6 +40,9 @@ class Config:
     fuse: Path | None = None
     log_level: str = "warning"
     limits: Limits = field(default_factory=lambda: Limits())
+    tls: str | None = None                   # off, on, require; None: require with certificates
+    tls_certificates: Path | None = None     # nbdkit layout: ca-cert.pem, server-cert.pem, server-key.pem
+    tls_verify_peer: bool = False
 
 
 @dataclass
@@ -160,6 +163,8 @@ def _apply_file(path: Path, data: dict, cfg: Config) -> None:  # type: ignore[ty
             cfg.fuse = Path(value)
         elif key == "log_level":
             cfg.log_level = str(value)
+        elif key in _TLS_KEYS:
+            _tls_key(cfg, _TLS_KEYS[key], value, path)
         elif key in LIMIT_KEYS:
             try:
                 cfg.limits.set(key, value)
@@ -171,6 +176,33 @@ def _apply_file(path: Path, data: dict, cfg: Config) -> None:  # type: ignore[ty
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: {name!r} must be a table like [zram0]")
         cfg.devices.append(DeviceSpec(name, [(k, _as_text(v)) for k, v in table.items()]))
+
+
+_TLS_KEYS = {"tls": "tls", "tls_certificates": "tls_certificates", "tls-certificates": "tls_certificates",
+             "tls_verify_peer": "tls_verify_peer", "tls-verify-peer": "tls_verify_peer"}
+
+
+def _tls_key(cfg: Config, attr: str, value: object, path: Path) -> None:
+    if attr == "tls_verify_peer":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: tls_verify_peer must be true or false")
+        cfg.tls_verify_peer = value
+    elif attr == "tls_certificates":
+        cfg.tls_certificates = Path(str(value))
+    elif value not in ("off", "on", "require"):
+        raise ConfigError(f"{path}: tls must be \"off\", \"on\" or \"require\"")
+    else:
+        cfg.tls = str(value)
+
+
+def apply_tls(cfg: Config, tls: str | None, certificates: str | None, verify_peer: bool) -> None:
+    """Command-line TLS options override the file's."""
+    if tls is not None:
+        cfg.tls = tls
+    if certificates is not None:
+        cfg.tls_certificates = Path(certificates)
+    if verify_peer:
+        cfg.tls_verify_peer = True
 
 
 def _as_text(value: object) -> str:

@@ -6,11 +6,13 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 
 import trio
 
 from .. import __version__
+from ..nbd import tls as tls_mod
 from ..nbd.server import NBDServer, ServerConfig
 from . import config as config_mod
 from . import control, hardening, sockets, systemd
@@ -53,10 +55,11 @@ def attach_hint(listeners: list[str]) -> str:
 async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
     registry = DeviceRegistry()
     configure_devices(registry, cfg.devices)
+    tls = tls_settings(cfg)
     limits = cfg.limits
     nbd = NBDServer(registry, ServerConfig(
         max_buffer_memory=limits.max_buffer_memory, idle_timeout=limits.idle_timeout,
-        max_connections=limits.max_connections or None))
+        max_connections=limits.max_connections or None, tls=tls))
     daemon = Daemon(registry, nbd)
 
     listen_socks: list[trio.socket.SocketType] = []
@@ -71,6 +74,11 @@ async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
             listen_socks.append(tsock)
             names.append(f"fd:{sock.fileno()}")
     listens = cfg.listen or ([] if listen_socks else [config_mod.default_listen()])
+    if any(item.kind == "tcp" for item in listens) or any(s.family != socket.AF_UNIX for s in listen_socks):
+        try:
+            tls.check_tcp()
+        except tls_mod.TLSError as e:
+            raise config_mod.ConfigError(str(e)) from None
     try:
         for item in listens:
             listen_socks.append(await sockets.bind(item))
@@ -145,6 +153,13 @@ async def trim_heap_after_load(nbd: NBDServer, every: float = 2.0) -> None:
 TRIM_AFTER = 8 << 20
 
 
+def tls_settings(cfg: config_mod.Config) -> tls_mod.TLSSettings:
+    try:
+        return tls_mod.settings(cfg.tls, cfg.tls_certificates, cfg.tls_verify_peer)
+    except tls_mod.TLSError as e:
+        raise config_mod.ConfigError(str(e)) from None
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="uzramd", description="Serve zram devices, emulated in userspace, over NBD.")
@@ -157,6 +172,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", metavar="NAME[:ATTR=VALUE,...]", action="append", default=[],
                    help="create a device and store attributes in order, e.g. zram0:comp_algorithm=zstd,disksize=1G")
     p.add_argument("--fuse", metavar="DIR", help="mount the sysfs-like attribute tree (and dev/zramN files) at DIR")
+    p.add_argument("--tls", choices=tls_mod.MODES,
+                   help="STARTTLS policy for TCP, as nbdkit's (default: require with --tls-certificates; "
+                   "TCP without TLS needs an explicit --tls off)")
+    p.add_argument("--tls-certificates", metavar="DIR",
+                   help="ca-cert.pem, server-cert.pem and server-key.pem (nbdkit's layout)")
+    p.add_argument("--tls-verify-peer", action="store_true",
+                   help="require client certificates signed by the directory's ca-cert.pem")
     limits = p.add_argument_group("limits")
     limits.add_argument("--max-buffer-memory", metavar="SIZE",
                         help="bytes held for requests in flight, daemon-wide (default 64M)")
@@ -177,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         limits = {k: v for k in config_mod.LIMIT_KEYS if (v := getattr(args, k)) is not None}
         cfg = config_mod.build(args.config, args.listen, args.control, args.device, args.fuse, limits)
+        config_mod.apply_tls(cfg, args.tls, args.tls_certificates, args.tls_verify_peer)
+        tls_settings(cfg)  # certificate and policy errors before anything starts
     except config_mod.ConfigError as e:
         print(f"uzramd: {e}", file=sys.stderr)
         return 2

@@ -9,6 +9,9 @@ No sockets and no trio here: bytes go in, events and bytes come out.
   violations raise :class:`ProtocolError`: drop the connection.  It consults
   the export registry and, on a successful GO/EXPORT_NAME, has attached the
   export: whoever runs it must call ``result.export.detach()`` later.
+  Its ``tls`` policy (``off``, ``on``, ``require``) governs STARTTLS: after an
+  accepted STARTTLS the state is ``STARTTLS``; the transport sends the queued
+  ACK, runs the TLS handshake and calls :meth:`Handshake.tls_established`.
 * :class:`Transmission` parses and validates 28-byte requests in place in a
   receive buffer and encodes replies.  Its :meth:`Transmission.parse` is the
   server's hot path, so a request "event" is a plain tuple
@@ -48,6 +51,9 @@ _OPT_REPLY = struct.Struct(">QIII")  # magic, option, reply type, length
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _KNOWN_CLIENT_FLAGS = C.FLAG_C_FIXED_NEWSTYLE | C.FLAG_C_NO_ZEROES
+_TLS_MODES: Final = ("off", "on", "require")
+_BEFORE_TLS: Final = frozenset({C.OPT_STARTTLS, C.OPT_ABORT})
+"""Options served before TLS is up under ``require``."""
 _META_ID: Final = 1
 """Context id given to base:allocation by SET_META_CONTEXT."""
 
@@ -59,6 +65,7 @@ class ProtocolError(Exception):
 class HandshakeState(enum.Enum):
     CLIENT_FLAGS = "client flags"  # greeting queued, waiting for the 32-bit client flags
     OPTIONS = "options"
+    STARTTLS = "starting TLS"  # ACK queued: send it, run the TLS handshake, call tls_established()
     TRANSMISSION = "transmission"  # GO / EXPORT_NAME succeeded: see Handshake.result
     CLOSED = "closed"  # ABORT (its ACK is queued); close after sending
 
@@ -113,8 +120,13 @@ class Handshake:
         max_option_length: int = C.MAX_OPTION_LENGTH,
         block_sizes: tuple[int, int, int] = (C.MIN_BLOCK_SIZE, C.PREFERRED_BLOCK_SIZE, C.MAX_PAYLOAD),
         fast_zero: bool = True,
+        tls: str = "off",
     ) -> None:
+        if tls not in _TLS_MODES:
+            raise ValueError(f"bad TLS mode {tls!r}")
         self._registry = registry
+        self.tls = tls
+        self.tls_active = False
         self._max_options = max_options
         self._max_option_length = max_option_length
         self._block_sizes = block_sizes
@@ -141,6 +153,8 @@ class Handshake:
 
     def receive_data(self, data: bytes) -> None:
         """Consume client bytes; process every complete option they finish."""
+        if data and self.state is HandshakeState.STARTTLS:
+            raise ProtocolError("plaintext data after STARTTLS")
         self._in += data
         while self._step():
             pass
@@ -177,13 +191,33 @@ class Handshake:
             self._option(opt, data)
         except _OptionError as e:
             self._reply(opt, e.reply, e.message.encode())
+        if self.state is HandshakeState.STARTTLS and buf:
+            # bytes sent after STARTTLS but before the TLS handshake could be
+            # injected by anyone on the path: never act on them
+            raise ProtocolError("data after STARTTLS before the TLS handshake")
         return self.state is HandshakeState.OPTIONS
+
+    def tls_established(self) -> None:
+        """The transport finished the TLS handshake: haggling resumes, encrypted.
+
+        What was negotiated in plaintext is forgotten, as the spec asks."""
+        if self.state is not HandshakeState.STARTTLS:
+            raise RuntimeError("tls_established() outside the STARTTLS state")
+        self.tls_active = True
+        self.structured_replies = False
+        self._meta_name = None
+        self.state = HandshakeState.OPTIONS
+        self.receive_data(b"")
 
     def _reply(self, opt: int, rtype: int, data: bytes = b"") -> None:
         self._out += _OPT_REPLY.pack(C.OPT_REPLY_MAGIC, opt, rtype, len(data))
         self._out += data
 
     def _option(self, opt: int, data: bytes) -> None:
+        if self.tls == "require" and not self.tls_active and opt not in _BEFORE_TLS:
+            if opt == C.OPT_EXPORT_NAME:  # it has no error reply: hang up
+                raise ProtocolError("EXPORT_NAME before TLS while TLS is required")
+            raise _OptionError(C.REP_ERR_TLS_REQD, "TLS is required: send NBD_OPT_STARTTLS first")
         if opt == C.OPT_GO or opt == C.OPT_INFO:
             self._opt_info_go(opt, data)
         elif opt == C.OPT_EXPORT_NAME:
@@ -206,11 +240,19 @@ class Handshake:
         elif opt == C.OPT_LIST_META_CONTEXT or opt == C.OPT_SET_META_CONTEXT:
             self._opt_meta_context(opt, data)
         elif opt == C.OPT_STARTTLS:
-            if data:
-                raise _OptionError(C.REP_ERR_INVALID, "STARTTLS takes no data")
-            raise _OptionError(C.REP_ERR_POLICY, "TLS is not configured")
+            self._opt_starttls(data)
         else:  # EXTENDED_HEADERS, PEEK_EXPORT and anything unknown
             raise _OptionError(C.REP_ERR_UNSUP, f"option {opt} not supported")
+
+    def _opt_starttls(self, data: bytes) -> None:
+        if data:
+            raise _OptionError(C.REP_ERR_INVALID, "STARTTLS takes no data")
+        if self.tls == "off":
+            raise _OptionError(C.REP_ERR_POLICY, "TLS is not configured on this server")
+        if self.tls_active:
+            raise _OptionError(C.REP_ERR_INVALID, "TLS is already active")
+        self._reply(C.OPT_STARTTLS, C.REP_ACK)
+        self.state = HandshakeState.STARTTLS
 
     def _lookup(self, raw: bytes) -> tuple[str, BlockExport]:
         if len(raw) > C.MAX_STRING:

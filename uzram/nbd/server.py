@@ -58,6 +58,7 @@ from .proto import (
     simple_reply,
     wire_error,
 )
+from .tls import TLSSettings, TLSStream
 
 __all__ = ["NBDServer", "ServerConfig", "serve_connection", "serve_listener"]
 
@@ -103,6 +104,8 @@ class ServerConfig:
     send_buffer: int | None = 2 << 20
     """SO_SNDBUF for connections (None: leave the default).  A larger send
     buffer lets big READ replies go out in fewer wakeups."""
+    tls: TLSSettings = TLSSettings()
+    """STARTTLS policy and certificates (see :mod:`uzram.nbd.tls`)."""
 
 
 class NBDServer:
@@ -256,6 +259,8 @@ class _Connection:
         self.nursery: trio.Nursery | None = None
         self.tx: Transmission | None = None
         self.export: BlockExport | None = None
+        self.tls: TLSStream | None = None
+        """Set once STARTTLS succeeded; ``_recv_into``/``_send_list`` then go through it."""
 
     # --- lifecycle --------------------------------------------------------------
 
@@ -283,7 +288,8 @@ class _Connection:
                     pass
             if self.server.stopping:
                 return
-            hs = Handshake(self.server.registry, fast_zero=self.config.fast_zero)
+            tls_mode = self.config.tls.mode_for(self.sock.family)
+            hs = Handshake(self.server.registry, fast_zero=self.config.fast_zero, tls=tls_mode)
             ok = await self._negotiate(hs)
             neg = hs.result
             if neg is None:
@@ -294,6 +300,8 @@ class _Connection:
             finally:
                 neg.export.detach()
         finally:
+            if self.tls is not None:
+                self.tls.close_notify()
             self.raw.detach()
             self.sock.close()
 
@@ -411,6 +419,27 @@ class _Connection:
 
     # --- handshake ------------------------------------------------------------
 
+    async def _start_tls(self) -> bool:
+        """TLS handshake after STARTTLS's ACK went out; then all I/O is encrypted."""
+        ctx = self.config.tls.context
+        assert ctx is not None
+        try:
+            stream = TLSStream(self.raw, ctx)
+        except (OSError, ValueError) as e:
+            log.debug("NBD: cannot start TLS: %s", e)
+            return False
+        self.tls = stream
+        try:
+            await stream.handshake()
+        except OSError as e:  # ssl.SSLError included: bad or missing client certificate, ...
+            log.info("NBD: TLS handshake failed: %s", e)
+            return False
+        log.debug("NBD: TLS up (%s), peer %r", stream.ssl.version(), stream.peer_subject())
+        # the slower TLS path; the plaintext methods stay untouched
+        self._recv_into = stream.recv_into  # type: ignore[method-assign]
+        self._send_list = stream.send_list  # type: ignore[method-assign]
+        return True
+
     async def _negotiate(self, hs: Handshake) -> bool:
         """Run option haggling; True if transmission may start."""
         buf = bytearray(65536)
@@ -424,6 +453,11 @@ class _Connection:
                     return not self.stopping
                 if hs.state is HandshakeState.CLOSED or self.stopping:
                     return False
+                if hs.state is HandshakeState.STARTTLS:
+                    if not await self._start_tls():
+                        return False
+                    hs.tls_established()
+                    continue
                 try:
                     n = await self._recv_into(view)
                 except OSError as e:
