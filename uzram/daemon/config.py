@@ -38,6 +38,8 @@ class Config:
     devices: list[DeviceSpec] = field(default_factory=list)
     fuse: Path | None = None
     log_level: str = "warning"
+    swap: dict[str, dict[str, str]] = field(default_factory=dict)  # zram-generator's swap settings
+    warnings: list[str] = field(default_factory=list)
 
 
 class ConfigError(ValueError):
@@ -87,12 +89,34 @@ def default_device() -> DeviceSpec:
     return DeviceSpec("zram0", [("comp_algorithm", "lz4"), ("disksize", str(default_disksize()))])
 
 
-def load_file(path: Path, cfg: Config) -> None:
-    """Read a TOML file: a ``[uzramd]`` table and one ``[zramN]`` table per device."""
+def load_zram_generator(path: Path, cfg: Config) -> None:
+    """Devices from zram-generator's configuration (the file and its drop-ins)."""
+    from . import zramgen
     try:
-        data = tomllib.loads(path.read_text())
+        plan = zramgen.read(zramgen.fragments_for(path))
+        for dev in plan.devices:
+            cfg.devices.append(DeviceSpec(dev.name, zramgen.device_attrs(dev, plan.warnings.append)))
+            cfg.swap[dev.name] = zramgen.swap_settings(dev)
+    except zramgen.ZramGenError as e:
+        raise ConfigError(f"{path}: {e}") from e
+    cfg.warnings.extend(plan.warnings)
+    if not plan.devices:
+        cfg.warnings.append(f"{path}: no zram device to create (none configured, or all of size 0)")
+
+
+def load_file(path: Path, cfg: Config) -> None:
+    """Read a TOML file: a ``[uzramd]`` table and one ``[zramN]`` table per device
+    (or a zram-generator.conf, recognised by its keys)."""
+    try:
+        text = path.read_text()
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from e
+    from .zramgen import looks_like_zram_generator
+    if looks_like_zram_generator(text):
+        load_zram_generator(path, cfg)
+        return
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: {e}") from e
     daemon = data.pop("uzramd", {})
@@ -121,17 +145,20 @@ def _as_text(value: object) -> str:
 
 
 def build(config_file: str | None, listen: list[str], control: str | None,
-          devices: list[str], fuse: str | None = None) -> Config:
+          devices: list[str], fuse: str | None = None,
+          zram_generator_config: str | None = None) -> Config:
     cfg = Config()
     if config_file:
         load_file(Path(config_file), cfg)
+    if zram_generator_config:
+        load_zram_generator(Path(zram_generator_config), cfg)
     cfg.listen.extend(parse_listen(item) for item in listen)
     if control:
         cfg.control = Path(control)
     if fuse:
         cfg.fuse = Path(fuse)
     cfg.devices.extend(parse_device(d) for d in devices)
-    if not config_file and not devices:
+    if not config_file and not devices and not zram_generator_config:
         cfg.devices.append(default_device())
     seen = set()
     for d in cfg.devices:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import signal
 import sys
 from typing import Any
@@ -36,6 +37,17 @@ def describe(e: OSError) -> str:
     """The errno's message, plus the detail when there is one."""
     text = os.strerror(e.errno) if e.errno else str(e)
     return f"{text} ({e.strerror})" if e.strerror and e.strerror != text else text
+
+
+def write_swap_settings(cfg: config_mod.Config) -> list[str]:
+    """zram-generator's swap-priority/options/fs-type for the swap unit
+    (systemd/uzram-swap), as ``NAME.swap`` beside the control socket."""
+    written = []
+    for name, settings in cfg.swap.items():
+        path = cfg.control.parent / f"{name}.swap"
+        path.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in settings.items()))
+        written.append(str(path))
+    return written
 
 
 def attach_hint(listeners: list[str]) -> str:
@@ -78,6 +90,7 @@ async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
         if control_sock is None:
             control_sock = await sockets.bind_unix(cfg.control, 0o600)
             created.append(str(cfg.control))
+        created += write_swap_settings(cfg)
 
         async with trio.open_nursery() as nursery:
             for sock in listen_socks:
@@ -132,6 +145,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="uzramd", description="Serve zram devices, emulated in userspace, over NBD.")
     p.add_argument("--config", metavar="FILE", help="TOML configuration ([uzramd] and [zramN] tables)")
+    p.add_argument("--zram-generator-config", metavar="FILE",
+                   help="create the devices a zram-generator.conf (and its .conf.d/ drop-ins) describes")
     p.add_argument("--listen", metavar="ADDR", action="append", default=[],
                    help="unix:PATH or tcp:[HOST:]PORT (repeatable; default unix:%s)"
                    % config_mod.default_listen().path)
@@ -149,12 +164,15 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        cfg = config_mod.build(args.config, args.listen, args.control, args.device, args.fuse)
+        cfg = config_mod.build(args.config, args.listen, args.control, args.device, args.fuse,
+                               args.zram_generator_config)
     except config_mod.ConfigError as e:
         print(f"uzramd: {e}", file=sys.stderr)
         return 2
     level = {0: cfg.log_level, 1: "info"}.get(args.verbose, "debug")
     setup(level)
+    for warning in cfg.warnings:
+        event(log, logging.WARNING, warning)
     hardening.apply()
     try:
         return trio.run(run, cfg, args.quiet)
