@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import shlex
@@ -168,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
                                args.zram_generator_config)
     except config_mod.ConfigError as e:
         print(f"uzramd: {e}", file=sys.stderr)
+        return 2
+    if cfg.fuse is not None and importlib.util.find_spec("pyfuse3") is None:
+        print("uzramd: --fuse needs pyfuse3: pip install 'uzram[fuse]' "
+              "(it builds against libfuse3-dev, with pkg-config and a C compiler)", file=sys.stderr)
         return 2
     level = {0: cfg.log_level, 1: "info"}.get(args.verbose, "debug")
     setup(level)

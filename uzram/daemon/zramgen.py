@@ -562,8 +562,14 @@ _ALGO_PARAM_KEYS = ("level", "dict", "deflate.winbits")
 
 def device_attrs(dev: GenDevice, warn: Callable[[str], None]) -> list[tuple[str, str]]:
     """The attribute stores zram-generator's setup does, in its order."""
+    from ..zram.compressors import AVAILABLE
     attrs: list[tuple[str, str]] = []
     for prio, (algo, params) in enumerate(dev.algorithms):
+        if algo not in AVAILABLE:  # zram-generator, too, warns and goes on
+            hint = " (pip install 'uzram[lzo]')" if algo.startswith("lzo") else ""
+            warn(f"{dev.name}: algorithm {algo!r} not available{hint}; "
+                 f"available: {' '.join(AVAILABLE)}; " + ("keeping the default" if prio == 0 else "skipped"))
+            continue
         if prio == 0:
             attrs.append(("comp_algorithm", algo))
             if params:
