@@ -23,7 +23,7 @@ from .table import COLUMNS, DEFAULT_COLUMNS, UnknownColumn, parse_columns, rende
 PROG = "uzramctl"
 
 # uzramctl's actions beyond zramctl's (status, find, set-up, reset)
-_EXTRA = ("attr", "writeback", "idle", "compact", "recompress", "hot_add", "hot_remove", "debug")
+_EXTRA = ("attr", "writeback", "idle", "compact", "recompress", "hot_add", "hot_remove", "debug", "metrics")
 # zramctl's groups of options that cannot be combined, plus: each extra action
 # excludes every other action and --output
 _EXCLUSIVE = (
@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                f"       {PROG} --attr <name>[=<value>] <device>\n"
                f"       {PROG} --idle <age>|all | --compact | --writeback <mode> | --recompress <args> <device>\n"
                f"       {PROG} --debug block_state|classes <device>\n"
-               f"       {PROG} --hot-add | --hot-remove <id>"),
+               f"       {PROG} --hot-add | --hot-remove <id>\n"
+               f"       {PROG} --metrics"),
         description="Set up and control uzram devices (zram emulated in userspace by uzramd).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(" <size> is a number with an optional suffix: K, M, G, T, P, E (KiB, MiB, ... = 1024^n)\n"
@@ -132,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="print a debugfs file of <device>: block_state (zram) or classes (zsmalloc)")
     a("--hot-add", action=_Ordered, flag=True, help="add a new device and print its name")
     a("--hot-remove", metavar="<id>", action=_Ordered, help="remove a device (N, zramN or /dev/zramN)")
+    a("--metrics", action=_Ordered, flag=True,
+      help="print every device's statistics and the NBD request metrics in Prometheus' text format")
     a("-V", "--version", action="version", version=f"{PROG} from uzram {__version__}")
     a("devices", nargs="*", metavar="<device>", help=argparse.SUPPRESS)
     return p
@@ -168,7 +171,7 @@ def _check_usage(p: argparse.ArgumentParser, args: argparse.Namespace) -> str:
         act == "create" and not args.find)
     if needs_device and not args.devices:
         p.error("no device specified")
-    if act in ("hot_add", "hot_remove") and args.devices:
+    if act in ("hot_add", "hot_remove", "metrics") and args.devices:
         p.error(f"{_opt(act)} does not take a <device>")
     return act
 
@@ -384,6 +387,11 @@ def run(client: Client, act: str, args: argparse.Namespace) -> int:
         do_hot_remove(client, args)
     elif act == "debug":
         do_debug(client, args)
+    elif act == "metrics":
+        try:
+            sys.stdout.write(str(client.request("metrics")["value"]))
+        except ControlError as e:
+            raise Failure(f"metrics: {e.strerror} ({e.detail})") from None
     return 0
 
 

@@ -38,6 +38,7 @@ class Config:
     devices: list[DeviceSpec] = field(default_factory=list)
     fuse: Path | None = None
     log_level: str = "warning"
+    metrics: Listen | None = None  # Prometheus endpoint
     swap: dict[str, dict[str, str]] = field(default_factory=dict)  # zram-generator's swap settings
     warnings: list[str] = field(default_factory=list)
 
@@ -130,6 +131,8 @@ def load_file(path: Path, cfg: Config) -> None:
             cfg.fuse = Path(value)
         elif key == "log_level":
             cfg.log_level = str(value)
+        elif key == "metrics":
+            cfg.metrics = parse_listen(str(value))
         else:
             raise ConfigError(f"{path}: unknown key {key!r} in [uzramd]")
     for name, table in data.items():

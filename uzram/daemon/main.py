@@ -16,7 +16,7 @@ import trio
 from .. import __version__
 from ..nbd.server import NBDServer
 from . import config as config_mod
-from . import control, hardening, sockets, systemd
+from . import control, hardening, metrics, sockets, systemd
 from .logs import event, setup
 from .registry import DeviceRegistry, parse_device_name
 from .service import Daemon
@@ -67,12 +67,14 @@ def attach_hint(listeners: list[str]) -> str:
 async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
     registry = DeviceRegistry()
     configure_devices(registry, cfg.devices)
-    nbd = NBDServer(registry)
+    nbd = NBDServer(metrics.MeteredRegistry(registry))
     daemon = Daemon(registry, nbd)
 
     listen_socks: list[trio.socket.SocketType] = []
     names: list[str] = []
     control_sock = None
+    metrics_sock = None
+    listen_socks_extra: list[trio.socket.SocketType] = []
     created: list[str] = []
     for sock, name in systemd.listen_fds():
         tsock = trio.socket.from_stdlib_socket(sock)
@@ -92,6 +94,11 @@ async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
             control_sock = await sockets.bind_unix(cfg.control, 0o600)
             created.append(str(cfg.control))
         created += write_swap_settings(cfg)
+        if cfg.metrics is not None:
+            metrics_sock = await sockets.bind(cfg.metrics)
+            listen_socks_extra.append(metrics_sock)
+            if cfg.metrics.kind == "unix":
+                created.append(cfg.metrics.path)
 
         async with trio.open_nursery() as nursery:
             for sock in listen_socks:
@@ -102,6 +109,12 @@ async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
                 with control_scope:
                     await control.serve(control_sock, daemon, task_status=task_status)
             await nursery.start(control_task)
+            metrics_scope = trio.CancelScope()
+            if metrics_sock is not None:
+                async def metrics_task() -> None:
+                    with metrics_scope:
+                        await metrics.serve(metrics_sock, daemon)
+                nursery.start_soon(metrics_task)
             fuse_scope = trio.CancelScope()
             if cfg.fuse is not None:
                 from . import fusefs
@@ -127,9 +140,10 @@ async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
                 await nbd.wait_closed()
                 await daemon.wait_work()
             control_scope.cancel()
+            metrics_scope.cancel()
             fuse_scope.cancel()
     finally:
-        for sock in listen_socks:
+        for sock in listen_socks + listen_socks_extra:
             sock.close()
         if control_sock is not None:
             control_sock.close()
@@ -155,6 +169,8 @@ def parser() -> argparse.ArgumentParser:
                    % config_mod.default_control_path())
     p.add_argument("--device", metavar="NAME[:ATTR=VALUE,...]", action="append", default=[],
                    help="create a device and store attributes in order, e.g. zram0:comp_algorithm=zstd,disksize=1G")
+    p.add_argument("--metrics", metavar="ADDR",
+                   help="serve Prometheus metrics over HTTP at tcp:[HOST:]PORT (loopback by default) or unix:PATH")
     p.add_argument("--fuse", metavar="DIR", help="mount the sysfs-like attribute tree (and dev/zramN files) at DIR")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the attach hint")
@@ -167,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_mod.build(args.config, args.listen, args.control, args.device, args.fuse,
                                args.zram_generator_config)
+        if args.metrics:
+            cfg.metrics = config_mod.parse_listen(args.metrics)
     except config_mod.ConfigError as e:
         print(f"uzramd: {e}", file=sys.stderr)
         return 2
