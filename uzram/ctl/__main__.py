@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Set up and control uzram devices (zram emulated in userspace by uzramd).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(" <size> is a number with an optional suffix: K, M, G, T, P, E (KiB, MiB, ... = 1024^n)\n"
-                "   or KB, MB, ... (1000^n).\n <alg> is the name of an algorithm, e.g. lz4, lz4hc, zstd,\n"
+                "   or KB, MB, ... (1000^n).\n <alg> is the name of an algorithm, e.g. lzo-rle, lzo, lz4, lz4hc, zstd,\n"
                 "   deflate (see --attr comp_algorithm <device>).\n\n"
                 f"Available output columns:\n{cols}\n\n"
                 "The control socket is --control PATH, else $UZRAM_CONTROL, else "

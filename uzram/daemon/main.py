@@ -159,7 +159,7 @@ async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="uzramd", description="Serve zram devices, emulated in userspace, over NBD.")
-    p.add_argument("--config", metavar="FILE", help="TOML configuration ([uzramd] and [zramN] tables)")
+    p.add_argument("--config", metavar="FILE", help="TOML configuration ([uzramd] and [zramN] tables), or a zram-generator.conf")
     p.add_argument("--zram-generator-config", metavar="FILE",
                    help="create the devices a zram-generator.conf (and its .conf.d/ drop-ins) describes")
     p.add_argument("--listen", metavar="ADDR", action="append", default=[],
