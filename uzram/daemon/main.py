@@ -174,7 +174,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fuse", metavar="DIR", help="mount the sysfs-like attribute tree (and dev/zramN files) at DIR")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the attach hint")
-    p.add_argument("--version", action="version", version=f"uzramd {__version__}")
+    p.add_argument("--version", action="version", version=f"uzramd from uzram {__version__}")
     return p
 
 
