@@ -16,6 +16,7 @@ from .. import __version__
 from ..control import default_control_path, runtime_dir
 from .client import Client, ControlError, DaemonNotRunning, ProtocolError
 from .devices import DeviceView, dev_path, device_id
+from .histogram import render as render_histogram
 from .progress import ProgressBar
 from .sizes import SizeError, parse_size
 from .table import COLUMNS, DEFAULT_COLUMNS, UnknownColumn, parse_columns, render
@@ -91,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                f"       {PROG} [options] -f | <device> -s <size>\n"
                f"       {PROG} --attr <name>[=<value>] <device>\n"
                f"       {PROG} --idle <age>|all | --compact | --writeback <mode> | --recompress <args> <device>\n"
-               f"       {PROG} --debug block_state|classes <device>\n"
+               f"       {PROG} --debug block_state|classes|histogram <device>\n"
                f"       {PROG} --hot-add | --hot-remove <id>\n"
                f"       {PROG} --metrics"),
         description="Set up and control uzram devices (zram emulated in userspace by uzramd).",
@@ -130,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--recompress", metavar="<args>", action=_Ordered,
       help="recompress pages with a secondary algorithm (e.g. 'type=huge')")
     a("--debug", metavar="<name>", action=_Ordered,
-      help="print a debugfs file of <device>: block_state (zram) or classes (zsmalloc)")
+      help="print a debugfs file of <device>: block_state (zram) or classes (zsmalloc); "
+           "histogram: the classes in use as text bars")
     a("--hot-add", action=_Ordered, flag=True, help="add a new device and print its name")
     a("--hot-remove", metavar="<id>", action=_Ordered, help="remove a device (N, zramN or /dev/zramN)")
     a("--metrics", action=_Ordered, flag=True,
@@ -337,10 +339,15 @@ def do_attr(client: Client, args: argparse.Namespace) -> None:
 
 def do_debug(client: Client, args: argparse.Namespace) -> None:
     name = _kname(args.devices[0])
+    histogram = args.debug == "histogram"
     try:
-        sys.stdout.write(str(client.request("debug", device=name, name=args.debug)["value"]))
+        text = str(client.request("debug", device=name, name="classes" if histogram else args.debug)["value"])
     except ControlError as e:
         raise Failure(f"{name}: {args.debug}: {e.strerror}") from None
+    if histogram:
+        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 80
+        text = render_histogram(text, width)
+    sys.stdout.write(text)
 
 
 def do_hot_add(client: Client, args: argparse.Namespace) -> None:
