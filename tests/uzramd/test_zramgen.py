@@ -167,6 +167,11 @@ def test_config_detects_zram_generator_files(tmp_path):
     assert cfg.devices[0].attrs == [("comp_algorithm", "zstd"), ("algorithm_params", "algo=zstd level=1"),
                                     ("recomp_algorithm", "algo=lz4hc priority=1"),
                                     ("mem_limit", "0"), ("disksize", str(64 * MiB))]
+    # only defaults: recognised by its name, zram0 of zram-generator's default size
+    bare = write(tmp_path / "etc/systemd/zram-generator.conf", "[zram0]\n")
+    ram = zramgen.memtotal_mb()
+    assert config.build(str(bare), [], None, []).devices[0].attrs[-1] == (
+        "disksize", str(int(min(ram / 2, 4096) * MiB)))
     toml = write(tmp_path / "uzramd.toml", '[zram0]\ncomp_algorithm = "zstd"\ndisksize = "1M"\n')
     assert config.build(str(toml), [], None, []).devices[0].attrs == [("comp_algorithm", "zstd"),
                                                                        ("disksize", "1M")]

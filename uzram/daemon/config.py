@@ -113,7 +113,8 @@ def load_file(path: Path, cfg: Config) -> None:
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from e
     from .zramgen import looks_like_zram_generator
-    if looks_like_zram_generator(text):
+    if looks_like_zram_generator(text) or path.name == "zram-generator.conf" \
+            or path.parent.name == "zram-generator.conf.d":
         load_zram_generator(path, cfg)
         return
     try:

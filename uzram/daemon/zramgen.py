@@ -288,7 +288,8 @@ def mib_to_bytes(mib: float, what: str) -> int:
 # -- files ----------------------------------------------------------------------------
 
 def parse_ini(text: str, path: str) -> list[tuple[str | None, str, str]]:
-    """``(section, key, value)`` in file order (section None before any header)."""
+    """``(section, key, value)`` in file order (section None before any header;
+    key "" for a section header)."""
     out: list[tuple[str | None, str, str]] = []
     section: str | None = None
     for n, raw in enumerate(text.splitlines(), 1):
@@ -299,6 +300,7 @@ def parse_ini(text: str, path: str) -> list[tuple[str | None, str, str]]:
             if not line.endswith("]"):
                 raise ZramGenError(f"{path}:{n}: unterminated section header {line!r}")
             section = line[1:-1].strip()
+            out.append((section, "", ""))  # a section exists even without keys
             continue
         key, eq, value = line.partition("=")
         if not eq:
@@ -518,10 +520,13 @@ def read(paths: list[Path], ram_mb: int | None = None) -> Plan:
                     warn(f"{path}: invalid outside-of-section key {key}, ignoring")
                 continue
             if not (section.startswith("zram") and section[4:].isdigit()):
-                warn(f"{path}: ignoring section [{section}]")
+                if not key:
+                    warn(f"{path}: ignoring section [{section}]")
                 continue
             name = f"zram{int(section[4:])}"
             dev = devices.setdefault(name, GenDevice(name))
+            if not key:
+                continue
             try:
                 apply_key(dev, key, value, warn)
             except ZramGenError as e:
