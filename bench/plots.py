@@ -21,8 +21,10 @@ def _pyplot():  # type: ignore[no-untyped-def]
 
 
 def _subtitle(r: dict) -> str:
+    load = r.get("loadavg")
+    busy = f"; load average {load[0]:.1f} at the start, {load[-1]:.1f} at the end" if load else ""
     return (f"{r['algorithm']}, {r['cpus']} CPUs, medians of {r['rounds']} rounds of {r['seconds']} s; "
-            "fio QD16, nbd engine over a UNIX socket")
+            f"fio QD16, nbd engine over a UNIX socket{busy}")
 
 
 def throughput(r: dict, path: Path) -> None:

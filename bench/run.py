@@ -169,7 +169,8 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="uzram-bench-"))
     results: dict = {"algorithm": args.algorithm, "rounds": args.rounds, "seconds": args.seconds,
-                     "cpus": os.cpu_count(), "fio": {}, "nbdcopy": {}, "memory": {}}
+                     "cpus": os.cpu_count(), "fio": {}, "nbdcopy": {}, "memory": {},
+                     "loadavg": [os.getloadavg()[0]]}
     print(f"bench: workdir {work}; building the swap-like corpus ...", file=sys.stderr)
     img = work / "corpus.img"
     pages = corpus.build(img, args.corpus_mib)
@@ -252,6 +253,7 @@ def main() -> int:
             (kz / "reset").write_text("1")
         shutil.rmtree(work, ignore_errors=True)
 
+    results["loadavg"].append(os.getloadavg()[0])
     print(report(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
