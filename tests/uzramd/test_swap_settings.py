@@ -39,6 +39,8 @@ def test_start_applies_zram_generator_settings(tmp_path):
         r, calls = run_script(tmp_path, runtime, "zram0")
         assert r.returncode == 0, r.stderr
         assert calls[-2:] == ["mkswap /dev/nbd0", "swapon --options discard=once,nofail --priority 42 /dev/nbd0"]
+        r, calls = run_script(tmp_path, runtime, "zram0", {"SWAP_PRIORITY": "3"})  # the unit's env wins
+        assert calls[-1] == "swapon --options discard=once,nofail --priority 3 /dev/nbd0"
         r, calls = run_script(tmp_path, runtime, "zram1")          # options= clears discard
         assert calls[-1] == "swapon --priority 100 /dev/nbd0"
         r, calls = run_script(tmp_path, runtime, "zram2")          # not swap: detach and refuse

@@ -46,7 +46,12 @@ def write_swap_settings(cfg: config_mod.Config) -> list[str]:
     written = []
     for name, settings in cfg.swap.items():
         path = cfg.control.parent / f"{name}.swap"
-        path.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in settings.items()))
+        try:
+            path.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in settings.items()))
+        except OSError as e:
+            event(log, logging.WARNING, "cannot write swap settings; uzram-swap will use its defaults",
+                  path=str(path), error=e.strerror)
+            continue
         written.append(str(path))
     return written
 
