@@ -6,7 +6,8 @@ ratio, memory, and its block-device speed as a reference) when root can use
 zram0. Rounds alternate the servers so that background noise on a shared
 machine hits both alike; medians are reported, and uzram as ratios.
 
-    python bench/run.py [--rounds 3] [--seconds 5] [--algorithm lz4] [--json OUT]
+    python bench/run.py [--rounds 3] [--seconds 5] [--algorithm lz4] [--json OUT] [--plots [DIR]]
+    python bench/run.py --from-json OUT --plots [DIR]     # plots of a saved run
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench import corpus  # noqa: E402
+from bench import corpus, ratios  # noqa: E402
 from uzram.ctl.client import Client  # noqa: E402
 
 MiB = 1 << 20
@@ -86,6 +87,7 @@ def fio(target: dict[str, str | None], rw: str, bs: str, seconds: int, workdir: 
         "rw": rw, "bs": bs, "iodepth": "16", "size": str(AREA), "time_based": "1",
         "runtime": str(seconds), "ramp_time": "1", "norandommap": "1", "randrepeat": "0",
         "buffer_compress_percentage": "60", "refill_buffers": "1", "buffer_compress_chunk": "4096",
+        "percentile_list": ":".join(str(p) for p in PERCENTILES),
         **target,
     }
     opts = {k: v for k, v in opts.items() if v is not None}
@@ -98,7 +100,12 @@ def fio(target: dict[str, str | None], rw: str, bs: str, seconds: int, workdir: 
         sys.exit(f"bench: fio failed: {res.stderr or res.stdout}")
     j = json.loads(out.read_text())["jobs"][0]
     side = j["read"] if "read" in rw else j["write"]
-    return {"iops": side["iops"], "mbps": side["bw_bytes"] / 1e6, "lat_us": side["clat_ns"]["mean"] / 1e3}
+    pct = {float(k): v / 1e3 for k, v in side["clat_ns"].get("percentile", {}).items()}
+    return {"iops": side["iops"], "mbps": side["bw_bytes"] / 1e6, "lat_us": side["clat_ns"]["mean"] / 1e3,
+            "clat_pct_us": pct}
+
+
+PERCENTILES = (1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99, 99.5, 99.9)
 
 
 def nbd_target(server: Server, export: str) -> dict[str, str]:
@@ -147,12 +154,23 @@ def main() -> int:
     ap.add_argument("--algorithm", default="lz4")
     ap.add_argument("--corpus-mib", type=int, default=256)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--plots", type=Path, nargs="?", const=HERE.parent / "docs", metavar="DIR",
+                    help="also measure the compression ratio per algorithm and write PNG plots to DIR (docs/)")
+    ap.add_argument("--from-json", type=Path, metavar="FILE",
+                    help="do not measure: print the report and write the plots of a saved --json result")
     args = ap.parse_args()
+    if args.from_json:
+        results = json.loads(args.from_json.read_text())
+        print(report(results))
+        if args.plots:
+            _plots(results, args.plots)
+        return 0
     need("fio", "nbdkit", "nbdcopy")
 
     work = Path(tempfile.mkdtemp(prefix="uzram-bench-"))
     results: dict = {"algorithm": args.algorithm, "rounds": args.rounds, "seconds": args.seconds,
-                     "cpus": os.cpu_count(), "fio": {}, "nbdcopy": {}, "memory": {}}
+                     "cpus": os.cpu_count(), "fio": {}, "nbdcopy": {}, "memory": {},
+                     "loadavg": [os.getloadavg()[0]]}
     print(f"bench: workdir {work}; building the swap-like corpus ...", file=sys.stderr)
     img = work / "corpus.img"
     pages = corpus.build(img, args.corpus_mib)
@@ -206,6 +224,7 @@ def main() -> int:
         targets = {"nbdkit": nbd_target(nbdkit, ""), "uzram": nbd_target(uzram, "zram0")}
         if kz is not None:
             targets["kernel zram"] = {"ioengine": "libaio", "direct": "1", "filename": "/dev/zram0"}
+        rows_pct: dict[str, dict[str, list]] = {}
         for t in targets.values():
             prefill(t, work)
         for name, rw, bs in JOBS:
@@ -214,8 +233,18 @@ def main() -> int:
                 for server, target in targets.items():
                     rows[server].append(fio(target, rw, bs, args.seconds, work))
             results["fio"][name] = {s: {k: median(v, k) for k in ("iops", "mbps", "lat_us")} for s, v in rows.items()}
+            rows_pct[name] = {s: [r["clat_pct_us"] for r in v] for s, v in rows.items()}
             print(f"bench: {name}: " + ", ".join(f"{s} {results['fio'][name][s]['iops']:.0f} IOPS"
                                               for s in targets), file=sys.stderr)
+        # -- fio keeps one round's latency percentiles per server (the median round's)
+        for name in results["fio"]:
+            for server in targets:
+                results["fio"][name][server]["clat_pct_us"] = _median_pct(rows_pct[name][server])
+        if args.plots:
+            if kz is not None:
+                (kz / "reset").write_text("1")
+            print("bench: compression ratio per algorithm ...", file=sys.stderr)
+            results["ratios"] = ratios.measure(img)
     finally:
         uzram.stop()
         nbdkit.stop()
@@ -224,10 +253,25 @@ def main() -> int:
             (kz / "reset").write_text("1")
         shutil.rmtree(work, ignore_errors=True)
 
+    results["loadavg"].append(os.getloadavg()[0])
     print(report(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    if args.plots:
+        _plots(results, args.plots)
     return 0
+
+
+def _median_pct(rounds: list[dict[float, float]]) -> dict[str, float]:
+    """Per percentile, the median over rounds (JSON keys are strings)."""
+    keys = sorted({k for r in rounds for k in r})
+    return {str(k): statistics.median(r[k] for r in rounds if k in r) for k in keys}
+
+
+def _plots(results: dict, directory: Path) -> None:
+    from bench import plots
+    for path in plots.write_all(results, directory):
+        print(f"bench: wrote {path}", file=sys.stderr)
 
 
 def report(r: dict) -> str:

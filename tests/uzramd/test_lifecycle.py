@@ -21,7 +21,7 @@ def test_default_device_is_zram_generator_sized(tmp_path):
     with uzramd(tmp_path, devices=()) as d:
         assert d.request(cmd="devices")["devices"] == ["zram0"]
         assert int(d.show("zram0", "disksize")) == default_disksize()
-        assert d.show("zram0", "comp_algorithm").startswith("[lz4]")
+        assert d.show("zram0", "comp_algorithm").split().count("[lz4]") == 1
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     assert default_disksize() == min(ram // 2, 4 << 30)
 
@@ -33,7 +33,7 @@ def test_device_option_stores_in_order_with_abi_errors(tmp_path):
     assert res.returncode == 2
     assert "zram0: comp_algorithm=zstd: " in res.stderr and "busy" in res.stderr.lower()
     with uzramd(tmp_path / "ok", devices=("zram0:comp_algorithm=zstd,disksize=1M", "zram3")) as d:
-        assert d.show("zram0", "comp_algorithm") == "lz4 lz4hc [zstd] deflate \n"
+        assert d.show("zram0", "comp_algorithm") == "lzo-rle lzo lz4 lz4hc [zstd] deflate \n"
         assert d.request(cmd="devices")["devices"] == ["zram0", "zram3"]
         assert d.show("zram3", "initstate") == "0\n"
 

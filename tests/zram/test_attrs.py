@@ -24,7 +24,7 @@ def test_uninitialised_formats():
     assert dev.show("mm_stat") == " ".join(["%8u" % 0] * 9) + "\n"
     assert dev.show("io_stat") == "       0        0 0        0\n"
     assert dev.show("debug_stat") == "version: 1\n0        0\n"
-    assert dev.show("comp_algorithm") == "[lz4] lz4hc zstd deflate \n"
+    assert dev.show("comp_algorithm") == "lzo-rle lzo [lz4] lz4hc zstd deflate \n"
     assert dev.show("recomp_algorithm") == ""
     assert len(dev.show("stat").split()) == 17
 
@@ -93,7 +93,7 @@ def test_recomp_algorithm_listing():
     dev.store("recomp_algorithm", "algo=zstd")
     dev.store("recomp_algorithm", "algo=deflate priority=3")
     assert dev.show("recomp_algorithm") == (
-        "#1: lz4 lz4hc [zstd] deflate \n#3: lz4 lz4hc zstd [deflate] \n")
+        "#1: lzo-rle lzo lz4 lz4hc [zstd] deflate \n#3: lzo-rle lzo lz4 lz4hc zstd [deflate] \n")
     dev.store("algorithm_params", "algo=deflate level=9")
     assert dev.comp_params[3].level == 9
 

@@ -303,7 +303,7 @@ def test_reset_restores_defaults():
     dev.openers = 0
     dev.store("reset", "1")
     assert dev.show("disksize") == "0\n"
-    assert dev.show("comp_algorithm").startswith("[lz4]")
+    assert dev.show("comp_algorithm").split().count("[lz4]") == 1
     assert dev.show("recomp_algorithm") == ""
     assert mm_stat(dev) == [0] * 9
     dev.store("disksize", "4M")

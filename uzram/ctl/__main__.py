@@ -16,6 +16,7 @@ from .. import __version__
 from ..control import default_control_path, runtime_dir
 from .client import Client, ControlError, DaemonNotRunning, ProtocolError
 from .devices import DeviceView, dev_path, device_id
+from .histogram import render as render_histogram
 from .progress import ProgressBar
 from .sizes import SizeError, parse_size
 from .table import COLUMNS, DEFAULT_COLUMNS, UnknownColumn, parse_columns, render
@@ -23,7 +24,7 @@ from .table import COLUMNS, DEFAULT_COLUMNS, UnknownColumn, parse_columns, rende
 PROG = "uzramctl"
 
 # uzramctl's actions beyond zramctl's (status, find, set-up, reset)
-_EXTRA = ("attr", "writeback", "idle", "compact", "recompress", "hot_add", "hot_remove", "debug")
+_EXTRA = ("attr", "writeback", "idle", "compact", "recompress", "hot_add", "hot_remove", "debug", "metrics")
 # zramctl's groups of options that cannot be combined, plus: each extra action
 # excludes every other action and --output
 _EXCLUSIVE = (
@@ -91,12 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
                f"       {PROG} [options] -f | <device> -s <size>\n"
                f"       {PROG} --attr <name>[=<value>] <device>\n"
                f"       {PROG} --idle <age>|all | --compact | --writeback <mode> | --recompress <args> <device>\n"
-               f"       {PROG} --debug block_state|classes <device>\n"
-               f"       {PROG} --hot-add | --hot-remove <id>"),
+               f"       {PROG} --debug block_state|classes|histogram <device>\n"
+               f"       {PROG} --hot-add | --hot-remove <id>\n"
+               f"       {PROG} --metrics"),
         description="Set up and control uzram devices (zram emulated in userspace by uzramd).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(" <size> is a number with an optional suffix: K, M, G, T, P, E (KiB, MiB, ... = 1024^n)\n"
-                "   or KB, MB, ... (1000^n).\n <alg> is the name of an algorithm, e.g. lz4, lz4hc, zstd,\n"
+                "   or KB, MB, ... (1000^n).\n <alg> is the name of an algorithm, e.g. lzo-rle, lzo, lz4, lz4hc, zstd,\n"
                 "   deflate (see --attr comp_algorithm <device>).\n\n"
                 f"Available output columns:\n{cols}\n\n"
                 "The control socket is --control PATH, else $UZRAM_CONTROL, else "
@@ -129,9 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--recompress", metavar="<args>", action=_Ordered,
       help="recompress pages with a secondary algorithm (e.g. 'type=huge')")
     a("--debug", metavar="<name>", action=_Ordered,
-      help="print a debugfs file of <device>: block_state (zram) or classes (zsmalloc)")
+      help="print a debugfs file of <device>: block_state (zram) or classes (zsmalloc); "
+           "histogram: the classes in use as text bars")
     a("--hot-add", action=_Ordered, flag=True, help="add a new device and print its name")
     a("--hot-remove", metavar="<id>", action=_Ordered, help="remove a device (N, zramN or /dev/zramN)")
+    a("--metrics", action=_Ordered, flag=True,
+      help="print every device's statistics and the NBD request metrics in Prometheus' text format")
     a("-V", "--version", action="version", version=f"{PROG} from uzram {__version__}")
     a("devices", nargs="*", metavar="<device>", help=argparse.SUPPRESS)
     return p
@@ -168,7 +173,7 @@ def _check_usage(p: argparse.ArgumentParser, args: argparse.Namespace) -> str:
         act == "create" and not args.find)
     if needs_device and not args.devices:
         p.error("no device specified")
-    if act in ("hot_add", "hot_remove") and args.devices:
+    if act in ("hot_add", "hot_remove", "metrics") and args.devices:
         p.error(f"{_opt(act)} does not take a <device>")
     return act
 
@@ -334,10 +339,15 @@ def do_attr(client: Client, args: argparse.Namespace) -> None:
 
 def do_debug(client: Client, args: argparse.Namespace) -> None:
     name = _kname(args.devices[0])
+    histogram = args.debug == "histogram"
     try:
-        sys.stdout.write(str(client.request("debug", device=name, name=args.debug)["value"]))
+        text = str(client.request("debug", device=name, name="classes" if histogram else args.debug)["value"])
     except ControlError as e:
         raise Failure(f"{name}: {args.debug}: {e.strerror}") from None
+    if histogram:
+        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 80
+        text = render_histogram(text, width)
+    sys.stdout.write(text)
 
 
 def do_hot_add(client: Client, args: argparse.Namespace) -> None:
@@ -384,6 +394,11 @@ def run(client: Client, act: str, args: argparse.Namespace) -> int:
         do_hot_remove(client, args)
     elif act == "debug":
         do_debug(client, args)
+    elif act == "metrics":
+        try:
+            sys.stdout.write(str(client.request("metrics")["value"]))
+        except ControlError as e:
+            raise Failure(f"metrics: {e.strerror} ({e.detail})") from None
     return 0
 
 

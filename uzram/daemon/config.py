@@ -40,6 +40,9 @@ class Config:
     fuse: Path | None = None
     log_level: str = "warning"
     limits: Limits = field(default_factory=lambda: Limits())
+    metrics: Listen | None = None  # Prometheus endpoint
+    swap: dict[str, dict[str, str]] = field(default_factory=dict)  # zram-generator's swap settings
+    warnings: list[str] = field(default_factory=list)
     tls: str | None = None                   # off, on, require; None: require with certificates
     tls_certificates: Path | None = None     # nbdkit layout: ca-cert.pem, server-cert.pem, server-key.pem
     tls_verify_peer: bool = False
@@ -128,8 +131,24 @@ def default_device() -> DeviceSpec:
 MAX_CONFIG_BYTES = 1 << 20
 
 
+def load_zram_generator(path: Path, cfg: Config) -> None:
+    """Devices from zram-generator's configuration (the file and its drop-ins)."""
+    from . import zramgen
+    try:
+        plan = zramgen.read(zramgen.fragments_for(path))
+        for dev in plan.devices:
+            cfg.devices.append(DeviceSpec(dev.name, zramgen.device_attrs(dev, plan.warnings.append)))
+            cfg.swap[dev.name] = zramgen.swap_settings(dev)
+    except zramgen.ZramGenError as e:
+        raise ConfigError(f"{path}: {e}") from e
+    cfg.warnings.extend(plan.warnings)
+    if not plan.devices:
+        cfg.warnings.append(f"{path}: no zram device to create (none configured, or all of size 0)")
+
+
 def load_file(path: Path, cfg: Config) -> None:
-    """Read a TOML file: a ``[uzramd]`` table and one ``[zramN]`` table per device."""
+    """Read a TOML file: a ``[uzramd]`` table and one ``[zramN]`` table per device
+    (or a zram-generator.conf, recognised by its keys)."""
     try:
         with open(path, "rb") as f:
             raw = f.read(MAX_CONFIG_BYTES + 1)
@@ -138,8 +157,17 @@ def load_file(path: Path, cfg: Config) -> None:
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; is it the right file?")
     try:
-        data = tomllib.loads(raw.decode())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError, ValueError) as e:
+        text = raw.decode()
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: {str(e)[:300]}") from e
+    from .zramgen import looks_like_zram_generator
+    if looks_like_zram_generator(text) or path.name == "zram-generator.conf" \
+            or path.parent.name == "zram-generator.conf.d":
+        load_zram_generator(path, cfg)
+        return
+    try:
+        data = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, RecursionError, ValueError) as e:
         raise ConfigError(f"{path}: {str(e)[:300]}") from e
     try:
         _apply_file(path, data, cfg)
@@ -170,6 +198,8 @@ def _apply_file(path: Path, data: dict, cfg: Config) -> None:  # type: ignore[ty
                 cfg.limits.set(key, value)
             except ConfigError as e:
                 raise ConfigError(f"{path}: [uzramd] {e}") from None
+        elif key == "metrics":
+            cfg.metrics = parse_listen(str(value))
         else:
             raise ConfigError(f"{path}: unknown key {key!r} in [uzramd]")
     for name, table in data.items():
@@ -216,10 +246,13 @@ LIMIT_KEYS = ("max_buffer_memory", "max_connections", "idle_timeout", "shutdown_
 
 def build(config_file: str | None, listen: list[str], control: str | None,
           devices: list[str], fuse: str | None = None,
-          limits: dict[str, str] | None = None) -> Config:
+          limits: dict[str, str] | None = None,
+          zram_generator_config: str | None = None) -> Config:
     cfg = Config()
     if config_file:
         load_file(Path(config_file), cfg)
+    if zram_generator_config:
+        load_zram_generator(Path(zram_generator_config), cfg)
     for key, value in (limits or {}).items():
         cfg.limits.set(key, value)
     cfg.listen.extend(parse_listen(item) for item in listen)
@@ -228,7 +261,7 @@ def build(config_file: str | None, listen: list[str], control: str | None,
     if fuse:
         cfg.fuse = Path(fuse)
     cfg.devices.extend(parse_device(d) for d in devices)
-    if not config_file and not devices:
+    if not config_file and not devices and not zram_generator_config:
         cfg.devices.append(default_device())
     seen = set()
     for d in cfg.devices:

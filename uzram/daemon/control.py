@@ -120,6 +120,9 @@ async def _dispatch(daemon: Daemon, line: bytes, stream: trio.SocketStream) -> d
         if cmd == "debug":
             dev = daemon.registry.get(_field(req, "device"))
             return {"ok": True, "value": dev.debugfs(_field(req, "name"))}
+        if cmd == "metrics":
+            from .metrics import render
+            return {"ok": True, "value": render(daemon)}
         if cmd == "version":
             return {"ok": True, "version": __version__}
         return error_reply(OSError(errno.EINVAL, f"unknown command {cmd!r}"))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -15,7 +17,7 @@ from .. import __version__
 from ..nbd import tls as tls_mod
 from ..nbd.server import NBDServer, ServerConfig
 from . import config as config_mod
-from . import control, hardening, sockets, systemd
+from . import control, hardening, metrics, sockets, systemd
 from .logs import event, setup
 from .registry import DeviceRegistry, parse_device_name
 from .service import Daemon
@@ -39,6 +41,22 @@ def describe(e: OSError) -> str:
     return f"{text} ({e.strerror})" if e.strerror and e.strerror != text else text
 
 
+def write_swap_settings(cfg: config_mod.Config) -> list[str]:
+    """zram-generator's swap-priority/options/fs-type for the swap unit
+    (systemd/uzram-swap), as ``NAME.swap`` beside the control socket."""
+    written = []
+    for name, settings in cfg.swap.items():
+        path = cfg.control.parent / f"{name}.swap"
+        try:
+            path.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in settings.items()))
+        except OSError as e:
+            event(log, logging.WARNING, "cannot write swap settings; uzram-swap will use its defaults",
+                  path=str(path), error=e.strerror)
+            continue
+        written.append(str(path))
+    return written
+
+
 def attach_hint(listeners: list[str]) -> str:
     unix = next((p[5:] for p in listeners if p.startswith("unix:")), None)
     lines = ["uzramd: serving " + ", ".join(listeners)]
@@ -57,7 +75,7 @@ async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
     configure_devices(registry, cfg.devices)
     tls = tls_settings(cfg)
     limits = cfg.limits
-    nbd = NBDServer(registry, ServerConfig(
+    nbd = NBDServer(metrics.MeteredRegistry(registry), ServerConfig(
         max_buffer_memory=limits.max_buffer_memory, idle_timeout=limits.idle_timeout,
         max_connections=limits.max_connections or None, tls=tls))
     daemon = Daemon(registry, nbd)
@@ -65,6 +83,8 @@ async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
     listen_socks: list[trio.socket.SocketType] = []
     names: list[str] = []
     control_sock = None
+    metrics_sock = None
+    listen_socks_extra: list[trio.socket.SocketType] = []
     created: list[str] = []
     for sock, name in systemd.listen_fds():
         tsock = trio.socket.from_stdlib_socket(sock)
@@ -88,11 +108,19 @@ async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
         if control_sock is None:
             control_sock = await sockets.bind_unix(cfg.control, 0o600)
             created.append(str(cfg.control))
+        created += write_swap_settings(cfg)
+        if cfg.metrics is not None:
+            metrics_sock = await sockets.bind(cfg.metrics)
+            listen_socks_extra.append(metrics_sock)
+            if cfg.metrics.kind == "unix":
+                created.append(cfg.metrics.path)
 
         async with trio.open_nursery() as nursery:
             for sock in listen_socks:
                 await nursery.start(nbd.serve_listener, sock)
             await nursery.start(control.serve, control_sock, daemon)
+            if metrics_sock is not None:
+                nursery.start_soon(metrics.serve, metrics_sock, daemon)
             if cfg.fuse is not None:
                 from . import fusefs
                 await nursery.start(fusefs.serve, daemon, str(cfg.fuse))
@@ -119,7 +147,7 @@ async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
                       seconds=limits.shutdown_timeout, connections=nbd.connection_count)
             nursery.cancel_scope.cancel()
     finally:
-        for sock in listen_socks:
+        for sock in listen_socks + listen_socks_extra:
             sock.close()
         if control_sock is not None:
             control_sock.close()
@@ -163,7 +191,9 @@ def tls_settings(cfg: config_mod.Config) -> tls_mod.TLSSettings:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="uzramd", description="Serve zram devices, emulated in userspace, over NBD.")
-    p.add_argument("--config", metavar="FILE", help="TOML configuration ([uzramd] and [zramN] tables)")
+    p.add_argument("--config", metavar="FILE", help="TOML configuration ([uzramd] and [zramN] tables), or a zram-generator.conf")
+    p.add_argument("--zram-generator-config", metavar="FILE",
+                   help="create the devices a zram-generator.conf (and its .conf.d/ drop-ins) describes")
     p.add_argument("--listen", metavar="ADDR", action="append", default=[],
                    help="unix:PATH or tcp:[HOST:]PORT (repeatable; default unix:%s)"
                    % config_mod.default_listen().path)
@@ -171,6 +201,8 @@ def parser() -> argparse.ArgumentParser:
                    % config_mod.default_control_path())
     p.add_argument("--device", metavar="NAME[:ATTR=VALUE,...]", action="append", default=[],
                    help="create a device and store attributes in order, e.g. zram0:comp_algorithm=zstd,disksize=1G")
+    p.add_argument("--metrics", metavar="ADDR",
+                   help="serve Prometheus metrics over HTTP at tcp:[HOST:]PORT (loopback by default) or unix:PATH")
     p.add_argument("--fuse", metavar="DIR", help="mount the sysfs-like attribute tree (and dev/zramN files) at DIR")
     p.add_argument("--tls", choices=tls_mod.MODES,
                    help="STARTTLS policy for TCP, as nbdkit's (default: require with --tls-certificates; "
@@ -190,7 +222,7 @@ def parser() -> argparse.ArgumentParser:
                         help="on SIGTERM, answer requests in flight for this long, then exit (default 10)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the attach hint")
-    p.add_argument("--version", action="version", version=f"uzramd {__version__}")
+    p.add_argument("--version", action="version", version=f"uzramd from uzram {__version__}")
     return p
 
 
@@ -198,14 +230,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         limits = {k: v for k in config_mod.LIMIT_KEYS if (v := getattr(args, k)) is not None}
-        cfg = config_mod.build(args.config, args.listen, args.control, args.device, args.fuse, limits)
+        cfg = config_mod.build(args.config, args.listen, args.control, args.device, args.fuse, limits,
+                               args.zram_generator_config)
+        if args.metrics:
+            cfg.metrics = config_mod.parse_listen(args.metrics)
         config_mod.apply_tls(cfg, args.tls, args.tls_certificates, args.tls_verify_peer)
         tls_settings(cfg)  # certificate and policy errors before anything starts
     except config_mod.ConfigError as e:
         print(f"uzramd: {e}", file=sys.stderr)
         return 2
+    if cfg.fuse is not None and importlib.util.find_spec("pyfuse3") is None:
+        print("uzramd: --fuse needs pyfuse3: pip install 'uzram[fuse]' "
+              "(it builds against libfuse3-dev, with pkg-config and a C compiler)", file=sys.stderr)
+        return 2
     level = {0: cfg.log_level, 1: "info"}.get(args.verbose, "debug")
     setup(level)
+    for warning in cfg.warnings:
+        event(log, logging.WARNING, warning)
     hardening.apply()
     try:
         return trio.run(run, cfg, args.quiet)
