@@ -67,11 +67,13 @@ class MeteredExport:
     """A ``BlockExport`` that counts and times the requests of another."""
 
     read_only: bool
+    ordering_granularity: int
 
     def __init__(self, inner: BlockExport, stats: ExportStats) -> None:
         self.inner = inner
         self.stats = stats
         self.read_only = inner.read_only
+        self.ordering_granularity = getattr(inner, "ordering_granularity", 1)
         ops = stats.ops
         self._read, self._write = ops["read"], ops["write"]
         self._trim, self._zeroes = ops["trim"], ops["write_zeroes"]
