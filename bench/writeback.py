@@ -68,6 +68,7 @@ def main() -> int:
     backing = disk / "backing.img"
     with open(backing, "wb") as f:
         f.truncate(2 << 30)
+    backing.chmod(0o600)  # uzramd refuses a backing file others can read
     ctl = work / "uz.ctl"
     uz = Server("uzramd", [sys.executable, "-m", "uzram.daemon", "-q", "--listen", f"unix:{work / 'uz.sock'}",
                            "--control", str(ctl), "--device", f"zram0:backing_dev={backing},disksize=2G"],
