@@ -9,6 +9,7 @@ import trio
 
 from ..zram import ZramDevice
 from ..zram.device import PendingRead
+from . import marker
 
 STATE_HOLE = 1
 STATE_ZERO = 2
@@ -57,6 +58,7 @@ class ZramExport:
     def attach(self) -> None:
         if self.dev.claimed:
             raise OSError(errno.EBUSY, f"{self.name} is being reset")
+        marker.check_open(self.dev)  # EIO after an unclean exit, until a reset
         self.dev.openers += 1
 
     def detach(self) -> None:

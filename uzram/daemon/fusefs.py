@@ -25,6 +25,7 @@ import trio
 
 from ..zram import attrs
 from ..zram.device import PendingRead
+from . import marker
 from .logs import event
 
 if TYPE_CHECKING:
@@ -163,6 +164,10 @@ class SysfsTree(pyfuse3.Operations):
             dev = self._device(dev_id)
             if dev.claimed:
                 raise pyfuse3.FUSEError(errno.EBUSY)
+            try:
+                marker.check_open(dev)
+            except OSError as e:
+                raise pyfuse3.FUSEError(e.errno) from None
             dev.openers += 1
         elif kind not in ("attr", "hot_add", "hot_remove"):
             raise pyfuse3.FUSEError(errno.EISDIR)

@@ -14,7 +14,7 @@ import trio
 from .. import __version__
 from ..nbd.server import NBDServer
 from . import config as config_mod
-from . import control, hardening, sockets, systemd
+from . import control, hardening, marker, sockets, systemd
 from .logs import event, setup
 from .registry import DeviceRegistry, parse_device_name
 from .service import Daemon
@@ -78,6 +78,8 @@ async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
         if control_sock is None:
             control_sock = await sockets.bind_unix(cfg.control, 0o600)
             created.append(str(cfg.control))
+        state = marker.Marker(cfg.control)
+        state.begin(registry.devices())  # devices unclean after an unclean exit
 
         async with trio.open_nursery() as nursery:
             for sock in listen_socks:
@@ -114,6 +116,7 @@ async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
                 await daemon.wait_work()
             control_scope.cancel()
             fuse_scope.cancel()
+        state.end(registry.devices())  # a clean stop: no marker left
     finally:
         for sock in listen_socks:
             sock.close()
