@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from uzram.zram import ZramDevice
+from uzram.zram import ZramDevice, backing
 from uzram.zram.slots import WB
 
 from ..faultyfs import faulty_file
@@ -115,8 +115,10 @@ def fincore_bytes(path):
     return int(out.split()[0])
 
 
-def test_written_back_pages_leave_the_page_cache(tmp_path):
+@pytest.mark.parametrize("direct", [True, False], ids=["O_DIRECT", "fdatasync"])
+def test_written_back_pages_leave_the_page_cache(tmp_path, monkeypatch, direct):
     """32 MiB written back: the file keeps (almost) nothing in RAM."""
+    monkeypatch.setattr(backing, "USE_O_DIRECT", direct)
     n = 32 * MiB // PAGE
     path = private_file(tmp_path / "backing", size=64 * MiB)
     dev = ZramDevice()
@@ -135,12 +137,22 @@ def test_written_back_pages_leave_the_page_cache(tmp_path):
     assert fincore_bytes(path) < 1 * MiB
 
 
-def test_a_failed_fdatasync_keeps_the_pages_in_ram(tmp_path):
-    """The page cache accepts the writes; the disk refuses at fsync: no page
-    may count as written back."""
+def test_backing_io_is_direct_where_the_filesystem_allows(tmp_path):
+    dev = ZramDevice()
+    dev.store("backing_dev", str(private_file(tmp_path / "backing")))
+    assert dev.backing.direct  # ext4/xfs/tmpfs (Linux 6.6+) take O_DIRECT
+    dev.store("reset", "1")
+
+
+def test_a_failed_fdatasync_keeps_the_pages_in_ram(tmp_path, monkeypatch):
+    """Without O_DIRECT (a filesystem that refuses it; forced here): the page
+    cache accepts the writes, the disk refuses at fsync, and no page may
+    count as written back."""
+    monkeypatch.setattr(backing, "USE_O_DIRECT", False)
     with faulty_file(tmp_path, 16 * MiB) as ff:
         dev = ZramDevice()
         dev.store("backing_dev", str(ff.path))
+        assert not dev.backing.direct
         dev.store("disksize", "1M")
         rng = random.Random(7)
         data = [pages.incompressible(rng) for _ in range(64)]

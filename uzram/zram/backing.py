@@ -20,10 +20,14 @@ The store holds other processes' memory (swap), so opening it is strict:
 - it is exclusive: ``flock(LOCK_EX|LOCK_NB)`` plus a check of the inode
   against the stores this process holds, so a second device or a second
   daemon gets EBUSY (block devices are also opened ``O_EXCL``);
-- a block counts as written only once the disk said so: every batch of
-  writes is followed by ``fdatasync``, whose failure fails the whole batch
-  (the pages stay in RAM), then ``POSIX_FADV_DONTNEED`` drops the written
-  pages from the page cache, which writeback exists to free. Reads drop
+- a block counts as written only once the disk said so, and written-back
+  pages do not stay in the page cache (RAM, which writeback exists to
+  free): I/O is ``O_DIRECT`` through page-aligned buffers, so a write
+  returns when the device completed it, with its error if any, as the
+  kernel's zram waits for each bio. Where the filesystem refuses
+  ``O_DIRECT``, every batch of writes is followed by ``fdatasync``, whose
+  failure fails the whole batch (the pages stay in RAM), then
+  ``POSIX_FADV_DONTNEED`` drops the batch from the page cache; reads drop
   theirs too.
 """
 
@@ -34,6 +38,7 @@ import ctypes.util
 import errno
 import fcntl
 import logging
+import mmap
 import os
 import stat
 import threading
@@ -53,6 +58,8 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True
 _fallocate = _libc.fallocate
 _fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
 _fallocate.restype = ctypes.c_int
+
+USE_O_DIRECT = True  # False forces the fdatasync + POSIX_FADV_DONTNEED path
 
 # (st_dev, st_ino) or st_rdev of every store open in this process
 _held: set[tuple[int, int]] = set()
@@ -166,6 +173,7 @@ class BackingStore:
         self._release_after_unpin: set[int] = set()
         self._to_punch: list[int] = []
         self.punch_supported = not self.is_block
+        self.direct = USE_O_DIRECT and _set_direct(fd)
 
     # -- bookkeeping (owner thread) ----------------------------------------------
 
@@ -246,6 +254,11 @@ class BackingStore:
     def write_blocks(self, blocks: Sequence[int], bufs: Sequence[bytes | bytearray | memoryview]) -> list[OSError | None]:
         """Write one page-sized buffer per block, contiguous blocks in one
         ``pwritev``; returns an error (or None) per block."""
+        if self.direct:
+            aligned, views = _aligned(len(bufs))
+            for view, buf in zip(views, bufs):
+                view[: len(buf)] = buf
+            return self._vectored(os.pwritev, blocks, views)
         errors = self._vectored(os.pwritev, blocks, bufs)
         written = [b for b, e in zip(blocks, errors) if e is None]
         if written:
@@ -259,6 +272,10 @@ class BackingStore:
 
     def read_blocks(self, blocks: Sequence[int]) -> list[bytes | OSError]:
         """Read whole blocks; each result is the page or the error."""
+        if self.direct:
+            aligned, views = _aligned(len(blocks))
+            errors = self._vectored(os.preadv, blocks, views)
+            return [e if e is not None else bytes(v) for v, e in zip(views, errors)]
         bufs = [bytearray(PAGE_SIZE) for _ in blocks]
         errors = self._vectored(os.preadv, blocks, bufs)
         self._drop_cache(blocks)
@@ -307,6 +324,24 @@ class BackingStore:
             with _held_lock:
                 _held.discard(self._key)
             self._key = None
+
+
+def _set_direct(fd: int) -> bool:
+    """Switch ``fd`` to O_DIRECT; False where the filesystem refuses it."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
+    except OSError:
+        return False
+    return True
+
+
+def _aligned(n: int) -> tuple[mmap.mmap, list[memoryview]]:
+    """``n`` zeroed, page-aligned page buffers (anonymous memory, freed with
+    the mmap when the caller drops it)."""
+    area = mmap.mmap(-1, max(1, n) * PAGE_SIZE)
+    whole = memoryview(area)
+    return area, [whole[k * PAGE_SIZE : (k + 1) * PAGE_SIZE] for k in range(n)]
 
 
 def _runs(blocks: Sequence[int]) -> list[tuple[int, int]]:
