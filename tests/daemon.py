@@ -66,12 +66,13 @@ def _wait_for(paths: list[Path], proc: subprocess.Popen, log: Path, timeout: flo
 
 @contextmanager
 def uzramd(workdir: Path, *args: str, devices: tuple[str, ...] = ("zram0:disksize=64M",),
-           env: dict[str, str] | None = None) -> Iterator[Uzramd]:
-    """Run uzramd with ``--device`` for each of ``devices`` (none: its defaults)."""
+           env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()) -> Iterator[Uzramd]:
+    """Run uzramd with ``--device`` for each of ``devices`` (none: its defaults);
+    ``prefix`` goes before the command (``prlimit ...``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     nbd = workdir / "nbd.sock"
     control = workdir / "control.sock"
-    cmd = [sys.executable, "-m", "uzram.daemon", "-q", "--listen", f"unix:{nbd}", "--control", str(control)]
+    cmd = [*prefix, sys.executable, "-m", "uzram.daemon", "-q", "--listen", f"unix:{nbd}", "--control", str(control)]
     for d in devices:
         cmd += ["--device", d]
     cmd += list(args)

@@ -19,21 +19,25 @@ CMD_READ, CMD_WRITE, CMD_DISC, CMD_TRIM, CMD_WRITE_ZEROES = 0, 1, 2, 4, 6
 class NBDClient:
     def __init__(self, path: Path, export: str) -> None:
         self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.settimeout(30)
-        self.sock.connect(str(path))
-        magic = self._recv(18)
-        assert magic[:16] == b"NBDMAGICIHAVEOPT", magic
-        self.sock.sendall(struct.pack(">I", 1 | 2))   # FIXED_NEWSTYLE | NO_ZEROES
-        name = export.encode()
-        data = struct.pack(">I", len(name)) + name + struct.pack(">H", 0)
-        self.sock.sendall(struct.pack(">QII", IHAVEOPT, OPT_GO, len(data)) + data)
-        while True:
-            magic, _opt, rtype, length = struct.unpack(">QIII", self._recv(20))
-            assert magic == OPT_REPLY_MAGIC
-            self._recv(length)
-            if rtype == REP_ACK:
-                break
-            assert rtype < 1 << 31, f"NBD_OPT_GO refused: {rtype:#x}"
+        try:
+            self.sock.settimeout(30)
+            self.sock.connect(str(path))
+            magic = self._recv(18)
+            assert magic[:16] == b"NBDMAGICIHAVEOPT", magic
+            self.sock.sendall(struct.pack(">I", 1 | 2))   # FIXED_NEWSTYLE | NO_ZEROES
+            name = export.encode()
+            data = struct.pack(">I", len(name)) + name + struct.pack(">H", 0)
+            self.sock.sendall(struct.pack(">QII", IHAVEOPT, OPT_GO, len(data)) + data)
+            while True:
+                magic, _opt, rtype, length = struct.unpack(">QIII", self._recv(20))
+                assert magic == OPT_REPLY_MAGIC
+                self._recv(length)
+                if rtype == REP_ACK:
+                    break
+                assert rtype < 1 << 31, f"NBD_OPT_GO refused: {rtype:#x}"
+        except BaseException:
+            self.sock.close()
+            raise
         self.cookie = 0
 
     def _recv(self, n: int) -> bytes:

@@ -137,7 +137,7 @@ def test_go_replies(hs: Handshake, exports: list[MemExport]) -> None:
     replies = run_opt(hs, C.OPT_GO, info_data("", C.INFO_BLOCK_SIZE, C.INFO_NAME, C.INFO_DESCRIPTION, 77))
     assert [r[0] for r in replies] == [C.REP_INFO] * 4 + [C.REP_ACK]
     assert replies[0][1] == struct.pack(">HQH", C.INFO_EXPORT, 1 << 20, transmission_flags(False))
-    assert replies[1][1] == struct.pack(">HIII", C.INFO_BLOCK_SIZE, 1, 4096, 32 << 20)
+    assert replies[1][1] == struct.pack(">HIII", C.INFO_BLOCK_SIZE, 1, 4096, 64 << 20)
     assert replies[2][1] == struct.pack(">H", C.INFO_NAME) + b"a"
     assert replies[3][1] == struct.pack(">H", C.INFO_DESCRIPTION) + b"first"
     assert hs.state is HandshakeState.TRANSMISSION and exports[0].attached == 1
@@ -416,13 +416,13 @@ def test_validation(cmd: int, offset: int, length: int, flags: int, err: int) ->
 def test_large_requests() -> None:
     tx = make_tx()
     tx.size = 1 << 40
-    assert check(tx, C.CMD_READ, 0, 32 << 20) == 0
-    assert check(tx, C.CMD_READ, 0, (32 << 20) + 1) == C.EINVAL
-    assert check(tx, C.CMD_WRITE, 0, 40 << 20) == C.EINVAL  # payload still follows
+    assert check(tx, C.CMD_READ, 0, 64 << 20) == 0
+    assert check(tx, C.CMD_READ, 0, (64 << 20) + 1) == C.EINVAL
+    assert check(tx, C.CMD_WRITE, 0, 72 << 20) == C.EINVAL  # payload still follows
     assert check(tx, C.CMD_TRIM, 0, 0xFFFFFFFF) == 0
     assert check(tx, C.CMD_WRITE_ZEROES, 0, 0xFFFFFFFF) == 0
     with pytest.raises(ProtocolError):
-        tx.parse(req(C.CMD_WRITE, 0, (64 << 20) + 1), 0, 28)
+        tx.parse(req(C.CMD_WRITE, 0, (128 << 20) + 1), 0, 28)
 
 
 def test_read_only_validation() -> None:

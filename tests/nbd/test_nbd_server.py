@@ -94,7 +94,7 @@ async def test_bad_requests_keep_connection(env: NBDEnv) -> None:
         (C.CMD_READ, 0, 512, C.CMD_FLAG_DF, b"", C.EINVAL),
         (C.CMD_FLUSH, 1, 0, 0, b"", C.EINVAL),
         (77, 0, 512, 0, b"", C.EINVAL),
-        (C.CMD_READ, 0, (33 << 20), 0, b"", C.EINVAL),
+        (C.CMD_READ, 0, (65 << 20), 0, b"", C.EINVAL),
     ]
     for cmd, off, ln, fl, payload, err in cases:
         r = await c.call(cmd, off, ln, fl, payload)
@@ -104,9 +104,9 @@ async def test_bad_requests_keep_connection(env: NBDEnv) -> None:
 
 async def test_oversize_write_payload_is_skipped(env: NBDEnv) -> None:
     c = await client(env)
-    # 40 MiB > the 32 MiB maximum, > the 4 MiB ring: EINVAL, payload consumed
-    r = await c.call(C.CMD_WRITE, 0, 40 << 20, 0, b"z" * (40 << 20))
-    assert r.error == C.EINVAL
+    # 72 MiB > the 64 MiB maximum (and the export), > the 4 MiB ring: refused, payload consumed
+    r = await c.call(C.CMD_WRITE, 0, 72 << 20, 0, b"z" * (72 << 20))
+    assert r.error == C.ENOSPC
     # out of range, bigger than the ring: ENOSPC, payload consumed
     r = await c.call(C.CMD_WRITE, (64 << 20) - 4096, 5 << 20, 0, b"z" * (5 << 20))
     assert r.error == C.ENOSPC
@@ -115,7 +115,7 @@ async def test_oversize_write_payload_is_skipped(env: NBDEnv) -> None:
 
 async def test_absurd_write_drops_connection(env: NBDEnv) -> None:
     c = await client(env)
-    await c.request(C.CMD_WRITE, 0, (64 << 20) + 4096)
+    await c.request(C.CMD_WRITE, 0, (128 << 20) + 4096)
     assert await c.closed_by_peer()
     await still_serves(env)
 
@@ -131,10 +131,11 @@ async def test_write_larger_than_ring(nursery: trio.Nursery, short_tmp: str, nbd
         for _ in range(pre + 1):
             assert (await c.reply()).error == 0
         assert await c.pread(off, len(blob)) == blob
-    # a 32 MiB write, the maximum
-    big = bytes(range(256)) * (128 << 10)
-    await c.pwrite(20 << 20, big)
-    assert env.export.data[20 << 20 : 52 << 20] == big
+    # a 64 MiB write, the maximum, streamed through the 1 MiB ring
+    big = bytes(range(256)) * (256 << 10)
+    await c.pwrite(0, big)
+    assert env.export.data[: 64 << 20] == big
+    assert await c.pread(0, 64 << 20) == big      # a 64 MiB read, sent in pieces
     await env.stop()
 
 
@@ -496,14 +497,14 @@ async def test_stop_closes_handshaking_clients(env: NBDEnv) -> None:
 # --- larger pipelines, small bounds, and a sequential model --------------------------------
 
 
-@pytest.mark.parametrize("max_buffered", [64 << 20, 256 << 10])
+@pytest.mark.parametrize("max_buffer_memory", [64 << 20, 1 << 20])
 async def test_long_pipeline_of_reads(
-    nursery: trio.Nursery, short_tmp: str, nbd_errors: list, max_buffered: int
+    nursery: trio.Nursery, short_tmp: str, nbd_errors: list, max_buffer_memory: int
 ) -> None:
     """More iovecs than IOV_MAX in one batch, partial sends, and the reply-bytes bound."""
     exp = MemExport(16 << 20)
     exp.data[:] = os.urandom(16 << 20)
-    env = await start_env(nursery, short_tmp, [exp], ServerConfig(max_buffered=max_buffered))
+    env = await start_env(nursery, short_tmp, [exp], ServerConfig(max_buffer_memory=max_buffer_memory))
     c = await client(env)
     reqs = [(c.request_bytes(C.CMD_READ, (i * 4096 * 7) % (16 << 20), 4096)) for i in range(1500)]
     await c.send(b"".join(r[1] for r in reqs))

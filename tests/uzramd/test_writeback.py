@@ -6,6 +6,7 @@ import errno
 import os
 import random
 import socket
+import shutil
 import subprocess
 import threading
 import time
@@ -141,7 +142,12 @@ def test_really_full_filesystem_gives_enospc(tmp_path):
         pytest.skip("mounting a small tmpfs needs root")
     mnt = tmp_path / "small"
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], check=True)
+    if shutil.which("mount") is None:
+        pytest.skip("mount (util-linux) is not installed")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
     try:
         backing = sparse_file(mnt / "backing.img", 8 * MiB)   # sparse: bigger than the filesystem
         with uzramd(tmp_path / "d", devices=(f"zram0:backing_dev={backing},disksize=16M",)) as d:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..control import default_control_path, default_nbd_path
+from ..zram.kparse import memparse
 
 GiB = 1 << 30
 
@@ -38,6 +39,40 @@ class Config:
     devices: list[DeviceSpec] = field(default_factory=list)
     fuse: Path | None = None
     log_level: str = "warning"
+    limits: Limits = field(default_factory=lambda: Limits())
+
+
+@dataclass
+class Limits:
+    """What bounds the daemon's memory, connections and shutdown (keys of
+    [uzramd] and options of the same names with dashes)."""
+    max_buffer_memory: int = 64 << 20
+    max_connections: int = 0          # 0: sized from the descriptor limit
+    idle_timeout: float = 60.0
+    shutdown_timeout: float = 10.0
+
+    def set(self, key: str, value: object) -> None:
+        text = str(value).strip()
+        try:
+            if key == "max_buffer_memory":
+                number, used = memparse(text)
+                if not text or used != len(text) or not (1 << 20) <= number <= (1 << 40):
+                    raise ValueError("a size from 1M to 1T, e.g. 64M")
+                self.max_buffer_memory = number
+            elif key == "max_connections":
+                n = int(text)
+                if not 0 <= n <= 1 << 20:
+                    raise ValueError("0 (automatic) or a positive count")
+                self.max_connections = n
+            elif key in ("idle_timeout", "shutdown_timeout"):
+                seconds = float(text)
+                if not 0 < seconds <= 86400:
+                    raise ValueError("seconds, more than 0")
+                setattr(self, key, seconds)
+            else:
+                raise ConfigError(f"unknown key {key!r}")
+        except ValueError as e:
+            raise ConfigError(f"{key.replace('_', '-')}: bad value {text[:40]!r}: {e}") from None
 
 
 class ConfigError(ValueError):
@@ -87,15 +122,34 @@ def default_device() -> DeviceSpec:
     return DeviceSpec("zram0", [("comp_algorithm", "lz4"), ("disksize", str(default_disksize()))])
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def load_file(path: Path, cfg: Config) -> None:
     """Read a TOML file: a ``[uzramd]`` table and one ``[zramN]`` table per device."""
     try:
-        data = tomllib.loads(path.read_text())
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: {e}") from e
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; is it the right file?")
+    try:
+        data = tomllib.loads(raw.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError, ValueError) as e:
+        raise ConfigError(f"{path}: {str(e)[:300]}") from e
+    try:
+        _apply_file(path, data, cfg)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ConfigError(f"{path}: {str(e)[:300]}") from e
+
+
+def _apply_file(path: Path, data: dict, cfg: Config) -> None:  # type: ignore[type-arg]
     daemon = data.pop("uzramd", {})
+    if not isinstance(daemon, dict):
+        raise ConfigError(f"{path}: uzramd must be a table: [uzramd]")
     for key, value in daemon.items():
         if key == "listen":
             values = value if isinstance(value, list) else [value]
@@ -106,6 +160,11 @@ def load_file(path: Path, cfg: Config) -> None:
             cfg.fuse = Path(value)
         elif key == "log_level":
             cfg.log_level = str(value)
+        elif key in LIMIT_KEYS:
+            try:
+                cfg.limits.set(key, value)
+            except ConfigError as e:
+                raise ConfigError(f"{path}: [uzramd] {e}") from None
         else:
             raise ConfigError(f"{path}: unknown key {key!r} in [uzramd]")
     for name, table in data.items():
@@ -120,11 +179,17 @@ def _as_text(value: object) -> str:
     return str(value)
 
 
+LIMIT_KEYS = ("max_buffer_memory", "max_connections", "idle_timeout", "shutdown_timeout")
+
+
 def build(config_file: str | None, listen: list[str], control: str | None,
-          devices: list[str], fuse: str | None = None) -> Config:
+          devices: list[str], fuse: str | None = None,
+          limits: dict[str, str] | None = None) -> Config:
     cfg = Config()
     if config_file:
         load_file(Path(config_file), cfg)
+    for key, value in (limits or {}).items():
+        cfg.limits.set(key, value)
     cfg.listen.extend(parse_listen(item) for item in listen)
     if control:
         cfg.control = Path(control)

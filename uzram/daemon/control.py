@@ -4,7 +4,6 @@ the daemon with peer credentials checked (root or the daemon's own user)."""
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import socket
@@ -14,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .. import __version__
-from ..control import MAX_LINE, decode, encode, error_reply
+from ..control import decode, encode, error_reply
+from ..nbd.listen import accept_retrying
 from ..zram import attrs
 from .logs import event
 
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from .service import Daemon
 
 log = logging.getLogger("uzram.control")
+
+MAX_REQUEST = 64 << 10  # requests are small; a longer line is refused before parsing
 
 
 def peer_uid(sock: trio.socket.SocketType) -> int:
@@ -34,8 +36,12 @@ async def serve(listen_sock: trio.socket.SocketType, daemon: Daemon, *,
     async with trio.open_nursery() as nursery:
         task_status.started()
         while True:
-            sock, _ = await listen_sock.accept()
-            uid = peer_uid(sock)
+            sock = await accept_retrying(listen_sock, log)
+            try:
+                uid = peer_uid(sock)
+            except OSError:
+                sock.close()
+                continue
             if uid not in (0, os.geteuid()):
                 event(log, logging.WARNING, "refused control client", uid=uid)
                 sock.close()
@@ -44,6 +50,8 @@ async def serve(listen_sock: trio.socket.SocketType, daemon: Daemon, *,
 
 
 async def _client(sock: trio.socket.SocketType, daemon: Daemon) -> None:
+    """One control client: requests are answered in turn; a failure ends
+    this client only."""
     stream = trio.SocketStream(sock)
     buf = bytearray()
     try:
@@ -58,18 +66,32 @@ async def _client(sock: trio.socket.SocketType, daemon: Daemon) -> None:
                     del buf[: nl + 1]
                     reply = await _dispatch(daemon, line, stream)
                     await stream.send_all(encode(reply))
-                if len(buf) > MAX_LINE:
+                if len(buf) > MAX_REQUEST:
                     await stream.send_all(encode(error_reply(OSError(errno.E2BIG, "request too long"))))
                     return
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         return
+    except Exception:
+        log.exception("control client failed")
+
+
+def _decode(line: bytes) -> dict[str, Any]:
+    """A request, bounded before and while parsing: size, nesting, numbers."""
+    if len(line) > MAX_REQUEST:
+        raise OSError(errno.E2BIG, "request too long")
+    try:
+        return decode(line)
+    except RecursionError:
+        raise OSError(errno.EINVAL, "bad request: nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, int digit limit
+        raise OSError(errno.EINVAL, f"bad request: {str(e)[:200]}") from None
 
 
 async def _dispatch(daemon: Daemon, line: bytes, stream: trio.SocketStream) -> dict[str, Any]:
     try:
-        req = decode(line)
-    except (ValueError, json.JSONDecodeError) as e:
-        return error_reply(OSError(errno.EINVAL, f"bad request: {e}"))
+        req = _decode(line)
+    except OSError as e:
+        return error_reply(e)
     cmd = req.get("cmd")
     try:
         if cmd == "devices":
@@ -104,6 +126,10 @@ async def _dispatch(daemon: Daemon, line: bytes, stream: trio.SocketStream) -> d
     except OSError as e:
         event(log, logging.DEBUG, "control request failed", cmd=cmd, errno=e.errno, error=e.strerror)
         return error_reply(e)
+    except Exception as e:  # a bug, or input no parser foresaw: this request fails, nothing else
+        log.exception("control request %.40r failed", cmd)
+        return error_reply(OSError(errno.EINVAL if isinstance(e, ValueError) else errno.EIO,
+                                   f"{type(e).__name__}: {str(e)[:200]}"))
 
 
 def _field(req: dict[str, Any], name: str) -> str:

@@ -7,12 +7,11 @@ import logging
 import os
 import signal
 import sys
-from typing import Any
 
 import trio
 
 from .. import __version__
-from ..nbd.server import NBDServer
+from ..nbd.server import NBDServer, ServerConfig
 from . import config as config_mod
 from . import control, hardening, marker, sockets, systemd
 from .logs import event, setup
@@ -54,7 +53,10 @@ def attach_hint(listeners: list[str]) -> str:
 async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
     registry = DeviceRegistry()
     configure_devices(registry, cfg.devices)
-    nbd = NBDServer(registry)
+    limits = cfg.limits
+    nbd = NBDServer(registry, ServerConfig(
+        max_buffer_memory=limits.max_buffer_memory, idle_timeout=limits.idle_timeout,
+        max_connections=limits.max_connections or None))
     daemon = Daemon(registry, nbd)
 
     listen_socks: list[trio.socket.SocketType] = []
@@ -84,22 +86,14 @@ async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
         async with trio.open_nursery() as nursery:
             for sock in listen_socks:
                 await nursery.start(nbd.serve_listener, sock)
-            control_scope = trio.CancelScope()
-
-            async def control_task(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-                with control_scope:
-                    await control.serve(control_sock, daemon, task_status=task_status)
-            await nursery.start(control_task)
-            fuse_scope = trio.CancelScope()
+            await nursery.start(control.serve, control_sock, daemon)
             if cfg.fuse is not None:
                 from . import fusefs
-
-                async def fuse_task(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-                    with fuse_scope:
-                        await fusefs.serve(daemon, str(cfg.fuse), task_status=task_status)
-                await nursery.start(fuse_task)
+                await nursery.start(fusefs.serve, daemon, str(cfg.fuse))
+            nursery.start_soon(trim_heap_after_load, nbd)
             event(log, logging.INFO, "ready", listen=" ".join(names), control=str(cfg.control),
-                  devices=" ".join(d.name for d in registry.devices()))
+                  devices=" ".join(d.name for d in registry.devices()),
+                  max_connections=nbd.max_connections, max_buffer_memory=limits.max_buffer_memory)
             if not quiet:
                 print(attach_hint(names), file=sys.stderr, flush=True)
             systemd.notify("READY=1\nSTATUS=serving " + " ".join(names))
@@ -111,11 +105,13 @@ async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
             systemd.notify("STOPPING=1")
             nbd.stop()
             daemon.stop_work()
-            with trio.move_on_after(30):
+            with trio.move_on_after(limits.shutdown_timeout) as grace:
                 await nbd.wait_closed()
                 await daemon.wait_work()
-            control_scope.cancel()
-            fuse_scope.cancel()
+            if grace.cancelled_caught:
+                event(log, logging.WARNING, "shutdown grace period over; cancelling what is left",
+                      seconds=limits.shutdown_timeout, connections=nbd.connection_count)
+            nursery.cancel_scope.cancel()
         state.end(registry.devices())  # a clean stop: no marker left
     finally:
         for sock in listen_socks:
@@ -131,6 +127,21 @@ async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
     return 0
 
 
+async def trim_heap_after_load(nbd: NBDServer, every: float = 2.0) -> None:
+    """Give the heap back after a burst of buffered requests: once the budget
+    has held much and holds little again, trim malloc's free memory (in a
+    worker thread) so RSS returns to the baseline plus the pool."""
+    budget = nbd.budget
+    while True:
+        await trio.sleep(every)
+        if budget.peak >= TRIM_AFTER and budget.used < TRIM_AFTER // 4:
+            budget.peak = budget.used
+            await trio.to_thread.run_sync(hardening.trim_heap)
+
+
+TRIM_AFTER = 8 << 20
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="uzramd", description="Serve zram devices, emulated in userspace, over NBD.")
@@ -143,6 +154,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", metavar="NAME[:ATTR=VALUE,...]", action="append", default=[],
                    help="create a device and store attributes in order, e.g. zram0:comp_algorithm=zstd,disksize=1G")
     p.add_argument("--fuse", metavar="DIR", help="mount the sysfs-like attribute tree (and dev/zramN files) at DIR")
+    limits = p.add_argument_group("limits")
+    limits.add_argument("--max-buffer-memory", metavar="SIZE",
+                        help="bytes held for requests in flight, daemon-wide (default 64M)")
+    limits.add_argument("--max-connections", metavar="N",
+                        help="NBD connections served at once (default: from the descriptor limit)")
+    limits.add_argument("--idle-timeout", metavar="SECONDS",
+                        help="close a connection stalled in the middle of a request (default 60)")
+    limits.add_argument("--shutdown-timeout", metavar="SECONDS",
+                        help="on SIGTERM, answer requests in flight for this long, then exit (default 10)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the attach hint")
     p.add_argument("--version", action="version", version=f"uzramd {__version__}")
@@ -152,7 +172,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        cfg = config_mod.build(args.config, args.listen, args.control, args.device, args.fuse)
+        limits = {k: v for k in config_mod.LIMIT_KEYS if (v := getattr(args, k)) is not None}
+        cfg = config_mod.build(args.config, args.listen, args.control, args.device, args.fuse, limits)
     except config_mod.ConfigError as e:
         print(f"uzramd: {e}", file=sys.stderr)
         return 2

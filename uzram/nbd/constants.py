@@ -148,9 +148,9 @@ def nbd_errno(host_errno: int | None) -> int:
 # --- limits ----------------------------------------------------------------------
 MIN_BLOCK_SIZE: Final = 1
 PREFERRED_BLOCK_SIZE: Final = 4096
-MAX_PAYLOAD: Final = 32 * 1024 * 1024
+MAX_PAYLOAD: Final = 64 * 1024 * 1024
 """Largest READ/WRITE accepted (and advertised as the maximum block size)."""
-MAX_SKIP_PAYLOAD: Final = 64 * 1024 * 1024
+MAX_SKIP_PAYLOAD: Final = 128 * 1024 * 1024
 """A rejected WRITE payload up to this size is read and discarded; above it the
 connection is dropped (nbdkit does the same at 2 x its maximum)."""
 MAX_OPTION_LENGTH: Final = 64 * 1024

@@ -371,6 +371,11 @@ def read_chunk_header(cookie: int, offset: int, length: int) -> bytes:
     )
 
 
+def data_chunk_header(cookie: int, offset: int, length: int) -> bytes:
+    """Header of an OFFSET_DATA chunk that more chunks of the same reply follow."""
+    return _SR_DATA_HDR.pack(C.STRUCTURED_REPLY_MAGIC, 0, C.REPLY_TYPE_OFFSET_DATA, cookie, 8 + length, offset)
+
+
 def hole_chunk(cookie: int, offset: int, length: int, *, done: bool) -> bytes:
     return _SR_HDR.pack(
         C.STRUCTURED_REPLY_MAGIC,
@@ -484,7 +489,7 @@ class Transmission:
             magic == 0x25609513
             and cmd <= 1
             and not flags & self._fast_mask
-            and 0 < length <= 0x2000000
+            and 0 < length <= 0x4000000
             and offset + length <= self.size
             and (cmd == 0 or not self.read_only)
         ):

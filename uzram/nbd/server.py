@@ -38,6 +38,7 @@ import errno
 import logging
 import mmap
 import os
+import resource
 import socket
 import struct
 from collections import deque
@@ -49,12 +50,16 @@ import trio
 
 from . import constants as C
 from .export import BlockExport, ExportRegistry
+from .listen import accept_retrying
+from .budget import PIECE, Budget
 from .proto import (
     Handshake,
     HandshakeState,
     Negotiated,
     ProtocolError,
     Transmission,
+    data_chunk_header,
+    read_chunk_header,
     simple_reply,
     wire_error,
 )
@@ -76,18 +81,34 @@ _LEN = struct.Struct(">I")
 _COOKIE = struct.Struct(">Q")
 
 
+def default_max_connections() -> int:
+    """One descriptor per connection, 32 kept for everything else
+    (listeners, control clients, backing files, FUSE), at most 1024."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(4, min(1024, soft - 32))
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     ring_size: int = 4 << 20
     """Receive ring per connection; larger WRITEs get a buffer of their own."""
     max_outstanding: int = 256
     """Requests awaiting an export awaitable or deferred, before reading pauses."""
-    max_buffered: int = 64 << 20
-    """Queued, unsent reply bytes before reading pauses."""
+    max_buffer_memory: int = 64 << 20
+    """The server-wide budget for bytes held on behalf of requests (see
+    :mod:`uzram.nbd.budget`); reading pauses while it is spent."""
+    idle_timeout: float = 60.0
+    """A connection that stalls this long in the middle of a request (a
+    header or payload cut short, replies it does not read) is closed."""
     handshake_timeout: float = 30.0
     fast_zero: bool = True
     compact_below: int = 256 << 10
     """Move a partial request to the ring's start when less room than this is left."""
+    max_connections: int | None = None
+    """Connections served at once; more are closed on accept.  None: sized
+    from the descriptor limit (see :func:`default_max_connections`)."""
     send_buffer: int | None = 2 << 20
     """SO_SNDBUF for connections (None: leave the default).  A larger send
     buffer lets big READ replies go out in fewer wakeups."""
@@ -102,6 +123,10 @@ class NBDServer:
         if self.config.ring_size < (1 << 20):
             raise ValueError("ring_size must be at least 1 MiB")
         self._connections: set[_Connection] = set()
+        self.budget = Budget(self.config.max_buffer_memory)
+        self.max_connections = self.config.max_connections or default_max_connections()
+        self.refused = 0
+        self._refused_logged = -1e9
         self._accept_scopes: set[trio.CancelScope] = set()
         self._stopping = False
         self._idle = trio.Event()
@@ -144,19 +169,24 @@ class NBDServer:
                 task_status.started()
                 try:
                     while True:
-                        try:
-                            sock, _ = await listen_sock.accept()
-                        except OSError as e:
-                            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                                log.warning("accept: %s; retrying", e)
-                                await trio.sleep(0.1)
-                                continue
-                            if e.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
-                                continue
-                            raise
+                        sock = await accept_retrying(listen_sock, log)
+                        if len(self._connections) >= self.max_connections:
+                            self._refuse(sock)
+                            continue
                         nursery.start_soon(self.serve_connection, sock)
                 finally:
                     self._accept_scopes.discard(scope)
+
+    def _refuse(self, sock: trio.socket.SocketType) -> None:
+        """Over the connection limit: close at once (the client sees EOF
+        before the greeting), with a warning at most every few seconds."""
+        sock.close()
+        self.refused += 1
+        now = trio.current_time()
+        if now - self._refused_logged >= 10:
+            self._refused_logged = now
+            log.warning("NBD: %d connection(s) refused: the limit of %d is reached",
+                        self.refused, self.max_connections)
 
     async def serve_connection(self, sock: trio.socket.SocketType) -> None:
         """Serve one accepted connection until it ends; closes ``sock``.
@@ -220,7 +250,10 @@ class _Connection:
         self.broken = False
         self.disc = False
         self.out: list[Any] = []
-        self.out_bytes = 0
+        self.out_bytes = 0    # queued reply bytes (charged to the budget)
+        self.held_extra = 0   # READ data being fetched, deferred WRITE copies (charged too)
+        self.budget = server.budget
+        self.pending_read: tuple[int, int, int, int, int, int] | None = None
         self.sending = False
         self.outstanding = 0  # export awaitables being awaited
         self.deferred: deque[tuple[Any, ...]] = deque()
@@ -328,19 +361,47 @@ class _Connection:
                 bufs = self.out
                 nbytes = self.out_bytes
                 self.out = []
-                if self.broken:
-                    self.out_bytes -= nbytes
-                    continue
-                try:
-                    await self._send_list(bufs)
-                except OSError as e:
-                    if not isinstance(e, _GONE):
-                        log.debug("NBD: send failed: %s", e)
-                    self.broken = True
+                if not self.broken:
+                    await self._send_timed(bufs)
                 self.out_bytes -= nbytes
+                self.budget.release(nbytes)
                 self._poke()
         finally:
             self.sending = False
+
+    async def _send_timed(self, bufs: list[Any]) -> None:
+        """Send, or mark the connection broken: on errors, and when the client
+        reads nothing for ``idle_timeout`` (its replies would pin the budget)."""
+        try:
+            with trio.fail_after(self.config.idle_timeout):
+                await self._send_list(bufs)
+        except trio.TooSlowError:
+            log.debug("NBD: client stopped reading its replies; closing")
+            self.broken = True
+            self._shutdown_both()
+        except OSError as e:
+            if not isinstance(e, _GONE):
+                log.debug("NBD: send failed: %s", e)
+            self.broken = True
+
+    def _shutdown_both(self) -> None:
+        try:
+            self.raw.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _charge(self, n: int) -> None:
+        """Reply bytes queued."""
+        self.out_bytes += n
+        self.budget.charge(n)
+
+    def _hold(self, n: int) -> None:
+        """Bytes held for a request before its reply is queued (negative: let go)."""
+        self.held_extra += n
+        if n >= 0:
+            self.budget.charge(n)
+        else:
+            self.budget.release(-n)
 
     def _poke(self) -> None:
         ev = self.progress
@@ -349,10 +410,14 @@ class _Connection:
             ev.set()
 
     def _paused(self) -> bool:
-        return (
-            self.outstanding + len(self.deferred) >= self.config.max_outstanding
-            or self.out_bytes >= self.config.max_buffered
-        )
+        """Whether to stop parsing requests for now (see :mod:`.budget`)."""
+        if self.outstanding + len(self.deferred) >= self.config.max_outstanding:
+            return True
+        held = self.out_bytes + self.held_extra
+        if held == 0:
+            return False
+        budget = self.budget
+        return held >= budget.share(self.server.connection_count) or budget.used >= budget.limit
 
     # --- handshake ------------------------------------------------------------
 
@@ -412,7 +477,7 @@ class _Connection:
         pos = 0
         process = self._process
         while True:
-            if end > pos:
+            if end > pos and not self._paused():
                 try:
                     pos = process(ring, view, pos, end)
                 except ProtocolError as e:
@@ -422,12 +487,15 @@ class _Connection:
                 await self.flush()
             if self.disc or self.broken:
                 return
+            if self.pending_read is not None:
+                req, self.pending_read = self.pending_read, None
+                await self._stream_read(req)
+                continue
             if self.limited or self._paused():
                 # a bound was hit: wait for room, then resume parsing
                 self.limited = False
                 if self._paused():
-                    ev = self.progress = trio.Event()
-                    await ev.wait()
+                    await self._wait_for_room()
                     self.yielded = True
                 continue
             if self.stopping:
@@ -441,10 +509,10 @@ class _Connection:
                 pos = end = 0
             elif self.skip == 0:
                 need = self._bytes_needed(ring, pos, end)
-                if need > size:
-                    if not await self._large_write(view, pos, end):
+                if need > size - 28 and end - pos >= 28:
+                    pos, end = await self._stream_write(ring, view, pos, end)
+                    if pos < 0:
                         return
-                    pos = end = 0
                     continue
                 if pos + need > size or size - end < cfg.compact_below:
                     n = end - pos
@@ -453,13 +521,13 @@ class _Connection:
             try:
                 if self.skip:
                     # discard the rest of a rejected WRITE payload (ring is empty)
-                    n = await self._recv_into(view[: min(self.skip, size)])
+                    n = await self._recv_timed(view[: min(self.skip, size)], True)
                     if n == 0:
                         log.debug("NBD: EOF inside a rejected WRITE payload")
                         return
                     self.skip -= n
                     continue
-                n = await self._recv_into(view[end:])
+                n = await self._recv_timed(view[end:], end > pos)
             except OSError as e:
                 log.debug("NBD: receive failed: %s", e)
                 return
@@ -470,6 +538,33 @@ class _Connection:
                     log.debug("NBD: EOF in the middle of a request")
                 return
             end += n
+
+    async def _recv_timed(self, view: memoryview, mid_request: bool) -> int:
+        """Receive; in the middle of a request, a client silent for
+        ``idle_timeout`` counts as gone (0 is returned, as at EOF)."""
+        if not mid_request:
+            return await self._recv_into(view)
+        with trio.move_on_after(self.config.idle_timeout):
+            return await self._recv_into(view)
+        log.debug("NBD: client stalled in the middle of a request; closing")
+        return 0
+
+    async def _wait_for_room(self) -> None:
+        """Sleep until this connection's replies drain or the budget has room."""
+        ev = self.progress = trio.Event()
+        poke = self._poke
+        self.budget.wait_for_room(poke)
+        try:
+            await ev.wait()
+        finally:
+            self.budget.forget(poke)
+
+    async def _wait_unordered(self, req: tuple[int, int, int, int, int, int]) -> None:
+        """Wait until ``req`` no longer overlaps an outstanding mutation or an
+        earlier deferred request (streamed requests are not deferred)."""
+        while (self.barriers or self.deferred) and self._conflicting(req):
+            ev = self.progress = trio.Event()
+            await ev.wait()
 
     def _bytes_needed(self, ring: mmap.mmap, pos: int, end: int) -> int:
         """Size of the (incomplete) request at ``pos``."""
@@ -483,34 +578,123 @@ class _Connection:
         if end - pos >= 28:
             cookie = _COOKIE.unpack_from(ring, pos + 8)[0]
             self.out.append(simple_reply(cookie, C.ESHUTDOWN))
-            self.out_bytes += 16
+            self._charge(16)
 
-    async def _large_write(self, view: memoryview, pos: int, end: int) -> bool:
-        """Receive a WRITE bigger than the ring into its own buffer and run it."""
-        assert self.tx is not None
+    async def _stream_write(self, ring: mmap.mmap, view: memoryview, pos: int, end: int) -> tuple[int, int]:
+        """A WRITE larger than the ring: its payload is applied piece by piece
+        as it arrives (pieces end on 4 KiB boundaries of the device), so no
+        buffer is allocated ahead of the bytes received.  Returns the ring's
+        new (pos, end), or (-1, -1) when the connection ends.
+
+        Requests after it are parsed only once it has been applied whole.
+        Until its reply, the range holds a mix of old and new data, as a
+        block device's does during a large write."""
+        assert self.tx is not None and self.export is not None
         req = self.tx.parse(view, pos, end)
         assert req is not None and req[0] == C.CMD_WRITE and req[5] == 0
-        length = req[4]
-        buf = bytearray(length)
-        have = end - pos - 28
-        buf[:have] = view[pos + 28 : end]
-        mv = memoryview(buf)
-        while have < length:
+        _, flags, cookie, offset, length, _ = req
+        fua = bool(flags & C.CMD_FLAG_FUA)
+        await self._wait_unordered(req)
+        size = len(ring)
+        start = pos + 28
+        done = 0            # payload bytes applied (or, after an error, dropped)
+        error: Exception | None = None
+        while True:
+            have = end - start
+            last = done + have == length
+            cut = have if last else ((offset + done + have) & _PAGE_MASK) - (offset + done)
+            if cut > 0:
+                if error is None:
+                    try:
+                        r = self.export.write(offset + done, view[start : start + cut], fua)
+                        if r is not None:
+                            await r
+                    except Exception as e:
+                        error = e
+                done += cut
+                start += cut
+            if last:
+                break
+            n = end - start
+            ring[:n] = view[start:end]
+            start, end = 0, n
             try:
-                n = await self._recv_into(mv[have:])
+                got = await self._recv_timed(view[end : min(size, end + length - done - n)], True)
             except OSError as e:
                 log.debug("NBD: receive failed: %s", e)
-                return False
-            if n == 0:
+                return -1, -1
+            if got == 0:
                 if self.stopping:
-                    self.out.append(simple_reply(req[2], C.ESHUTDOWN))
-                    self.out_bytes += 16
+                    self.out.append(simple_reply(cookie, C.ESHUTDOWN))
+                    self._charge(16)
                 else:
                     log.debug("NBD: EOF in the middle of a WRITE payload")
-                return False
-            have += n
-        self._submit(req, mv)
-        return True
+                return -1, -1
+            end += got
+        if error is None:
+            self._queue(simple_reply(cookie))
+        else:
+            self._queue(self._failure(C.CMD_WRITE, flags, cookie, error))
+        return 0, 0
+
+    async def _stream_read(self, req: tuple[int, int, int, int, int, int]) -> None:
+        """A READ larger than a budget piece: fetched and sent piece by piece,
+        each piece charged to the budget while it is held.  The reply's
+        header goes first, so an error after it ends the connection for
+        simple replies, and is an ERROR_OFFSET chunk for structured ones."""
+        assert self.tx is not None and self.export is not None
+        _, flags, cookie, offset, length, _ = req
+        await self._wait_unordered(req)
+        while self.sending:                  # the send path is ours for the whole reply
+            ev = self.progress = trio.Event()
+            await ev.wait()
+        self.sending = True
+        try:
+            if self.out:                     # earlier replies go first
+                bufs, nbytes = self.out, self.out_bytes
+                self.out = []
+                await self._send_timed(bufs)
+                self.out_bytes -= nbytes
+                self.budget.release(nbytes)
+            structured = self.tx.structured
+            if not structured:
+                await self._send_timed([simple_reply(cookie)])
+            done = 0
+            while done < length and not self.broken:
+                n = min(PIECE, length - done)
+                try:
+                    r: Any = self.export.read(offset + done, n)
+                    if type(r) is not list:
+                        self._hold(n)
+                        try:
+                            r = await r
+                        finally:
+                            self._hold(-n)
+                    bufs = self._fix_read(r, n)
+                    if bufs is None:
+                        raise OSError(errno.EIO, "short read")
+                except Exception as e:
+                    if not structured:
+                        log.warning("NBD: READ failed after its reply began (%s); closing the connection", e)
+                        self.broken = True
+                        self._shutdown_both()
+                        return
+                    err = self._failure(C.CMD_READ, flags, cookie, e)
+                    await self._send_timed([err])   # a final ERROR chunk ends the reply
+                    return
+                self._hold(n)
+                try:
+                    last = done + n == length
+                    head = (read_chunk_header(cookie, offset + done, n) if last
+                            else data_chunk_header(cookie, offset + done, n))
+                    await self._send_timed([head, *bufs] if structured else bufs)
+                finally:
+                    self._hold(-n)
+                done += n
+        finally:
+            self.sending = False
+            self._poke()
+        await self.flush()
 
     # --- request execution (synchronous) ----------------------------------------
 
@@ -528,8 +712,12 @@ class _Connection:
         out = self.out
         append = out.append
         pack_ok = _SIMPLE_OK.pack
-        max_buffered = self.config.max_buffered
         max_outstanding = self.config.max_outstanding
+        budget = self.budget
+        # this connection may hold up to its share while the budget has room
+        held_at_entry = self.held_extra
+        room = min(budget.share(self.server.connection_count) - held_at_entry,
+                   budget.limit - budget.used + self.out_bytes)
         out_bytes = self.out_bytes
         try:
             while True:
@@ -554,6 +742,7 @@ class _Connection:
                         continue
                     if (self.barriers or self.deferred) and self._conflicting(req):
                         self.deferred.append((req, bytes(view[start:stop])))
+                        self._hold(length)
                         if self.outstanding + len(self.deferred) >= max_outstanding:
                             self.limited = True
                             return pos
@@ -574,6 +763,9 @@ class _Connection:
                             return pos
                 elif cmd == 0:  # READ
                     pos += 28
+                    if length > PIECE and not err:
+                        self.pending_read = req   # produced and sent in pieces by the reader
+                        return pos
                     if err:
                         append(tx.error_reply(cookie, cmd, err))
                         out_bytes += 16
@@ -604,12 +796,13 @@ class _Connection:
                         append(read_header(cookie, offset, length))
                         out.extend(r)
                         out_bytes += length + 32
-                        if out_bytes >= max_buffered:
+                        if out_bytes >= room:
                             self.limited = True
                             return pos
                     else:
-                        self._start_async(cast(Awaitable[Any], r), req)
-                        if self.outstanding + len(self.deferred) >= max_outstanding:
+                        self._start_async(cast(Awaitable[Any], r), req)   # charges length
+                        if (self.outstanding + len(self.deferred) >= max_outstanding
+                                or out_bytes + self.held_extra - held_at_entry >= room):
                             self.limited = True
                             return pos
                 else:
@@ -617,6 +810,7 @@ class _Connection:
                     if cmd == C.CMD_DISC:
                         self.disc = True
                         return pos
+                    budget.charge(out_bytes - self.out_bytes)
                     self.out_bytes = out_bytes
                     if err:
                         self._queue(tx.error_reply(cookie, cmd, err))
@@ -627,11 +821,12 @@ class _Connection:
                         self.limited = True
                         return pos
         finally:
+            budget.charge(out_bytes - self.out_bytes)
             self.out_bytes = out_bytes
 
     def _queue(self, reply: bytes) -> None:
         self.out.append(reply)
-        self.out_bytes += len(reply)
+        self._charge(len(reply))
 
     def _failure(self, cmd: int, flags: int, cookie: int, e: Exception) -> bytes:
         assert self.tx is not None
@@ -653,6 +848,8 @@ class _Connection:
         """Execute a validated request now, or defer it behind conflicting ones."""
         if (self.barriers or self.deferred) and self._conflicting(req):
             self.deferred.append((req, bytes(payload) if payload is not None else None))
+            if payload is not None:
+                self._hold(len(payload))
         else:
             self._execute(req, payload)
 
@@ -708,7 +905,7 @@ class _Connection:
             bufs = fixed
         self.out.append(self.tx.read_header(cookie, offset, length))
         self.out.extend(bufs)
-        self.out_bytes += length + 32
+        self._charge(length + 32)
 
     # --- awaited export calls and ordering ----------------------------------------
 
@@ -719,6 +916,8 @@ class _Connection:
         cmd, _, _, offset, length, _ = req
         if cmd in _MUTATING_CMDS:
             self.barriers[token] = (offset & _PAGE_MASK, (offset + length + 4095) & _PAGE_MASK)
+        elif cmd == C.CMD_READ:
+            self._hold(length)  # the data being fetched
         self.outstanding += 1
         self.nursery.start_soon(self._complete, aw, req, token)
 
@@ -729,7 +928,11 @@ class _Connection:
         assert self.tx is not None
         try:
             try:
-                result = await aw
+                try:
+                    result = await aw
+                finally:
+                    if cmd == C.CMD_READ:
+                        self._hold(-length)
             except Exception as e:
                 self._queue(self._failure(cmd, flags, cookie, e))
             else:
@@ -785,5 +988,8 @@ class _Connection:
             hi = (offset + length + 4095) & _PAGE_MASK
             if self._conflicts(lo, hi, cmd in _MUTATING_CMDS, kept):
                 kept.append(item)
+            elif payload is None:
+                self._execute(req, None)
             else:
-                self._execute(req, memoryview(payload) if payload is not None else None)
+                self._hold(-len(payload))
+                self._execute(req, memoryview(payload))

@@ -1,0 +1,62 @@
+"""The limit settings, and config files that are wrong in every way an
+operator can make them wrong: each is a clear error, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from uzram.daemon.config import MAX_CONFIG_BYTES, ConfigError, build
+
+
+def test_limits_from_options_and_file(tmp_path: Path) -> None:
+    cfg = build(None, [], None, [], None, {"max_buffer_memory": "32M", "shutdown_timeout": "2.5"})
+    assert cfg.limits.max_buffer_memory == 32 << 20 and cfg.limits.shutdown_timeout == 2.5
+    f = tmp_path / "u.toml"
+    f.write_text('[uzramd]\nmax_buffer_memory = "1G"\nmax_connections = 8\nidle_timeout = 5\n')
+    cfg = build(str(f), [], None, [], None, {"max_connections": "9"})
+    assert (cfg.limits.max_buffer_memory, cfg.limits.max_connections, cfg.limits.idle_timeout) == (1 << 30, 9, 5.0)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("max_buffer_memory", "12"), ("max_buffer_memory", "64Q"), ("max_buffer_memory", "9" * 5000),
+    ("max_connections", "-1"), ("max_connections", "many"), ("idle_timeout", "0"),
+    ("shutdown_timeout", "nan"), ("shutdown_timeout", "1e999"),
+])
+def test_bad_limits_are_config_errors(key: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace("_", "-")):
+        build(None, [], None, [], None, {key: value})
+
+
+@pytest.mark.parametrize("text", [
+    b"uzramd = 3\n",
+    b"[uzramd]\ncontrol = [1, 2]\n",
+    b"[uzramd]\nlisten = {a = 1}\n",
+    b"[uzramd]\nmax_connections = [1]\n",
+    b"\xff\xfe not text",
+    b"[zram0]\ndisksize = " + b"[" * 5000 + b"]" * 5000 + b"\n",
+    b"zram0 = 1\n",
+])
+def test_malformed_files_are_config_errors(tmp_path: Path, text: bytes) -> None:
+    f = tmp_path / "bad.toml"
+    f.write_bytes(text)
+    with pytest.raises(ConfigError):
+        build(str(f), [], None, [], None)
+
+
+def test_oversized_file_is_refused(tmp_path: Path) -> None:
+    f = tmp_path / "big.toml"
+    f.write_bytes(b"# x\n" * (MAX_CONFIG_BYTES // 4 + 1))
+    with pytest.raises(ConfigError, match="larger than"):
+        build(str(f), [], None, [], None)
+
+
+def test_uzramd_reports_a_bad_file_and_exits_2(tmp_path: Path) -> None:
+    f = tmp_path / "bad.toml"
+    f.write_bytes(b"[uzramd]\ncontrol = [1]\n")
+    res = subprocess.run([sys.executable, "-m", "uzram.daemon", "--config", str(f)],
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and res.stderr.startswith("uzramd: ") and "Traceback" not in res.stderr
