@@ -119,10 +119,14 @@ def test_socket_activation_and_restart_after_a_crash(tmp_path):
     nbd, ctl = tmp_path / "nbd.sock", tmp_path / "control.sock"
 
     log = open(tmp_path / "uzramd.log", "wb")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(60)
 
     def activate():
         proc = subprocess.Popen(
             ["systemd-socket-activate", f"--listen={nbd}", f"--listen={ctl}", "--fdname=nbd:control",
+             f"--setenv=NOTIFY_SOCKET={tmp_path / 'notify'}",
              sys.executable, "-m", "uzram.daemon", "-q", "--control", str(ctl),
              "--device", "zram0:disksize=16M"],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -135,6 +139,7 @@ def test_socket_activation_and_restart_after_a_crash(tmp_path):
     proc = activate()
     try:
         assert go_reply(nbd, b"zram0")[0] == REP_ACK  # the first connection starts uzramd
+        assert notify.recv(1024).startswith(b"READY=1")
         with socket.socket(socket.AF_UNIX) as c:
             c.connect(str(ctl))
             c.sendall(encode({"cmd": "devices"}))
@@ -146,13 +151,15 @@ def test_socket_activation_and_restart_after_a_crash(tmp_path):
         proc = activate()
         rtype, payload = go_reply(nbd, b"zram0")
         assert rtype == REP_ERR_UNKNOWN and b"uncleanly" in payload
+        assert notify.recv(1024).startswith(b"READY=1")  # SIGTERM is handled from then on
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        assert proc.wait(30) == 0, (tmp_path / "uzramd.log").read_text()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         log.close()
+        notify.close()
 
 
 # -- --fuse as the drop-in runs it -----------------------------------------------------------------

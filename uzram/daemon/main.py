@@ -96,9 +96,9 @@ async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
                   max_connections=nbd.max_connections, max_buffer_memory=limits.max_buffer_memory)
             if not quiet:
                 print(attach_hint(names), file=sys.stderr, flush=True)
-            systemd.notify("READY=1\nSTATUS=serving " + " ".join(names))
-
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                # READY only once SIGTERM is handled: a stop right after it must be clean
+                systemd.notify("READY=1\nSTATUS=serving " + " ".join(names))
                 async for signum in signals:
                     event(log, logging.INFO, "stopping", signal=signal.Signals(signum).name)
                     break
