@@ -35,6 +35,13 @@ def stat(ctl: Path, attr: str) -> list[int]:
         return [int(x) for x in c.show("zram0", attr).split()]
 
 
+def fincore_bytes(path: Path) -> int:
+    """Bytes of ``path`` resident in the page cache."""
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                         check=True, capture_output=True, text=True).stdout
+    return int(out.split()[0])
+
+
 def fio_latency(uri: str, seconds: float, workdir: Path) -> dict[str, float]:
     job = workdir / "lat.fio"
     job.write_text(f"[lat]\nioengine=nbd\nuri={uri}\nrw=randread\nbs=4k\niodepth=1\nsize=128m\n"
@@ -60,7 +67,7 @@ def main() -> int:
     ap.add_argument("--dir", type=Path, default=Path("/var/tmp"), help="filesystem for the backing file and dd")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    need("nbdcopy", "fio", "dd")
+    need("nbdcopy", "fio", "dd", "fincore")
     work = Path(tempfile.mkdtemp(prefix="uzram-wb-"))
     disk = Path(tempfile.mkdtemp(prefix="uzram-wb-", dir=args.dir))
     img = work / "corpus.img"
@@ -68,6 +75,7 @@ def main() -> int:
     backing = disk / "backing.img"
     with open(backing, "wb") as f:
         f.truncate(2 << 30)
+    backing.chmod(0o600)  # uzramd refuses a backing file others can read
     ctl = work / "uz.ctl"
     uz = Server("uzramd", [sys.executable, "-m", "uzram.daemon", "-q", "--listen", f"unix:{work / 'uz.sock'}",
                            "--control", str(ctl), "--device", f"zram0:backing_dev={backing},disksize=2G"],
@@ -86,7 +94,7 @@ def main() -> int:
         store(ctl, "writeback", "idle")
         wb_s = time.monotonic() - t
         written = stat(ctl, "bd_stat")[2]
-        after_wb = {"rss": uz.rss(), "mm": stat(ctl, "mm_stat")}
+        after_wb = {"rss": uz.rss(), "mm": stat(ctl, "mm_stat"), "backing_cached": fincore_bytes(backing)}
         store(ctl, "compact", "1")
         after_compact = {"rss": uz.rss(), "mm": stat(ctl, "mm_stat")}
 
@@ -96,8 +104,15 @@ def main() -> int:
                         "status=none"], check=True)
         dd_s = time.monotonic() - t
         dd_file.unlink()
+        # the same bytes made durable, as uzram's writeback makes them (fdatasync)
+        t = time.monotonic()
+        subprocess.run(["dd", f"if={img}", f"of={dd_file}", "bs=128k", f"count={written * 4096 // (128 << 10)}",
+                        "conv=fdatasync", "status=none"], check=True)
+        dd_sync_s = time.monotonic() - t
+        dd_file.unlink()
         r["writeback"] = {"pages": written, "seconds": wb_s, "pages_per_s": written / wb_s,
-                          "dd_seconds_same_bytes": dd_s, "ratio_to_dd": dd_s / wb_s}
+                          "dd_seconds_same_bytes": dd_s, "ratio_to_dd": dd_s / wb_s,
+                          "dd_fdatasync_seconds": dd_sync_s, "ratio_to_dd_fdatasync": dd_sync_s / wb_s}
         r["memory"] = {"before": base, "after_writeback": after_wb, "after_compact": after_compact}
 
         # latency while a large writeback runs: rewrite the data, then write it all back again
@@ -116,6 +131,7 @@ def main() -> int:
         r["latency_during_writeback"] = fio_latency(uz.uri("zram0"), wb_s, work)
         th.join()
         r["latency_during_writeback"]["writeback_seconds"] = wb2["seconds"]
+        r["full_writeback"] = {"pages": stat(ctl, "bd_stat")[0], "backing_cached": fincore_bytes(backing)}
     finally:
         uz.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -134,7 +150,11 @@ def report(r: dict) -> str:
     return "\n".join([
         f"writeback idle: {wb['pages']} pages in {wb['seconds']:.2f} s = {wb['pages_per_s']:,.0f} pages/s; "
         f"dd of the same bytes to the same filesystem: {wb['dd_seconds_same_bytes']:.2f} s "
-        f"-> writeback at **{wb['ratio_to_dd']:.2f}x** dd",
+        f"-> writeback at **{wb['ratio_to_dd']:.2f}x** dd; dd conv=fdatasync {wb['dd_fdatasync_seconds']:.2f} s "
+        f"-> **{wb['ratio_to_dd_fdatasync']:.2f}x**",
+        f"backing file in the page cache (fincore): {m['after_writeback']['backing_cached'] / mib:.1f} MiB after "
+        f"writing back {wb['pages'] * 4096 / mib:.0f} MiB; {r['full_writeback']['backing_cached'] / mib:.1f} MiB "
+        f"after writing back all {r['full_writeback']['pages'] * 4096 / mib:.0f} MiB",
         f"daemon RSS: {m['before']['rss'] / mib:.0f} MiB before, {m['after_writeback']['rss'] / mib:.0f} MiB after "
         f"writeback, {m['after_compact']['rss'] / mib:.0f} MiB after compact "
         f"(mem_used_total {m['before']['mm'][2] / mib:.0f} -> {m['after_writeback']['mm'][2] / mib:.0f} -> "

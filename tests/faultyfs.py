@@ -3,7 +3,8 @@ fail with a chosen errno: a real kernel path for backing-file errors.
 
 Run as ``python -m tests.faultyfs MOUNTPOINT SIZE``; it serves ``backing``
 (SIZE bytes, sparse) and ``ctl``. Writing ``ctl``: ``delay SECONDS``,
-``fail ERRNO`` (every later write fails), ``ok``. Reading ``ctl``: counters.
+``fail ERRNO`` (every later write fails), ``failsync ERRNO`` (every later
+fsync fails: the page cache's writeback error), ``ok``. Reading ``ctl``: counters.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def main(mountpoint: str, size: int) -> None:
             self.blocks: dict[int, bytes] = {}
             self.delay = 0.0
             self.fail = 0
+            self.failsync = 0
+            self.syncs = 0
             self.writes = self.failed = 0
             self.mtime = time.time_ns()
 
@@ -42,7 +45,7 @@ def main(mountpoint: str, size: int) -> None:
             if inode == pyfuse3.ROOT_INODE:
                 a.st_mode, a.st_size = stat.S_IFDIR | 0o755, 0
             elif inode == BACKING:
-                a.st_mode, a.st_size = stat.S_IFREG | 0o644, size
+                a.st_mode, a.st_size = stat.S_IFREG | 0o600, size  # private, as uzramd requires
             else:
                 a.st_mode, a.st_size = stat.S_IFREG | 0o644, 4096
             a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = self.mtime
@@ -73,7 +76,8 @@ def main(mountpoint: str, size: int) -> None:
 
         async def read(self, fh, off, length):  # type: ignore[no-untyped-def]
             if fh == CTL:
-                text = f"writes {self.writes}\nfailed {self.failed}\nblocks {len(self.blocks)}\n".encode()
+                text = (f"writes {self.writes}\nfailed {self.failed}\nblocks {len(self.blocks)}\n"
+                        f"syncs {self.syncs}\n").encode()
                 return text[off : off + length]
             if self.delay:
                 await trio.sleep(self.delay)
@@ -96,8 +100,10 @@ def main(mountpoint: str, size: int) -> None:
                     self.delay = float(words[1])
                 elif words[:1] == ["fail"]:
                     self.fail = int(words[1])
+                elif words[:1] == ["failsync"]:
+                    self.failsync = int(words[1])
                 elif words[:1] == ["ok"]:
-                    self.fail, self.delay = 0, 0.0
+                    self.fail, self.failsync, self.delay = 0, 0, 0.0
                 return len(buf)
             self.writes += 1
             if self.delay:
@@ -116,6 +122,11 @@ def main(mountpoint: str, size: int) -> None:
                 self.blocks[b] = bytes(block)
                 pos += n
             return len(buf)
+
+        async def fsync(self, fh, datasync):  # type: ignore[no-untyped-def]
+            self.syncs += 1
+            if self.failsync:
+                raise pyfuse3.FUSEError(self.failsync)
 
     fs = FaultyFS()
     options = set(pyfuse3.default_options) - {"default_permissions"}

@@ -130,3 +130,13 @@ def test_bad_metrics_address(tmp_path, addr):
     r = subprocess.run([sys.executable, "-m", "uzram.daemon", "--metrics", addr,
                         "--control", str(tmp_path / "c.sock")], capture_output=True, text=True)
     assert r.returncode == 2 and ("listen address" in r.stderr or "port" in r.stderr)
+
+
+def test_metered_export_keeps_the_ordering_granularity() -> None:
+    """The NBD server orders overlapping requests by the export's granularity:
+    wrapping the zram export must not turn its 4 KiB pages into bytes."""
+    from uzram.daemon.export import ZramExport
+    from uzram.daemon.metrics import ExportStats, MeteredExport
+    from uzram.zram import ZramDevice
+
+    assert MeteredExport(ZramExport(ZramDevice("zram0")), ExportStats()).ordering_granularity == 4096

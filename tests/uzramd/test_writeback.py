@@ -27,6 +27,7 @@ MiB = 1 << 20
 def sparse_file(path, size):
     with open(path, "wb") as f:
         f.truncate(size)
+    os.chmod(path, 0o600)  # a backing file must be private
     return path
 
 

@@ -35,6 +35,7 @@ def backing(tmp_path):
     path = tmp_path / "backing"
     with open(path, "wb") as f:
         f.truncate(256 * PAGE)
+    path.chmod(0o600)  # a backing file must be private
     return path
 
 
@@ -67,6 +68,7 @@ def test_backing_dev_attribute(backing, tmp_path):
     assert errno_of(dev.store, "backing_dev", str(tmp_path / "missing")) == errno.ENOENT
     assert errno_of(dev.store, "backing_dev", str(tmp_path)) == errno.ENOTBLK
     (tmp_path / "empty").write_bytes(b"")
+    (tmp_path / "empty").chmod(0o600)
     assert errno_of(dev.store, "backing_dev", str(tmp_path / "empty")) == errno.EINVAL
     dev.store("backing_dev", f"{backing}\n")
     assert dev.show("backing_dev") == f"{backing}\n"
@@ -164,6 +166,7 @@ def test_largest_objects_first_within_the_budget(backing):
 def test_backing_full_gives_enospc_and_keeps_pages(tmp_path):
     path = tmp_path / "small"
     path.write_bytes(bytes(4 * PAGE))
+    path.chmod(0o600)
     dev = ZramDevice()
     dev.store("backing_dev", str(path))
     dev.store("disksize", "1M")

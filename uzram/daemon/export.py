@@ -11,6 +11,7 @@ from ..zram import ZramDevice
 from ..zram.device import PendingRead
 from ..zram.jobs import Job
 from ..zram.sizeclass import PAGE_SIZE
+from . import marker
 from .jobs import drive, puncher
 
 STATE_HOLE = 1
@@ -85,6 +86,7 @@ class ZramExport:
     def attach(self) -> None:
         if self.dev.claimed:
             raise OSError(errno.EBUSY, f"{self.name} is being reset")
+        marker.check_open(self.dev)  # EIO after an unclean exit, until a reset
         self.dev.openers += 1
 
     def detach(self) -> None:

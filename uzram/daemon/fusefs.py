@@ -14,6 +14,8 @@ reading a write-only (writing a read-only) attribute is EACCES.
 from __future__ import annotations
 
 import errno
+import functools
+import inspect
 import logging
 import os
 import stat
@@ -25,6 +27,7 @@ import trio
 
 from ..zram import attrs
 from ..zram.device import PendingRead
+from . import marker
 from .logs import event
 
 if TYPE_CHECKING:
@@ -143,7 +146,23 @@ class SysfsTree(pyfuse3.Operations):
                 return
 
     async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any) -> pyfuse3.EntryAttributes:
-        return self._attr(inode)  # O_TRUNC on an attribute is meaningless, as in sysfs
+        """Nothing here can change owner, mode or times: EPERM rather than a
+        success that did nothing. A size is ignored on an attribute (sysfs
+        ignores it, and ``echo 1 > attr`` opens with O_TRUNC); on dev/zramN it
+        is EINVAL, as truncate(2) on a block device, unless it is the size
+        the device has."""
+        kind, dev_id, _ = self._resolve(inode)
+        if fields.update_mode or fields.update_uid or fields.update_gid:
+            raise pyfuse3.FUSEError(errno.EPERM)
+        if fields.update_atime or fields.update_mtime or fields.update_ctime:
+            raise pyfuse3.FUSEError(errno.EPERM)
+        if fields.update_size:
+            if kind == "devfile":
+                if attr.st_size != self._device(dev_id).disksize:
+                    raise pyfuse3.FUSEError(errno.EINVAL)
+            elif kind not in ("attr", "hot_add", "hot_remove"):
+                raise pyfuse3.FUSEError(errno.EISDIR)
+        return self._attr(inode)
 
     # -- files ----------------------------------------------------------------------------------
 
@@ -163,6 +182,10 @@ class SysfsTree(pyfuse3.Operations):
             dev = self._device(dev_id)
             if dev.claimed:
                 raise pyfuse3.FUSEError(errno.EBUSY)
+            try:
+                marker.check_open(dev)
+            except OSError as e:
+                raise pyfuse3.FUSEError(e.errno) from None
             dev.openers += 1
         elif kind not in ("attr", "hot_add", "hot_remove"):
             raise pyfuse3.FUSEError(errno.EISDIR)
@@ -225,6 +248,36 @@ class SysfsTree(pyfuse3.Operations):
 
     async def flush(self, fh: int) -> None:
         return None
+
+
+def _errno_replies(cls: type) -> type:
+    """Every operation answers with an errno instead of raising: an exception
+    that is not a FUSEError (a bug, an OSError from a device) would otherwise
+    leave pyfuse3.main() and stop the daemon. Unexpected ones are logged and
+    become EIO for that request only."""
+    def wrap(name: str, op: Any) -> Any:
+        @functools.wraps(op)
+        async def guarded(self: Any, *args: Any) -> Any:
+            try:
+                return await op(self, *args)
+            except pyfuse3.FUSEError:
+                raise
+            except OSError as e:
+                event(log, logging.DEBUG, "operation failed", op=name, errno=e.errno)
+                raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+            except Exception as e:
+                event(log, logging.ERROR, "operation failed unexpectedly", op=name, error=repr(e))
+                log.debug("traceback", exc_info=True)
+                raise pyfuse3.FUSEError(errno.EIO) from None
+        return guarded
+
+    for name, op in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.iscoroutinefunction(op):
+            setattr(cls, name, wrap(name, op))
+    return cls
+
+
+SysfsTree = _errno_replies(SysfsTree)
 
 
 async def serve(daemon: Daemon, mountpoint: str, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

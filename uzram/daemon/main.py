@@ -17,7 +17,7 @@ from .. import __version__
 from ..nbd import tls as tls_mod
 from ..nbd.server import NBDServer, ServerConfig
 from . import config as config_mod
-from . import control, hardening, metrics, sockets, systemd
+from . import control, hardening, marker, metrics, sockets, systemd
 from .logs import event, setup
 from .registry import DeviceRegistry, parse_device_name
 from .service import Daemon
@@ -114,6 +114,8 @@ async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
             listen_socks_extra.append(metrics_sock)
             if cfg.metrics.kind == "unix":
                 created.append(cfg.metrics.path)
+        state = marker.Marker(cfg.control)
+        state.begin(registry.devices())  # devices unclean after an unclean exit
 
         async with trio.open_nursery() as nursery:
             for sock in listen_socks:
@@ -130,9 +132,9 @@ async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
                   max_connections=nbd.max_connections, max_buffer_memory=limits.max_buffer_memory)
             if not quiet:
                 print(attach_hint(names), file=sys.stderr, flush=True)
-            systemd.notify("READY=1\nSTATUS=serving " + " ".join(names))
-
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                # READY only once SIGTERM is handled: a stop right after it must be clean
+                systemd.notify("READY=1\nSTATUS=serving " + " ".join(names))
                 async for signum in signals:
                     event(log, logging.INFO, "stopping", signal=signal.Signals(signum).name)
                     break
@@ -146,6 +148,7 @@ async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
                 event(log, logging.WARNING, "shutdown grace period over; cancelling what is left",
                       seconds=limits.shutdown_timeout, connections=nbd.connection_count)
             nursery.cancel_scope.cancel()
+        state.end(registry.devices())  # a clean stop: no marker left
     finally:
         for sock in listen_socks + listen_socks_extra:
             sock.close()

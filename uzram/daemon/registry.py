@@ -9,15 +9,28 @@ import re
 from ..zram import ZramDevice
 from .export import ZramExport
 
-_NAME = re.compile(r"^(?:/dev/)?zram(\d+)$")
+# Exact names only: ASCII digits, no leading zeros, no surrounding space or
+# newline, at most 9 digits (int() of a huge digit string would raise).
+_EXPORT_NAME = re.compile(r"zram(0|[1-9][0-9]{0,8})", re.ASCII)
+_DEVICE_NAME = re.compile(r"(?:/dev/)?zram(0|[1-9][0-9]{0,8})", re.ASCII)
 
 
 def parse_device_name(name: str) -> int:
-    """``zram3`` or ``/dev/zram3`` -> 3; anything else is ENODEV."""
-    m = _NAME.match(name.strip())
+    """``zram3`` or ``/dev/zram3`` (as uzramctl and zramctl name devices) -> 3;
+    anything else, ``zram03`` or ``zram3\\n`` included, is ENODEV."""
+    m = _DEVICE_NAME.fullmatch(name)
     if not m:
-        raise OSError(errno.ENODEV, f"no such device {name!r} (expected zramN)")
+        raise OSError(errno.ENODEV, f"no such device {name[:64]!r} (expected zramN)")
     return int(m.group(1))
+
+
+def parse_export_name(name: str) -> int | None:
+    """An NBD export name's device id: exactly ``zramN``; the empty name is
+    zram0; anything else (``/dev/zram1``, ``zram0\\n``) is None."""
+    if name == "":
+        return 0
+    m = _EXPORT_NAME.fullmatch(name)
+    return int(m.group(1)) if m else None
 
 
 class DeviceRegistry:
@@ -66,10 +79,8 @@ class DeviceRegistry:
 
     def lookup(self, name: str) -> ZramExport | None:
         """NBD export by device name; the empty name means zram0."""
-        if name == "":
-            return self._exports.get(0)
-        m = _NAME.match(name)
-        return self._exports.get(int(m.group(1))) if m else None
+        dev_id = parse_export_name(name)
+        return None if dev_id is None else self._exports.get(dev_id)
 
     def list(self) -> list[tuple[str, str]]:
         return [(self._exports[i].name, self._exports[i].description) for i in sorted(self._exports)]

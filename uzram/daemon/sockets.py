@@ -10,13 +10,14 @@ from pathlib import Path
 
 import trio
 
+from ..control import prepare_socket_dir
 from .config import Listen
 
 
 async def bind_unix(path: Path, mode: int) -> trio.socket.SocketType:
     """Listen on a UNIX socket at ``path`` (mode ``mode``); a stale socket file is
     replaced, a live one (another daemon) is an error."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755 if os.geteuid() == 0 else 0o700)
+    prepare_socket_dir(path.parent)
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):
             raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
