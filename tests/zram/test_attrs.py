@@ -112,3 +112,20 @@ def test_memparse_suffixes_for_sizes():
     dev.store("disksize", "0x1000000")
     assert dev.show("disksize") == str(16 << 20) + "\n"
     assert dev.show("mm_stat").split()[3] == str(25 << 20)
+
+
+def test_a_store_takes_at_most_a_page_as_sysfs_does():
+    """kernfs hands a store the first PAGE_SIZE bytes of a write(2) (the host
+    kernel returns 4096 for a 100,000-byte write to mem_limit)."""
+    from uzram.zram import ZramDevice, attrs
+
+    long, page = ZramDevice("zram0"), ZramDevice("zram1")
+    for d in (long, page):
+        attrs.store(d, "disksize", "1M")
+    attrs.store(long, "mem_limit", "1" * 100_000)
+    attrs.store(page, "mem_limit", "1" * 4096)
+    assert long.show("mm_stat") == page.show("mm_stat")
+    assert long.show("mm_stat").split()[3] != "0"
+    attrs.store(page, "mem_limit", "1" * 4097)
+    assert long.show("mm_stat") != page.show("mm_stat")
+    assert attrs.as_written("é" * 3000).encode() == ("é" * 2048).encode()

@@ -73,13 +73,22 @@ def show(dev: ZramDevice, name: str) -> str:
     return fn(dev)
 
 
+def as_written(value: str) -> str:
+    """What one write(2) to a sysfs attribute hands to its store: at most a
+    page (kernfs takes the first PAGE_SIZE bytes and reports them written)."""
+    if len(value) <= PAGE_SIZE // 4:
+        return value
+    raw = value.encode()
+    return value if len(raw) <= PAGE_SIZE else raw[:PAGE_SIZE].decode(errors="ignore")
+
+
 def store(dev: ZramDevice, name: str, value: str) -> None:
     """Store ``value``; like a zero-length write(2) to sysfs, "" does nothing."""
     fn = _STORE.get(name)
     if fn is None:
         raise OSError(errno.EACCES if name in MODES else errno.ENOENT, f"{name}: cannot be written")
     if value:
-        fn(dev, value)
+        fn(dev, as_written(value))
 
 
 def _nothing() -> Job[None]:
@@ -95,7 +104,7 @@ def store_job(dev: ZramDevice, name: str, value: str) -> tuple[Job[None], Any]:
     if fn is None or not value:
         store(dev, name, value)
         return _nothing(), None
-    return fn(dev, value)
+    return fn(dev, as_written(value))
 
 
 def _einval(what: str) -> OSError:
