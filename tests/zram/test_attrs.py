@@ -122,10 +122,10 @@ def test_a_store_takes_at_most_a_page_as_sysfs_does():
     long, page = ZramDevice("zram0"), ZramDevice("zram1")
     for d in (long, page):
         attrs.store(d, "disksize", "1M")
-    attrs.store(long, "mem_limit", "1" * 100_000)
-    attrs.store(page, "mem_limit", "1" * 4096)
+    attrs.store(long, "mem_limit", "3" * 4096 + "K" + "7" * 100_000)   # the suffix is cut off
+    attrs.store(page, "mem_limit", "3" * 4096)
     assert long.show("mm_stat") == page.show("mm_stat")
     assert long.show("mm_stat").split()[3] != "0"
-    attrs.store(page, "mem_limit", "1" * 4097)
+    attrs.store(page, "mem_limit", "3" * 4095 + "K")
     assert long.show("mm_stat") != page.show("mm_stat")
     assert attrs.as_written("é" * 3000).encode() == ("é" * 2048).encode()
