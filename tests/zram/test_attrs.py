@@ -122,10 +122,10 @@ def test_a_store_takes_at_most_a_page_as_sysfs_does():
     long, page = ZramDevice("zram0"), ZramDevice("zram1")
     for d in (long, page):
         attrs.store(d, "disksize", "1M")
-    attrs.store(long, "mem_limit", "3" * 4096 + "K" + "7" * 100_000)   # the suffix is cut off
-    attrs.store(page, "mem_limit", "3" * 4096)
+    attrs.store(long, "mem_limit", "0" * 4090 + "123456" + "7" * 100_000)   # the 7s are cut off
+    attrs.store(page, "mem_limit", "0" * 4090 + "123456")
     assert long.show("mm_stat") == page.show("mm_stat")
     assert long.show("mm_stat").split()[3] != "0"
-    attrs.store(page, "mem_limit", "3" * 4095 + "K")
+    attrs.store(page, "mem_limit", "0" * 4089 + "1234567")
     assert long.show("mm_stat") != page.show("mm_stat")
     assert attrs.as_written("é" * 3000).encode() == ("é" * 2048).encode()
