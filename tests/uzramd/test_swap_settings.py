@@ -38,13 +38,13 @@ def test_start_applies_zram_generator_settings(tmp_path):
         runtime = d.control_sock.parent
         r, calls = run_script(tmp_path, runtime, "zram0")
         assert r.returncode == 0, r.stderr
-        assert calls[-2:] == ["mkswap /dev/nbd0", "swapon --options discard=once,nofail --priority 42 /dev/nbd0"]
+        assert calls[-2:] == ["mkswap /dev/nbd0", "swapon --options=discard=once,nofail --priority 42 /dev/nbd0"]
         r, calls = run_script(tmp_path, runtime, "zram0", {"SWAP_PRIORITY": "3"})  # the unit's env wins
-        assert calls[-1] == "swapon --options discard=once,nofail --priority 3 /dev/nbd0"
+        assert calls[-1] == "swapon --options=discard=once,nofail --priority 3 /dev/nbd0"
         r, calls = run_script(tmp_path, runtime, "zram1")          # options= clears discard
         assert calls[-1] == "swapon --priority 100 /dev/nbd0"
         r, calls = run_script(tmp_path, runtime, "zram2")          # not swap: detach and refuse
         assert r.returncode == 2 and "fs-type=ext4" in r.stderr
         assert "mkswap /dev/nbd0" not in calls and calls[-1] == "nbd-client -d /dev/nbd0"
         r, calls = run_script(tmp_path, runtime, "zram5", {"SWAP_PRIORITY": "7"})  # no file: the defaults
-        assert calls[-1] == "swapon --options discard --priority 7 /dev/nbd0"
+        assert calls[-1] == "swapon --options=discard --priority 7 /dev/nbd0"

@@ -133,7 +133,7 @@ def _lexsort_order(dev, picked):
 
 def test_writeback_selection_is_stepwise_and_orders_as_the_kernel(tmp_path):
     backing = tmp_path / "backing"
-    with open(backing, "wb") as f:
+    with open(os.open(backing, os.O_CREAT | os.O_WRONLY, 0o600), "wb") as f:   # private, as backing_dev requires
         f.truncate(N * PAGE)
     dev, _ = full_device(n=1 << 17, every=64, backing_dev=str(backing))  # 512 MiB, many scan steps
     dev.store("idle", "all")
@@ -169,7 +169,7 @@ def test_compaction_is_a_job_of_the_attribute():
 
 def test_subpage_write_into_written_back_page_reads_its_block_through_an_offload(tmp_path):
     backing = tmp_path / "backing"
-    with open(backing, "wb") as f:
+    with open(os.open(backing, os.O_CREAT | os.O_WRONLY, 0o600), "wb") as f:   # private, as backing_dev requires
         f.truncate(64 * PAGE)
     dev = ZramDevice()
     dev.store("backing_dev", str(backing))
@@ -194,7 +194,7 @@ def test_subpage_write_into_written_back_page_reads_its_block_through_an_offload
 
 def test_subpage_write_into_written_back_page_sync(tmp_path):
     backing = tmp_path / "backing"
-    with open(backing, "wb") as f:
+    with open(os.open(backing, os.O_CREAT | os.O_WRONLY, 0o600), "wb") as f:   # private, as backing_dev requires
         f.truncate(64 * PAGE)
     dev = ZramDevice()
     dev.store("backing_dev", str(backing))
