@@ -39,7 +39,7 @@ devstat() { awk -v f="$2" '{ print $f }' /sys/block/$1/stat; }
 meminfo() { awk -v k="$1:" '$1 == k { print $2 }' /proc/meminfo; }
 
 MODE=a HOG_MB=192 HOG_PASSES=1 HOG_PATTERN=mixed HOG_MEMORY_HIGH="" DISCARD=pages
-ACK_TIMEOUT=120 SERVER_WAIT=180 SERVER_MEMORY_MIN=64M NBD_CLIENT_OPTS="-b 4096"
+ACK_TIMEOUT=120 SERVER_WAIT=180 SERVER_MEMORY_MIN=64M NBD_CLIENT_OPTS="-b 4096" SYSCTLS=""
 . /etc/uzram-test.conf || fail "no /etc/uzram-test.conf"
 say "kernel $(uname -r), mode $MODE, $(meminfo MemTotal) kB RAM, uptime $(uptime_s)s"
 
@@ -108,6 +108,9 @@ b)
     ;;
 *) fail "unknown MODE $MODE" ;;
 esac
+
+for kv in $SYSCTLS; do sysctl -w "$kv" >/dev/null || fail "sysctl $kv"; done
+[ -n "$SYSCTLS" ] && say "sysctls: $SYSCTLS"
 
 # swap treats only non-rotational devices cluster-wise, and only then are
 # freed clusters discarded (TRIM): zram is non-rotational too
