@@ -16,6 +16,7 @@ from .. import __version__
 from ..control import decode, encode, error_reply
 from ..nbd.listen import accept_retrying
 from ..zram import attrs
+from . import hardening
 from .logs import event
 
 if TYPE_CHECKING:
@@ -122,6 +123,8 @@ async def _dispatch(daemon: Daemon, line: bytes, stream: trio.SocketStream) -> d
             return {"ok": True, "value": dev.debugfs(_field(req, "name"))}
         if cmd == "version":
             return {"ok": True, "version": __version__}
+        if cmd == "hardening":   # the memory measures in force (uzram/daemon/hardening.py)
+            return {"ok": True, "hardening": dict(hardening.STATE)}
         return error_reply(OSError(errno.EINVAL, f"unknown command {cmd!r}"))
     except OSError as e:
         event(log, logging.DEBUG, "control request failed", cmd=cmd, errno=e.errno, error=e.strerror)

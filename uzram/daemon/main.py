@@ -13,7 +13,7 @@ import trio
 from .. import __version__
 from ..nbd.server import NBDServer, ServerConfig
 from . import config as config_mod
-from . import control, hardening, sockets, systemd
+from . import control, hardening, reserve, sockets, systemd
 from .logs import event, setup
 from .registry import DeviceRegistry, parse_device_name
 from .service import Daemon
@@ -50,13 +50,14 @@ def attach_hint(listeners: list[str]) -> str:
     return "\n".join(lines)
 
 
-async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
+async def run(cfg: config_mod.Config, quiet: bool = False, reserve_setting: int = reserve.AUTO) -> int:
     registry = DeviceRegistry()
     configure_devices(registry, cfg.devices)
     limits = cfg.limits
     nbd = NBDServer(registry, ServerConfig(
         max_buffer_memory=limits.max_buffer_memory, idle_timeout=limits.idle_timeout,
-        max_connections=limits.max_connections or None))
+        max_connections=limits.max_connections or None,
+        prefault_ring=bool(hardening.STATE.get("locked"))))
     daemon = Daemon(registry, nbd)
 
     listen_socks: list[trio.socket.SocketType] = []
@@ -89,6 +90,9 @@ async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
                 from . import fusefs
                 await nursery.start(fusefs.serve, daemon, str(cfg.fuse))
             nursery.start_soon(trim_heap_after_load, nbd)
+            if reserve_setting:
+                nursery.start_soon(reserve.keep_reserves, registry, reserve_setting,
+                                   bool(hardening.STATE.get("locked")))
             event(log, logging.INFO, "ready", listen=" ".join(names), control=str(cfg.control),
                   devices=" ".join(d.name for d in registry.devices()),
                   max_connections=nbd.max_connections, max_buffer_memory=limits.max_buffer_memory)
@@ -127,16 +131,29 @@ async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
 async def trim_heap_after_load(nbd: NBDServer, every: float = 2.0) -> None:
     """Give the heap back after a burst of buffered requests: once the budget
     has held much and holds little again, trim malloc's free memory (in a
-    worker thread) so RSS returns to the baseline plus the pool."""
+    worker thread) so RSS returns to the baseline plus the pool. Not while
+    the daemon's memory is locked: heap memory kept is memory a swap-out
+    under pressure need not fault in again."""
     budget = nbd.budget
     while True:
         await trio.sleep(every)
+        if hardening.STATE.get("locked"):
+            continue
         if budget.peak >= TRIM_AFTER and budget.used < TRIM_AFTER // 4:
             budget.peak = budget.used
             await trio.to_thread.run_sync(hardening.trim_heap)
 
 
 TRIM_AFTER = 8 << 20
+
+
+def parse_reserve(text: str) -> int:
+    if text.strip().lower() == "auto":
+        return reserve.AUTO
+    number, used = config_mod.memparse(text.strip())
+    if not text.strip() or used != len(text.strip()) or not 0 <= number <= 1 << 40:
+        raise config_mod.ConfigError(f"reserve: bad value {text[:40]!r}: auto, 0, or a size such as 16M")
+    return number
 
 
 def parser() -> argparse.ArgumentParser:
@@ -160,6 +177,13 @@ def parser() -> argparse.ArgumentParser:
                         help="close a connection stalled in the middle of a request (default 60)")
     limits.add_argument("--shutdown-timeout", metavar="SECONDS",
                         help="on SIGTERM, answer requests in flight for this long, then exit (default 10)")
+    mem = p.add_argument_group("swap under memory pressure")
+    mem.add_argument("--swap", action="store_true",
+                     help="serve swap on the same machine: lock the daemon's memory (CAP_IPC_LOCK), "
+                     "prefault receive buffers, keep a pool reserve, never trim the heap")
+    mem.add_argument("--reserve", metavar="SIZE",
+                     help="prefaulted pool memory kept per device for swap-outs under pressure "
+                     "(default with --swap: auto, 1/32 of disksize within 4M..16M; else 0)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the attach hint")
     p.add_argument("--version", action="version", version=f"uzramd {__version__}")
@@ -171,14 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         limits = {k: v for k in config_mod.LIMIT_KEYS if (v := getattr(args, k)) is not None}
         cfg = config_mod.build(args.config, args.listen, args.control, args.device, args.fuse, limits)
+        reserve_setting = parse_reserve(args.reserve or ("auto" if args.swap else "0"))
     except config_mod.ConfigError as e:
         print(f"uzramd: {e}", file=sys.stderr)
         return 2
     level = {0: cfg.log_level, 1: "info"}.get(args.verbose, "debug")
     setup(level)
-    hardening.apply()
+    hardening.apply(lock=args.swap)
     try:
-        return trio.run(run, cfg, args.quiet)
+        return trio.run(run, cfg, args.quiet, reserve_setting)
     except config_mod.ConfigError as e:
         print(f"uzramd: {e}", file=sys.stderr)
         return 2
