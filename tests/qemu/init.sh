@@ -100,6 +100,7 @@ b)
     while [ ! -S $H$NBD_SOCK ] || [ ! -S $H$CTL_SOCK ]; do
         kill -0 $SERVER_PID 2>/dev/null || fail "uzramd exited before creating its sockets"
         i=$((i + 1)); [ $i -gt $((SERVER_WAIT * 10)) ] && fail "uzramd did not start in ${SERVER_WAIT}s"
+        [ $((i % 100)) = 0 ] && say "waiting for uzramd ($((i / 10))s)"
         usleep 100000
     done
     say "uzramd is up at $(uptime_s)s"

@@ -20,18 +20,18 @@ import time
 from pathlib import Path
 
 from .guestkernel import fetch
-from .test_swap import STALL, TIMEOUT, boot, check_guest_swap, global_pressure
+from .test_swap import GLOBAL_TIMEOUT, STALL, boot, check_guest_swap, global_pressure
 from .vm import CACHE, QemuAssets, build_memhog, ensure_packages, host_root_9p, static_busybox
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="pressure_loop", description=__doc__.split("\n\n")[0])
     p.add_argument("-n", "--runs", type=int, default=20)
-    p.add_argument("--daemon-options", default="", help="more uzramd options")
+    p.add_argument("--daemon-options", default="--swap", help="uzramd options (default --swap)")
     p.add_argument("--device", default="comp_algorithm=lz4,disksize=512M", help="zram0's attributes")
     p.add_argument("--sysctls", default="", help='guest sysctls, e.g. "vm.min_free_kbytes=16384"')
     p.add_argument("--stall", type=float, default=STALL, help="seconds without progress = hang")
-    p.add_argument("--timeout", type=float, default=TIMEOUT)
+    p.add_argument("--timeout", type=float, default=GLOBAL_TIMEOUT)
     p.add_argument("--workdir", type=Path, default=CACHE / "pressure")
     p.add_argument("--stop-on-hang", action="store_true")
     args = p.parse_args(argv)

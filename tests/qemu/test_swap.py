@@ -37,6 +37,7 @@ pytestmark = pytest.mark.qemu
 
 TIMEOUT = 300          # seconds per boot; a healthy one takes 10-30 s under TCG
 STALL = 90             # seconds without a progress line that count as a hang
+GLOBAL_TIMEOUT = 1500  # global pressure under TCG: swapping 100+ MB takes minutes
 MIN_RATIO = 1.5        # "mixed" pages are half one repeated word: about 2:1
 MiB = 1 << 20
 SLACK_SECTORS = 2048   # uzram may see up to 1 MiB more than the guest device counted
@@ -124,7 +125,7 @@ def guest_uzramd(mem_mb: int, hog_mb: int, hog_passes: int, hog_memory_high: str
                            "SYSCTLS": sysctls})
 
 
-def global_pressure(daemon_options: str = "", device: str = "comp_algorithm=lz4,disksize=512M",
+def global_pressure(daemon_options: str = "--swap", device: str = "comp_algorithm=lz4,disksize=512M",
                     sysctls: str = "") -> GuestConfig:
     """384 MB guest, a 320 MB hog with no cgroup limit, two verify passes."""
     return guest_uzramd(384, 320, 2, "", daemon_options, device, sysctls, "-b 4096 -swap")
@@ -174,4 +175,4 @@ def test_swap_guest_uzramd_global_pressure(qemu_assets: QemuAssets, tmp_path: Pa
         ensure_packages(["nbd-client"])
     except Unavailable as e:
         pytest.skip(str(e))
-    check_guest_swap(boot(qemu_assets, global_pressure(), host_root_9p(), tmp_path))
+    check_guest_swap(boot(qemu_assets, global_pressure(), host_root_9p(), tmp_path, timeout=GLOBAL_TIMEOUT))
