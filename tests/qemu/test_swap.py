@@ -35,7 +35,8 @@ from .vm import (GuestConfig, GuestRun, QemuAssets, Unavailable, build_initramfs
 
 pytestmark = pytest.mark.qemu
 
-TIMEOUT = 300          # seconds per boot; a healthy one takes 10-30 s under TCG
+TIMEOUT = 900          # seconds per boot: 10-30 s under TCG, minutes on a busy machine
+                       # (a hang is caught sooner, by STALL)
 STALL = 90             # seconds without a progress line that count as a hang
 GLOBAL_TIMEOUT = 1500  # global pressure under TCG: swapping 100+ MB takes minutes
 MIN_RATIO = 1.5        # "mixed" pages are half one repeated word: about 2:1

@@ -18,7 +18,7 @@ import trio
 
 from ..zram.chunkfeed import ChunkFeed
 from ..zram.slots import SlotTable
-from ..zram.zsmalloc import CHUNK_BYTES, ZsPool, prefaulted_chunk
+from ..zram.zsmalloc import CHUNK_BYTES, ZsPool, populate_mapping, prefaulted_chunk
 from .logs import event
 from .registry import DeviceRegistry
 
@@ -26,7 +26,6 @@ log = logging.getLogger("uzram.daemon")
 
 AUTO = -1
 MIN_AUTO, MAX_AUTO = 16 << 20, 64 << 20
-MADV_POPULATE_WRITE = 23            # Linux 5.14
 MAX_TABLE_PREFAULT = 64 << 20       # slot tables larger than this fault in as used
 
 
@@ -42,11 +41,7 @@ def prefault_table(table: SlotTable) -> None:
     maps = table._maps
     if sum(len(m) for m in maps) <= MAX_TABLE_PREFAULT:
         for m in maps:
-            try:
-                m.madvise(MADV_POPULATE_WRITE)
-            except OSError:
-                for i in range(0, len(m), 4096):   # before Linux 5.14
-                    m[i] = m[i]
+            populate_mapping(m, fresh=False)
 
 
 async def keep_reserves(registry: DeviceRegistry, setting: int, locked: bool,

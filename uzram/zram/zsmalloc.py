@@ -76,16 +76,11 @@ class _Chunk:
 
     def __init__(self, populate: bool = False) -> None:
         self.mm = mmap.mmap(-1, CHUNK_BYTES, flags=_MAP_FLAGS)
+        self._addr = 0
         if populate:
-            # not MAP_POPULATE: it is ignored under mlockall(MCL_ONFAULT)
-            try:
-                self.mm.madvise(_MADV_POPULATE_WRITE)
-            except OSError:   # before Linux 5.14
-                for i in range(0, CHUNK_BYTES, PAGE_SIZE):
-                    self.mm[i] = 0
+            populate_mapping(self.mm, self.addr())
         self.mv = memoryview(self.mm)
         self.q = self.mv.cast("Q")
-        self._addr = 0
 
     def addr(self) -> int:
         if not self._addr:
@@ -99,6 +94,20 @@ class _Chunk:
     def relock(self, base: int, length: int) -> None:
         if _libc is not None:
             _libc.mlock2(ctypes.c_void_p(self.addr() + base), ctypes.c_size_t(length), _MLOCK_ONFAULT)
+
+
+def populate_mapping(mm: mmap.mmap, addr: int = 0, fresh: bool = True) -> None:
+    """Fault a mapping in, with the GIL released: a thread faulting in
+    memory under pressure must not stop the others. Not MAP_POPULATE, which
+    mlockall(MCL_ONFAULT) turns off, nor mmap.madvise, which holds the GIL.
+    Before Linux 5.14 (no MADV_POPULATE_WRITE) only a ``fresh`` (all zero)
+    mapping is faulted in, by zeroing it."""
+    if _libc is None:
+        return
+    if not addr:
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(mm))
+    if _libc.madvise(ctypes.c_void_p(addr), ctypes.c_size_t(len(mm)), _MADV_POPULATE_WRITE) != 0 and fresh:
+        ctypes.memset(addr, 0, len(mm))   # memset releases the GIL too
 
 
 def prefaulted_chunk() -> _Chunk:
