@@ -116,6 +116,9 @@ for kv in $SYSCTLS; do sysctl -w "$kv" >/dev/null || fail "sysctl $kv"; done
 # swap treats only non-rotational devices cluster-wise, and only then are
 # freed clusters discarded (TRIM): zram is non-rotational too
 echo 0 > /sys/block/$DEV/queue/rotational
+# as systemd/uzram-swap does: no writeback throttling on the NBD queue (zram
+# has none); it holds back reclaim's swap-outs while uzramd waits for memory
+[ $MODE = b ] && echo 0 > /sys/block/$DEV/queue/wbt_lat_usec
 SWAPON_OPTS=""
 if [ -n "$DISCARD" ] && [ "$(cat /sys/block/$DEV/queue/discard_max_bytes)" != 0 ]; then
     SWAPON_OPTS="-d$DISCARD"

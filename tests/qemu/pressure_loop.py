@@ -6,7 +6,7 @@ uzramd in the same guest (see ``test_swap.global_pressure``). Example::
 
     .venv/bin/python -m tests.qemu.pressure_loop -n 20
     .venv/bin/python -m tests.qemu.pressure_loop -n 5 --device comp_algorithm=zstd,disksize=512M \\
-        --sysctls "vm.min_free_kbytes=16384 vm.watermark_scale_factor=500"
+        --sysctls ""        # without the guest settings uzram-swap makes
 
 Console logs are kept in ``--workdir`` (one folder per run).
 """
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from .guestkernel import fetch
-from .test_swap import GLOBAL_TIMEOUT, STALL, boot, check_guest_swap, global_pressure
+from .test_swap import GLOBAL_TIMEOUT, PRODUCT_SYSCTLS, STALL, boot, check_guest_swap, global_pressure
 from .vm import CACHE, QemuAssets, build_memhog, ensure_packages, host_root_9p, static_busybox
 
 
@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-n", "--runs", type=int, default=20)
     p.add_argument("--daemon-options", default="--swap", help="uzramd options (default --swap)")
     p.add_argument("--device", default="comp_algorithm=lz4,disksize=512M", help="zram0's attributes")
-    p.add_argument("--sysctls", default="", help='guest sysctls, e.g. "vm.min_free_kbytes=16384"')
+    p.add_argument("--sysctls", default=PRODUCT_SYSCTLS,
+                   help=f'guest sysctls (default, as systemd/uzram-swap: "{PRODUCT_SYSCTLS}"; "" for none)')
     p.add_argument("--stall", type=float, default=STALL, help="seconds without progress = hang")
     p.add_argument("--timeout", type=float, default=GLOBAL_TIMEOUT)
     p.add_argument("--workdir", type=Path, default=CACHE / "pressure")

@@ -126,9 +126,13 @@ def guest_uzramd(mem_mb: int, hog_mb: int, hog_passes: int, hog_memory_high: str
                            "SYSCTLS": sysctls})
 
 
+PRODUCT_SYSCTLS = "vm.min_free_kbytes=16384 vm.watermark_scale_factor=500"   # as systemd/uzram-swap
+
+
 def global_pressure(daemon_options: str = "--swap", device: str = "comp_algorithm=lz4,disksize=512M",
-                    sysctls: str = "") -> GuestConfig:
-    """384 MB guest, a 320 MB hog with no cgroup limit, two verify passes."""
+                    sysctls: str = PRODUCT_SYSCTLS) -> GuestConfig:
+    """384 MB guest, a 320 MB hog with no cgroup limit, two verify passes;
+    the guest settings are those systemd/uzram-swap makes."""
     return guest_uzramd(384, 320, 2, "", daemon_options, device, sysctls, "-b 4096 -swap")
 
 

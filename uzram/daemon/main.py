@@ -183,7 +183,7 @@ def parser() -> argparse.ArgumentParser:
                      "prefault receive buffers, keep a pool reserve, never trim the heap")
     mem.add_argument("--reserve", metavar="SIZE",
                      help="prefaulted pool memory kept per device for swap-outs under pressure "
-                     "(default with --swap: auto, 1/32 of disksize within 4M..16M; else 0)")
+                     "(default with --swap: auto, 1/8 of disksize within 16M..256M; else 0)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the attach hint")
     p.add_argument("--version", action="version", version=f"uzramd {__version__}")

@@ -8,6 +8,11 @@ thread that serves NBD then never faults in pool memory itself (see
 :mod:`uzram.zram.zsmalloc`). When the feed cannot keep up (the system is
 short of memory) stores fail with ENOMEM, counted in the pool's
 ``reserve_misses`` and logged once per episode.
+
+Under sustained global pressure the feed rarely wins a page (the process
+that fills memory takes every page a swap-out frees), so what the reserve
+holds when pressure starts is what the pool can grow by: size it for the
+swap-out of one pressure episode (``--reserve``).
 """
 
 from __future__ import annotations
@@ -25,14 +30,16 @@ from .registry import DeviceRegistry
 log = logging.getLogger("uzram.daemon")
 
 AUTO = -1
-MIN_AUTO, MAX_AUTO = 16 << 20, 64 << 20
+MIN_AUTO, MAX_AUTO = 16 << 20, 256 << 20
 MAX_TABLE_PREFAULT = 64 << 20       # slot tables larger than this fault in as used
 
 
 def reserve_for(disksize: int, setting: int) -> int:
-    """Bytes to keep in reserve: ``setting``, or for AUTO 1/32 of the disk
-    size within 16..64 MiB; rounded up to whole pool chunks."""
-    want = min(max(disksize // 32, MIN_AUTO), MAX_AUTO) if setting == AUTO else setting
+    """Bytes to keep in reserve: ``setting``, or for AUTO 1/8 of the disk
+    size within 16..256 MiB (at 2:1, room for a quarter of the disk to be
+    swapped out while the system cannot give the daemon a page), rounded up
+    to whole pool chunks."""
+    want = min(max(disksize // 8, MIN_AUTO), MAX_AUTO) if setting == AUTO else setting
     return -(-want // CHUNK_BYTES) * CHUNK_BYTES
 
 
