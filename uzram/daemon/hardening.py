@@ -3,9 +3,8 @@
 Each measure is best effort: it needs privileges the daemon may not have, and
 its absence is logged, not fatal. Locking is taken only with ``--swap``
 (it keeps memory a daemon serving other clients would give back). Which
-are in force is kept in
-:data:`STATE` (logged at start as one ``hardening`` event, and shown by
-``uzramctl --hardening`` through the control socket's ``hardening`` command).
+are in force is kept in :data:`STATE`: logged at start as one ``hardening``
+event, and returned by the control socket's ``hardening`` command.
 
 - ``locked``: ``mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT)`` after a
   warm-up that imports and runs the request path (:func:`preload`): every
