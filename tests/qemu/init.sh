@@ -39,7 +39,7 @@ devstat() { awk -v f="$2" '{ print $f }' /sys/block/$1/stat; }
 meminfo() { awk -v k="$1:" '$1 == k { print $2 }' /proc/meminfo; }
 
 MODE=a HOG_MB=192 HOG_PASSES=1 HOG_PATTERN=mixed HOG_MEMORY_HIGH="" DISCARD=pages
-ACK_TIMEOUT=120 SERVER_WAIT=180 SERVER_MEMORY_MIN=64M NBD_CLIENT_OPTS="-b 4096"
+ACK_TIMEOUT=120 SERVER_WAIT=180 SERVER_MEMORY_MIN=64M NBD_CLIENT_OPTS="-b 4096" SYSCTLS=""
 . /etc/uzram-test.conf || fail "no /etc/uzram-test.conf"
 say "kernel $(uname -r), mode $MODE, $(meminfo MemTotal) kB RAM, uptime $(uptime_s)s"
 
@@ -100,6 +100,7 @@ b)
     while [ ! -S $H$NBD_SOCK ] || [ ! -S $H$CTL_SOCK ]; do
         kill -0 $SERVER_PID 2>/dev/null || fail "uzramd exited before creating its sockets"
         i=$((i + 1)); [ $i -gt $((SERVER_WAIT * 10)) ] && fail "uzramd did not start in ${SERVER_WAIT}s"
+        [ $((i % 100)) = 0 ] && say "waiting for uzramd ($((i / 10))s)"
         usleep 100000
     done
     say "uzramd is up at $(uptime_s)s"
@@ -109,9 +110,15 @@ b)
 *) fail "unknown MODE $MODE" ;;
 esac
 
+for kv in $SYSCTLS; do sysctl -w "$kv" >/dev/null || fail "sysctl $kv"; done
+[ -n "$SYSCTLS" ] && say "sysctls: $SYSCTLS"
+
 # swap treats only non-rotational devices cluster-wise, and only then are
 # freed clusters discarded (TRIM): zram is non-rotational too
 echo 0 > /sys/block/$DEV/queue/rotational
+# as systemd/uzram-swap does: no writeback throttling on the NBD queue (zram
+# has none); it holds back reclaim's swap-outs while uzramd waits for memory
+[ $MODE = b ] && echo 0 > /sys/block/$DEV/queue/wbt_lat_usec
 SWAPON_OPTS=""
 if [ -n "$DISCARD" ] && [ "$(cat /sys/block/$DEV/queue/discard_max_bytes)" != 0 ]; then
     SWAPON_OPTS="-d$DISCARD"

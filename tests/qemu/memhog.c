@@ -16,6 +16,9 @@
  * Every page's content depends on its index and a per-run seed, so pages that
  * come back misplaced, stale or zeroed are caught.
  *
+ * While filling and verifying it prints "memhog: progress ..." about every 2
+ * seconds, so the host can tell a slow guest from a hung one.
+ *
  * Prints "MEMHOG: PASS ..." or "MEMHOG: FAIL ..."; exit status 0, 1, or 2
  * (usage).  Build: gcc -O2 -static -o memhog memhog.c
  */
@@ -61,6 +64,18 @@ static double now(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* a progress line at most every 2 s (checked once per MiB) */
+static void progress(const char *what, size_t page, size_t npages)
+{
+    static double last;
+    double t = now();
+    if (t - last < 2.0)
+        return;
+    last = t;
+    printf("memhog: progress %s %zu/%zu MB\n", what, page >> 8, npages >> 8);
+    fflush(stdout);
+}
+
 static size_t gcd(size_t a, size_t b)
 {
     while (b) {
@@ -80,6 +95,8 @@ static size_t verify(uint64_t *mem, size_t npages, int order)
     for (size_t k = 0; k < npages; k++) {
         size_t p = order == 0 ? k : order == 1 ? npages - 1 - k : (k * step) % npages;
         const uint64_t *pg = mem + p * WORDS;
+        if (k % 256 == 0)
+            progress("verify", k, npages);
         for (size_t i = 0; i < WORDS; i++) {
             if (pg[i] != expected(p, i)) {
                 if (bad < 8)
@@ -122,6 +139,8 @@ int main(int argc, char **argv)
     for (size_t p = 0; p < npages; p++) {
         for (size_t i = 0; i < WORDS; i++)
             mem[p * WORDS + i] = expected(p, i);
+        if (p % 256 == 0)
+            progress("fill", p, npages);
         if ((p + 1) % (npages / 4) == 0) {
             printf("memhog: filled %zu/%zu MB in %.1fs\n", (p + 1) >> 8, mb, now() - t0);
             fflush(stdout);

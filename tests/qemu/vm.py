@@ -4,6 +4,11 @@ The guest speaks a line protocol on its serial console (see ``init.sh``);
 :func:`run_guest` streams it to a log file, answers ``UZRAM-HOLD`` on the
 serial line after calling back into the test, kills QEMU on timeout, and
 parses the result into a :class:`GuestRun`.
+
+A hung guest is told from a slow one by progress lines (memhog's and
+init's): when none arrived for ``stall`` seconds, the host asks the guest
+kernel for sysrq dumps through QEMU's monitor (blocked tasks, memory, all
+tasks: that needs no guest user space), collects them, and kills QEMU.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import queue
 import shlex
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import threading
@@ -164,6 +170,8 @@ class GuestRun:
     dev: dict[str, list[int]] = field(default_factory=dict)           # label -> /sys/block/X/stat
     server: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # (label, attr) -> values
     hold_answered: bool = False
+    hung: bool = False              # no progress line for the stall timeout
+    last_progress: str = ""         # the last progress line before the stall
 
     @property
     def passed(self) -> bool:
@@ -191,15 +199,19 @@ class GuestRun:
                 continue   # a line garbled by interleaved console output
 
 
-def qemu_command(kernel: GuestKernel, initrd: Path, mem_mb: int, devices: list[str]) -> list[str]:
+def qemu_command(kernel: GuestKernel, initrd: Path, mem_mb: int, devices: list[str],
+                 monitor: Path | None = None) -> list[str]:
     """TCG with every CPU feature it emulates (the venv's wheels may need x86-64-v2
-    or more), one CPU, no NIC or other default devices, serial console on stdio."""
+    or more), one CPU, no NIC or other default devices, serial console on stdio.
+    With ``monitor``, QEMU's human monitor listens on that UNIX socket (the
+    host sends sysrq keys through it when the guest hangs)."""
+    mon = ["-monitor", f"unix:{monitor},server=on,wait=off"] if monitor is not None else []
     return ["qemu-system-x86_64", "-nodefaults", "-no-user-config", "-no-reboot",
             "-machine", "pc", "-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", str(mem_mb),
             "-display", "none", "-serial", "stdio",
             "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
-            "-append", "console=ttyS0 panic=-1 mitigations=off loglevel=4",
-            *devices]
+            "-append", "console=ttyS0 panic=-1 mitigations=off loglevel=4 sysrq_always_enabled",
+            *mon, *devices]
 
 
 def nbd_disk(socket_path: Path, export: str = "zram0") -> list[str]:
@@ -216,10 +228,32 @@ def host_root_9p() -> list[str]:
             "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot"]
 
 
+PROGRESS_PREFIXES = ("memhog:", "uzram-test:", "UZRAM-", "MEMHOG:")
+SYSRQ_KEYS = ("9", "w", "m", "t")   # console loglevel 9, blocked tasks, memory, all tasks
+
+
+def sysrq(monitor: Path, keys: tuple[str, ...] = SYSRQ_KEYS) -> str:
+    """Press alt-sysrq-KEY in the guest for each key (QEMU's human monitor);
+    returns "" or why it failed."""
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(str(monitor))
+            for k in keys:
+                s.sendall(f"sendkey alt-sysrq-{k}\n".encode())
+                time.sleep(1.0)
+    except OSError as e:
+        return str(e)
+    return ""
+
+
 def run_guest(cmd: list[str], log: Path, timeout: float,
-              on_hold: Callable[[], None] | None = None) -> GuestRun:
+              on_hold: Callable[[], None] | None = None,
+              stall: float | None = None, monitor: Path | None = None) -> GuestRun:
     """Run QEMU, stream its console to ``log``; on ``UZRAM-HOLD`` call ``on_hold``
-    and send a line to the guest. QEMU is killed after ``timeout`` seconds."""
+    and send a line to the guest. QEMU is killed after ``timeout`` seconds, or
+    ``stall`` seconds after the last progress line (after sysrq dumps, if
+    ``monitor`` is QEMU's monitor socket)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
     q: queue.Queue[str | None] = queue.Queue()
@@ -240,20 +274,28 @@ def run_guest(cmd: list[str], log: Path, timeout: float,
 
     th = threading.Thread(target=reader, daemon=True)
     th.start()
-    timed_out = answered = False
+    timed_out = answered = hung = False
+    last_progress, progress_at = "", time.monotonic()
     try:
         while True:
-            left = timeout - (time.monotonic() - t0)
+            now = time.monotonic()
+            left = timeout - (now - t0)
             if left <= 0:
                 timed_out = True
                 break
+            if stall is not None and now - progress_at >= stall:
+                hung = True
+                break
+            wait = left if stall is None else min(left, stall - (now - progress_at))
             try:
-                line = q.get(timeout=left)
+                line = q.get(timeout=max(0.01, wait))
             except queue.Empty:
                 continue
             if line is None:
                 break
             lines.append(line)
+            if line.startswith(PROGRESS_PREFIXES):
+                last_progress, progress_at = line, time.monotonic()
             if line.strip() == "UZRAM-HOLD" and not answered:
                 try:
                     if on_hold is not None:
@@ -265,7 +307,23 @@ def run_guest(cmd: list[str], log: Path, timeout: float,
                         proc.stdin.flush()
                     except BrokenPipeError:
                         pass
-        if not timed_out:
+        if hung:
+            lines.append(f"uzram-host: no progress for {stall:.0f}s after: {last_progress}")
+            why = sysrq(monitor) if monitor is not None else "no monitor"
+            if why:
+                lines.append(f"uzram-host: no sysrq dumps: {why}")
+            quiet_since = time.monotonic()
+            end = quiet_since + 90
+            while time.monotonic() < end and time.monotonic() - quiet_since < 15:
+                try:
+                    line = q.get(timeout=1.0)
+                except queue.Empty:
+                    continue
+                if line is None:
+                    break
+                lines.append(line)
+                quiet_since = time.monotonic()
+        elif not timed_out:
             proc.wait(max(1.0, timeout - (time.monotonic() - t0)))
     except subprocess.TimeoutExpired:
         timed_out = True
@@ -286,6 +344,7 @@ def run_guest(cmd: list[str], log: Path, timeout: float,
                 break
             if rest is not None:
                 lines.append(rest)
-    run = GuestRun(log, lines, proc.returncode, timed_out, time.monotonic() - t0, hold_answered=answered)
+    run = GuestRun(log, lines, proc.returncode, timed_out, time.monotonic() - t0, hold_answered=answered,
+                   hung=hung, last_progress=last_progress)
     run.parse()
     return run

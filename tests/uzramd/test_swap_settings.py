@@ -25,7 +25,9 @@ def run_script(tmp_path: Path, runtime: Path, export: str, env: dict[str, str] |
     log.write_text("")
     r = subprocess.run(["sh", str(SCRIPT), "start", export], capture_output=True, text=True,
                        env={**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}",
-                            "UZRAM_RUNTIME_DIR": str(runtime), "NBD_SERVER": "unix:/run/x.sock", **(env or {})})
+                            "UZRAM_RUNTIME_DIR": str(runtime), "NBD_SERVER": "unix:/run/x.sock",
+                            "UZRAM_SYSCTLS": "0",   # never change the host's vm sysctls
+                            **(env or {})})
     return r, log.read_text().splitlines()
 
 

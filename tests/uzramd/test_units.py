@@ -256,6 +256,7 @@ def swap_loop(tmp_path):
     log = tmp_path / "calls.log"
     log.touch()
     env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "UZRAM_TEST_LOG": str(log),
+           "UZRAM_SYSCTLS": "0",   # never change the host's vm sysctls
            "NBD_DEVICE": loop, "SWAP_PRIORITY": "0", "NBD_SERVER": "unix:/nonexistent/nbd.sock"}
     try:
         yield loop, env, stubs, log

@@ -16,6 +16,7 @@ from .. import __version__
 from ..control import decode, encode, error_reply
 from ..nbd.listen import accept_retrying
 from ..zram import attrs
+from . import hardening
 from .logs import event
 
 if TYPE_CHECKING:
@@ -125,6 +126,8 @@ async def _dispatch(daemon: Daemon, line: bytes, stream: trio.SocketStream) -> d
             return {"ok": True, "value": render(daemon)}
         if cmd == "version":
             return {"ok": True, "version": __version__}
+        if cmd == "hardening":   # the memory measures in force (uzram/daemon/hardening.py)
+            return {"ok": True, "hardening": dict(hardening.STATE)}
         return error_reply(OSError(errno.EINVAL, f"unknown command {cmd!r}"))
     except OSError as e:
         event(log, logging.DEBUG, "control request failed", cmd=cmd, errno=e.errno, error=e.strerror)

@@ -1,7 +1,21 @@
 """Keeping a swap server alive under the memory pressure it relieves.
 
 Each measure is best effort: it needs privileges the daemon may not have, and
-its absence is logged, not fatal.
+its absence is logged, not fatal. Locking is taken only with ``--swap``
+(it keeps memory a daemon serving other clients would give back). Which
+are in force is kept in :data:`STATE`: logged at start as one ``hardening``
+event, and returned by the control socket's ``hardening`` command.
+
+- ``locked``: ``mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT)`` after a
+  warm-up that imports and runs the request path (:func:`preload`): every
+  page resident then (the code and data the daemon uses) stays resident, and
+  later pages are locked as they are touched. Plain ``MCL_CURRENT`` would
+  populate every mapping whole, e.g. numpy's OpenBLAS buffers (over 100 MB
+  locked for nothing). Needs CAP_IPC_LOCK, or an unlimited RLIMIT_MEMLOCK
+  (raised so with CAP_SYS_RESOURCE).
+- ``io_flusher``: PR_SET_IO_FLUSHER (CAP_SYS_RESOURCE): reclaim run on the
+  daemon's behalf does no I/O, so it never waits on its own device.
+- ``oom_protected``: oom_score_adj -1000 (CAP_SYS_RESOURCE).
 """
 
 from __future__ import annotations
@@ -18,7 +32,16 @@ log = logging.getLogger("uzram.daemon")
 PR_SET_IO_FLUSHER = 57
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_TOP_PAD = -2
 M_ARENA_MAX = -8
+HEAP_CUSHION = 16 << 20
+"""Heap faulted in (and locked) at start under --swap: Python objects made
+while swap-outs are stored (zspages, handles) come from memory already there."""
+MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
+CAP_IPC_LOCK, CAP_SYS_RESOURCE = 14, 24
+
+STATE: dict[str, object] = {}
+"""The measures in force (filled by :func:`apply`)."""
 
 try:
     _libc: ctypes.CDLL | None = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -44,6 +67,85 @@ def set_io_flusher() -> bool:
     if _libc is None or _libc.prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) != 0:
         return False
     return True
+
+
+def capabilities() -> int:
+    """The effective capability set (CapEff of /proc/self/status)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def lock_memory() -> str:
+    """mlockall as described above; returns "" or why it is not in force.
+
+    MCL_FUTURE is taken only when the limit cannot make later mappings fail
+    (CAP_IPC_LOCK or an unlimited RLIMIT_MEMLOCK)."""
+    if _libc is None:
+        return "no libc"
+    if not capabilities() >> CAP_IPC_LOCK & 1:
+        try:
+            resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        except (OSError, ValueError):
+            return "needs CAP_IPC_LOCK or an unlimited RLIMIT_MEMLOCK (LimitMEMLOCK=infinity)"
+    if _libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0:
+        e = ctypes.get_errno()
+        _libc.munlockall()
+        return f"mlockall: {os.strerror(e)}"
+    return ""
+
+
+def cushion(size: int = HEAP_CUSHION) -> bool:
+    """Grow malloc's heap by ``size``, touch it, and free it without trimming:
+    later allocations reuse these (locked) pages instead of faulting. Python
+    allocates through malloc under --swap (``PYTHONMALLOC=malloc``, set by
+    ``uzram/daemon/__main__.py``): its own small-object allocator maps a new
+    1 MiB arena whenever its arenas are full and unmaps empty ones."""
+    if _libc is None:
+        return False
+    _libc.mallopt(M_TOP_PAD, 1 << 20)
+    _libc.malloc.restype = ctypes.c_void_p
+    p = _libc.malloc(ctypes.c_size_t(size))
+    if not p:
+        return False
+    ctypes.memset(p, 0, size)
+    _libc.free(ctypes.c_void_p(p))
+    return True
+
+
+def preload() -> None:
+    """Import and run once what the request path runs later (writes, reads,
+    discards with every compressor on a scratch device), so that its code
+    pages are resident, and then locked, before any pressure."""
+    import importlib
+    for name in ("uzram.zram.compressors", "uzram.zram.backing", "uzram.zram.postprocess",
+                 "uzram.daemon.jobs", "uzram.daemon.export", "uzram.nbd.proto", "lz4.block",
+                 "zstandard", "encodings.idna", "trio.to_thread"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    from ..zram import ZramDevice
+    from ..zram.compressors import KERNEL_ORDER
+    page = bytes(range(256)) * 8 + bytes(2048)
+    for alg in KERNEL_ORDER:
+        dev = ZramDevice("warmup")
+        try:
+            dev.store("comp_algorithm", alg)
+        except OSError:
+            continue
+        dev.store("disksize", "1M")
+        for i in range(16):
+            dev.write(i * 4096, page if i % 2 else bytes(4096), False)
+        dev.write(64 << 10, page * 4, False)
+        dev.read_chunks(0, 128 << 10)
+        dev.discard(0, 64 << 10)
+        dev.reset()
 
 
 def protect_from_oom() -> bool:
@@ -73,10 +175,26 @@ def raise_fd_limit() -> int:
     return soft
 
 
-def apply() -> None:
+def apply(lock: bool = True) -> dict[str, object]:
+    """Take every measure permitted; log and return which are in force."""
     nofile = raise_fd_limit()
     tune_malloc()
     flusher = set_io_flusher()
     oom = protect_from_oom()
-    event(log, logging.INFO, "hardening", io_flusher=flusher, oom_protected=oom,
-          uid=os.geteuid(), nofile=nofile)
+    heap = False
+    if lock:
+        preload()
+        why = lock_memory()
+        heap = cushion() if not why else False
+    else:
+        why = "not asked for (--swap)"
+    caps = capabilities()
+    STATE.clear()
+    STATE.update(locked=not why, heap_cushion=HEAP_CUSHION if heap else 0,
+                 pymalloc=os.environ.get("PYTHONMALLOC", "pymalloc"), io_flusher=flusher, oom_protected=oom,
+                 cap_ipc_lock=bool(caps >> CAP_IPC_LOCK & 1),
+                 cap_sys_resource=bool(caps >> CAP_SYS_RESOURCE & 1), uid=os.geteuid(), nofile=nofile)
+    if why:
+        STATE["not_locked"] = why
+    event(log, logging.WARNING if why and lock else logging.INFO, "hardening", **STATE)
+    return STATE

@@ -17,7 +17,7 @@ from .. import __version__
 from ..nbd import tls as tls_mod
 from ..nbd.server import NBDServer, ServerConfig
 from . import config as config_mod
-from . import control, hardening, marker, metrics, sockets, systemd
+from . import control, hardening, marker, metrics, reserve, sockets, systemd
 from .logs import event, setup
 from .registry import DeviceRegistry, parse_device_name
 from .service import Daemon
@@ -70,14 +70,15 @@ def attach_hint(listeners: list[str]) -> str:
     return "\n".join(lines)
 
 
-async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
+async def run(cfg: config_mod.Config, quiet: bool = False, reserve_setting: int = reserve.AUTO) -> int:
     registry = DeviceRegistry()
     configure_devices(registry, cfg.devices)
     tls = tls_settings(cfg)
     limits = cfg.limits
     nbd = NBDServer(metrics.MeteredRegistry(registry), ServerConfig(
         max_buffer_memory=limits.max_buffer_memory, idle_timeout=limits.idle_timeout,
-        max_connections=limits.max_connections or None, tls=tls))
+        max_connections=limits.max_connections or None, tls=tls,
+        prefault_ring=bool(hardening.STATE.get("locked"))))
     daemon = Daemon(registry, nbd)
 
     listen_socks: list[trio.socket.SocketType] = []
@@ -127,6 +128,9 @@ async def run(cfg: config_mod.Config, quiet: bool = False) -> int:
                 from . import fusefs
                 await nursery.start(fusefs.serve, daemon, str(cfg.fuse))
             nursery.start_soon(trim_heap_after_load, nbd)
+            if reserve_setting:
+                nursery.start_soon(reserve.keep_reserves, registry, reserve_setting,
+                                   bool(hardening.STATE.get("locked")))
             event(log, logging.INFO, "ready", listen=" ".join(names), control=str(cfg.control),
                   devices=" ".join(d.name for d in registry.devices()),
                   max_connections=nbd.max_connections, max_buffer_memory=limits.max_buffer_memory)
@@ -168,7 +172,9 @@ async def trim_heap_after_load(nbd: NBDServer, every: float = 2.0) -> None:
     has held much since the last trim and has stayed nearly empty for a
     whole interval, trim malloc's free memory (in a worker thread), so RSS
     returns to the baseline plus the pool.  Never under load: re-faulting
-    freed buffers would slow large reads down."""
+    freed buffers would slow large reads down; and not while the daemon's
+    memory is locked: heap memory kept is memory a swap-out under pressure
+    need not fault in again."""
     budget = nbd.budget
     high = 0
     while True:
@@ -176,6 +182,8 @@ async def trim_heap_after_load(nbd: NBDServer, every: float = 2.0) -> None:
         await trio.sleep(every)
         recent = budget.peak          # the highest level during this interval
         high = max(high, recent)
+        if hardening.STATE.get("locked"):
+            continue
         if high >= TRIM_AFTER and recent < TRIM_AFTER // 8:
             high = 0
             await trio.to_thread.run_sync(hardening.trim_heap)
@@ -189,6 +197,15 @@ def tls_settings(cfg: config_mod.Config) -> tls_mod.TLSSettings:
         return tls_mod.settings(cfg.tls, cfg.tls_certificates, cfg.tls_verify_peer)
     except tls_mod.TLSError as e:
         raise config_mod.ConfigError(str(e)) from None
+
+
+def parse_reserve(text: str) -> int:
+    if text.strip().lower() == "auto":
+        return reserve.AUTO
+    number, used = config_mod.memparse(text.strip())
+    if not text.strip() or used != len(text.strip()) or not 0 <= number <= 1 << 40:
+        raise config_mod.ConfigError(f"reserve: bad value {text[:40]!r}: auto, 0, or a size such as 16M")
+    return number
 
 
 def parser() -> argparse.ArgumentParser:
@@ -223,6 +240,13 @@ def parser() -> argparse.ArgumentParser:
                         help="close a connection stalled in the middle of a request (default 60)")
     limits.add_argument("--shutdown-timeout", metavar="SECONDS",
                         help="on SIGTERM, answer requests in flight for this long, then exit (default 10)")
+    mem = p.add_argument_group("swap under memory pressure")
+    mem.add_argument("--swap", action="store_true",
+                     help="serve swap on the same machine: lock the daemon's memory (CAP_IPC_LOCK), "
+                     "prefault receive buffers, keep a pool reserve, never trim the heap")
+    mem.add_argument("--reserve", metavar="SIZE",
+                     help="prefaulted pool memory kept per device for swap-outs under pressure "
+                     "(default with --swap: auto, 1/8 of disksize within 16M..256M; else 0)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the attach hint")
     p.add_argument("--version", action="version", version=f"uzramd from uzram {__version__}")
@@ -239,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.metrics = config_mod.parse_listen(args.metrics)
         config_mod.apply_tls(cfg, args.tls, args.tls_certificates, args.tls_verify_peer)
         tls_settings(cfg)  # certificate and policy errors before anything starts
+        reserve_setting = parse_reserve(args.reserve or ("auto" if args.swap else "0"))
     except config_mod.ConfigError as e:
         print(f"uzramd: {e}", file=sys.stderr)
         return 2
@@ -250,9 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     setup(level)
     for warning in cfg.warnings:
         event(log, logging.WARNING, warning)
-    hardening.apply()
+    hardening.apply(lock=args.swap)
     try:
-        return trio.run(run, cfg, args.quiet)
+        return trio.run(run, cfg, args.quiet, reserve_setting)
     except config_mod.ConfigError as e:
         print(f"uzramd: {e}", file=sys.stderr)
         return 2

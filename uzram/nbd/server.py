@@ -101,6 +101,10 @@ class ServerConfig:
     max_connections: int | None = None
     """Connections served at once; more are closed on accept.  None: sized
     from the descriptor limit (see :func:`default_max_connections`)."""
+    prefault_ring: bool = False
+    """Fault the receive ring in whole at connection start (and so lock it,
+    under mlockall): a swap server must not page-fault while the kernel
+    copies a swap-out's payload into it."""
     send_buffer: int | None = 2 << 20
     """SO_SNDBUF for connections (None: leave the default).  A larger send
     buffer lets big READ replies go out in fewer wakeups."""
@@ -496,6 +500,9 @@ class _Connection:
         size = cfg.ring_size
         # private anonymous memory: pages the traffic never reaches stay uncommitted
         ring = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if cfg.prefault_ring:   # by touch: MAP_POPULATE is ignored under mlockall(MCL_ONFAULT)
+            for i in range(0, size, 4096):
+                ring[i] = 0
         view = memoryview(ring)
         end = len(trailing)
         ring[:end] = trailing

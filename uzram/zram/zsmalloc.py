@@ -15,16 +15,30 @@ zspage instead.
 Handles are indices into a location table (``zspage id << 16 | object
 index``), so compaction can move objects without their owners noticing.
 
+Reserve (for a swap server under global memory pressure): with a ``feed``
+(:class:`uzram.zram.chunkfeed.ChunkFeed`) the pool keeps ``reserve_pages``
+pages of free frames resident: whole spare chunks prefaulted by the feed's
+thread, and freed frames kept instead of released. New zspages take resident
+frames first; with none left the pool waits up to ``FEED_WAIT`` for the
+feed, then fails the store with ENOMEM (as zram's zs_malloc fails) rather
+than fault in memory on the storing thread. When the daemon's memory is
+locked (``locked``), a frame is munlocked before ``MADV_DONTNEED`` (which
+refuses locked pages) and locked again (on fault) when reused.
+
 Not thread-safe: one owner thread (see DESIGN.md, invariant 1).
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import mmap
+import os
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .chunkfeed import ChunkFeed
 from .sizeclass import (
     CHAIN_SIZE_DEFAULT,
     class_index,
@@ -46,13 +60,60 @@ _ISOLATED = -1
 _MAP_FLAGS = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
 
 
-class _Chunk:
-    __slots__ = ("mm", "mv", "q")
+_MADV_POPULATE_WRITE = 23
+_MLOCK_ONFAULT = 1
+FEED_WAIT = 0.2
+"""Seconds a store waits for the feed's next chunk before failing with ENOMEM."""
 
-    def __init__(self) -> None:
+try:
+    _libc: ctypes.CDLL | None = ctypes.CDLL("libc.so.6", use_errno=True)
+except OSError:
+    _libc = None
+
+
+class _Chunk:
+    __slots__ = ("mm", "mv", "q", "_addr")
+
+    def __init__(self, populate: bool = False) -> None:
         self.mm = mmap.mmap(-1, CHUNK_BYTES, flags=_MAP_FLAGS)
+        self._addr = 0
+        if populate:
+            populate_mapping(self.mm, self.addr())
         self.mv = memoryview(self.mm)
         self.q = self.mv.cast("Q")
+
+    def addr(self) -> int:
+        if not self._addr:
+            self._addr = ctypes.addressof(ctypes.c_char.from_buffer(self.mm))
+        return self._addr
+
+    def unlock(self, base: int, length: int) -> None:
+        if _libc is not None:
+            _libc.munlock(ctypes.c_void_p(self.addr() + base), ctypes.c_size_t(length))
+
+    def relock(self, base: int, length: int) -> None:
+        if _libc is not None:
+            _libc.mlock2(ctypes.c_void_p(self.addr() + base), ctypes.c_size_t(length), _MLOCK_ONFAULT)
+
+
+def populate_mapping(mm: mmap.mmap, addr: int = 0, fresh: bool = True) -> None:
+    """Fault a mapping in, with the GIL released: a thread faulting in
+    memory under pressure must not stop the others. Not MAP_POPULATE, which
+    mlockall(MCL_ONFAULT) turns off, nor mmap.madvise, which holds the GIL.
+    Before Linux 5.14 (no MADV_POPULATE_WRITE) only a ``fresh`` (all zero)
+    mapping is faulted in, by zeroing it."""
+    if _libc is None:
+        return
+    if not addr:
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(mm))
+    if _libc.madvise(ctypes.c_void_p(addr), ctypes.c_size_t(len(mm)), _MADV_POPULATE_WRITE) != 0 and fresh:
+        ctypes.memset(addr, 0, len(mm))   # memset releases the GIL too
+
+
+def prefaulted_chunk() -> _Chunk:
+    """A chunk whose pages are all resident (and locked, under mlockall):
+    made outside the pool's thread, for :meth:`ZsPool.add_spare`."""
+    return _Chunk(populate=True)
 
 
 class SizeClass:
@@ -136,8 +197,16 @@ class ZsPool:
         self._hfree = 0
         self._zspages: list[ZsPage | None] = []
         self._free_zids: list[int] = []
-        self._frames: dict[int, list[tuple[_Chunk, int]]] = {}
+        self._frames: dict[int, list[tuple[_Chunk, int]]] = {}   # not resident
+        self._warm: dict[int, list[tuple[_Chunk, int]]] = {}     # resident, kept as reserve
+        self._spare: list[_Chunk] = []
         self._chunks: list[_Chunk] = []
+        self.reserve_pages = 0
+        self.reserve_free = 0      # pages in warm frames and spare chunks
+        self.reserve_misses = 0    # stores refused (ENOMEM): no resident frame in time
+        self.feed: ChunkFeed[_Chunk] | None = None
+        self._requested = 0        # chunks asked of the feed, not received yet
+        self.locked = False
         self.pages_allocated = 0
         self.pages_compacted = 0
         self.objects = 0
@@ -161,15 +230,100 @@ class ZsPool:
 
     # -- zspages -------------------------------------------------------------
 
+    # -- reserve -------------------------------------------------------------
+
+    def reserve_short(self) -> bool:
+        """Whether the reserve wants another spare chunk."""
+        return self.reserve_free < self.reserve_pages
+
+    def add_spare(self, chunk: _Chunk) -> None:
+        self._spare.append(chunk)
+        self._chunks.append(chunk)
+        self.reserve_free += CHUNK_PAGES
+
+    def set_feed(self, feed: ChunkFeed[_Chunk] | None, reserve_pages: int) -> None:
+        """Keep ``reserve_pages`` resident, refilled by ``feed`` (None: stop)."""
+        if self.feed is not None:
+            self.feed.close()
+        self.feed = feed
+        self.reserve_pages = reserve_pages
+        self._requested = 0
+        self._ask_feed()
+
+    def _ask_feed(self) -> None:
+        feed = self.feed
+        if feed is None:
+            return
+        while (chunk := feed.poll()) is not None:
+            self._requested -= 1
+            self.add_spare(chunk)
+        missing = -(-(self.reserve_pages - self.reserve_free) // CHUNK_PAGES) - self._requested
+        if missing > 0:
+            self._requested += missing
+            feed.request(missing)
+
+    def _carve(self, chunk: _Chunk, ppz: int) -> list[tuple[_Chunk, int]]:
+        step = ppz * PAGE_SIZE
+        return [(chunk, base) for base in range((CHUNK_PAGES // ppz - 1) * step, -1, -step)]
+
+    def _take_frame(self, ppz: int) -> tuple[_Chunk, int]:
+        """A frame of ``ppz`` pages: resident ones first (the reserve), then
+        released ones, then a new chunk; under pressure, ENOMEM instead."""
+        warm = self._warm.get(ppz)
+        if warm:
+            self.reserve_free -= ppz
+            if self.feed is not None and self.reserve_free < self.reserve_pages:
+                self._ask_feed()
+            return warm.pop()
+        feed = self.feed
+        if feed is not None:
+            self._ask_feed()
+            if not self._spare:
+                # faulting memory in here could wait on the very swap-out this
+                # store is part of: wait a little for the feed, else ENOMEM
+                chunk = feed.take(FEED_WAIT)
+                if chunk is None:
+                    self.reserve_misses += 1
+                    raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM) + " (pool reserve exhausted)")
+                self._requested -= 1
+                self.add_spare(chunk)
+        if self._spare:
+            chunk = self._spare.pop()
+            frames = self._carve(chunk, ppz)
+            self.reserve_free -= CHUNK_PAGES - (len(frames) - 1) * ppz
+            frame = frames.pop()
+            self._warm.setdefault(ppz, []).extend(frames)
+            if feed is not None:
+                self._ask_feed()
+            return frame
+        frames = self._frames.get(ppz)
+        if frames:
+            chunk, base = frames.pop()
+            if self.locked:
+                chunk.relock(base, ppz * PAGE_SIZE)
+            return chunk, base
+        chunk = _Chunk()
+        self._chunks.append(chunk)
+        frames = self._frames[ppz] = self._carve(chunk, ppz)
+        return frames.pop()
+
+    def _release_frame(self, chunk: _Chunk, base: int, ppz: int) -> None:
+        """Keep a freed frame resident while the reserve wants it, else give
+        its pages back."""
+        if self.reserve_free + ppz <= self.reserve_pages:
+            self._warm.setdefault(ppz, []).append((chunk, base))
+            self.reserve_free += ppz
+            return
+        length = ppz * PAGE_SIZE
+        if self.locked:
+            chunk.unlock(base, length)
+        chunk.mm.madvise(mmap.MADV_DONTNEED, base, length)
+        self._frames.setdefault(ppz, []).append((chunk, base))
+
+    # -- zspages -------------------------------------------------------------
+
     def _new_zspage(self, cls: SizeClass) -> ZsPage:
-        frames = self._frames.get(cls.ppz)
-        if not frames:
-            chunk = _Chunk()
-            self._chunks.append(chunk)
-            step = cls.ppz * PAGE_SIZE
-            frames = [(chunk, base) for base in range((CHUNK_PAGES // cls.ppz - 1) * step, -1, -step)]
-            self._frames[cls.ppz] = frames
-        chunk, base = frames.pop()
+        chunk, base = self._take_frame(cls.ppz)
         if self._free_zids:
             zid = self._free_zids.pop()
         else:
@@ -188,9 +342,7 @@ class ZsPool:
         self._unlink(zs)
         cls.obj_allocated -= cls.opz
         self.pages_allocated -= cls.ppz
-        length = cls.ppz * PAGE_SIZE
-        zs.chunk.mm.madvise(mmap.MADV_DONTNEED, zs.base, length)
-        self._frames[cls.ppz].append((zs.chunk, zs.base))
+        self._release_frame(zs.chunk, zs.base, cls.ppz)
         self._zspages[zs.zid] = None
         self._free_zids.append(zs.zid)
 
