@@ -17,7 +17,7 @@ from .. import __version__
 from ..nbd import tls as tls_mod
 from ..nbd.server import NBDServer, ServerConfig
 from . import config as config_mod
-from . import control, hardening, marker, metrics, reserve, sockets, systemd
+from . import control, gcpolicy, hardening, marker, metrics, reserve, sockets, systemd
 from .logs import event, setup
 from .registry import DeviceRegistry, parse_device_name
 from .service import Daemon
@@ -75,7 +75,8 @@ async def run(cfg: config_mod.Config, quiet: bool = False, reserve_setting: int 
     configure_devices(registry, cfg.devices)
     tls = tls_settings(cfg)
     limits = cfg.limits
-    nbd = NBDServer(metrics.MeteredRegistry(registry), ServerConfig(
+    metered = metrics.MeteredRegistry(registry)
+    nbd = NBDServer(metered, ServerConfig(
         max_buffer_memory=limits.max_buffer_memory, idle_timeout=limits.idle_timeout,
         max_connections=limits.max_connections or None, tls=tls,
         prefault_ring=bool(hardening.STATE.get("locked"))))
@@ -128,6 +129,8 @@ async def run(cfg: config_mod.Config, quiet: bool = False, reserve_setting: int 
                 from . import fusefs
                 await nursery.start(fusefs.serve, daemon, str(cfg.fuse))
             nursery.start_soon(trim_heap_after_load, nbd)
+            gcpolicy.take_over()
+            nursery.start_soon(gcpolicy.collect_when_quiet, lambda: activity(metered, nbd, daemon))
             if reserve_setting:
                 nursery.start_soon(reserve.keep_reserves, registry, reserve_setting,
                                    bool(hardening.STATE.get("locked")))
@@ -165,6 +168,12 @@ async def run(cfg: config_mod.Config, quiet: bool = False, reserve_setting: int 
                 pass
     event(log, logging.INFO, "stopped")
     return 0
+
+
+def activity(metered: metrics.MeteredRegistry, nbd: NBDServer, daemon: Daemon) -> int:
+    """A number that changes whenever a client is being served or a job runs."""
+    answered = sum(op.count for stats in metered.stats.values() for op in stats.ops.values())
+    return answered + nbd.budget.used + nbd.connection_count + daemon.jobs_running()
 
 
 async def trim_heap_after_load(nbd: NBDServer, every: float = 2.0) -> None:

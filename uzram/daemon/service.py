@@ -79,6 +79,9 @@ class Daemon:
         for w in self._work.values():
             w.request_stop()
 
+    def jobs_running(self) -> int:
+        return sum(w.busy for w in self._work.values())
+
     async def wait_work(self) -> None:
         for w in list(self._work.values()):
             await w.wait_idle()
