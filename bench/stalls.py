@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -86,7 +87,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="uzram-stalls-"))
     disk = Path(tempfile.mkdtemp(prefix="uzram-stalls-", dir=args.dir))
     backing = disk / "backing.img"
-    with open(backing, "wb") as f:
+    with open(os.open(backing, os.O_CREAT | os.O_WRONLY, 0o600), "wb") as f:   # private, as required
         f.truncate(size)
     sock, ctl = work / "uz.sock", work / "uz.ctl"
     dev0 = f"zram0:backing_dev={backing},recomp_algorithm=algo=zstd,disksize={size}"
