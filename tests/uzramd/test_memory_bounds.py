@@ -157,3 +157,22 @@ def test_a_client_stalled_mid_request_is_closed(tmp_path: Path) -> None:
             c.sock.close()
         with NBDClient(d.nbd_sock, "zram0") as other:
             assert other.pread(0, PAGE) == bytes(PAGE)
+
+
+def test_a_client_that_reads_no_replies_is_closed(tmp_path: Path) -> None:
+    """Replies nobody reads for --idle-timeout: the connection is closed (its
+    share of the budget comes back) instead of waiting for ever."""
+    with uzramd(tmp_path, "--idle-timeout", "1", devices=("zram0:disksize=64M",)) as d:
+        c = NBDClient(d.nbd_sock, "zram0")
+        try:
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            c.sock.sendall(b"".join(header(CMD_READ, k, 0, MiB) for k in range(64)))
+            time.sleep(4)                    # read nothing for longer than the timeout
+            c.sock.settimeout(30)
+            got = 0
+            while chunk := c.sock.recv(1 << 20):
+                got += len(chunk)
+            assert got < 64 * MiB            # EOF before all the replies: closed
+        finally:
+            c.sock.close()
+        another_client_is_served(d, 0)

@@ -15,6 +15,7 @@ start it when certificates are configured (see :meth:`TLSSettings.mode_for`).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import ssl
@@ -150,6 +151,8 @@ class TLSStream:
         self._out = ssl.MemoryBIO()
         self.ssl = context.wrap_bio(self._in, self._out, server_side=True)
         self._eof = False
+        self.send_timeout = math.inf
+        """Seconds a send may wait for room before trio.TooSlowError."""
 
     async def _flush(self) -> None:
         """Send the ciphertext the SSLObject produced."""
@@ -162,7 +165,8 @@ class TLSStream:
             try:
                 n = sock.send(view, _MSG_NOSIGNAL)
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(self.fd)
+                with trio.fail_after(self.send_timeout):
+                    await trio.lowlevel.wait_writable(self.fd)
                 continue
             view = view[n:]
 
