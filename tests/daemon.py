@@ -12,7 +12,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from uzram.control import decode, encode, raise_for
+from uzram.control import encode, read_reply, reply_errno
+
+
+def raise_for(reply: dict) -> dict:
+    """Return a successful reply, or raise its error as OSError."""
+    if reply.get("ok"):
+        return reply
+    code = reply_errno(reply)
+    raise OSError(code, reply.get("message") or os.strerror(code))
 
 
 class Uzramd:
@@ -30,11 +38,7 @@ class Uzramd:
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(str(self.control_sock))
             s.sendall(encode(req))
-            f = s.makefile("rb")
-            while True:
-                reply = decode(f.readline())
-                if "progress" not in reply:
-                    return reply
+            return read_reply(s.makefile("rb"), limit=-1)
 
     def show(self, device: str, attr: str) -> str:
         return raise_for(self.request(cmd="show", device=device, attr=attr))["value"]

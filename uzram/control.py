@@ -35,11 +35,30 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 MAX_LINE = 1 << 20  # requests and replies are small; anything longer is refused
+
+Progress = Callable[[int, int, str], None]
+"""Receives ``(done, total, what)`` of each progress line before a reply."""
+
+# Exact names only: ASCII digits, no leading zeros, no surrounding space or
+# newline, at most 9 digits (int() of a huge digit string would raise).
+_DEVICE_NAME = re.compile(r"(/dev/)?zram(0|[1-9][0-9]{0,8})", re.ASCII)
+
+
+def device_id(name: str, *, dev_prefix: bool = True) -> int | None:
+    """The id of a device name: ``zram3`` -> 3, and ``/dev/zram3`` -> 3 too
+    unless ``dev_prefix`` is false (NBD export names are exactly ``zramN``).
+    Anything else (``zram03``, ``zram3\\n``, non-ASCII digits) is None."""
+    m = _DEVICE_NAME.fullmatch(name)
+    if m is None or (m.group(1) and not dev_prefix):
+        return None
+    return int(m.group(2))
 
 
 def runtime_dir() -> Path:
@@ -113,9 +132,33 @@ def error_reply(e: OSError) -> dict[str, Any]:
             "message": e.strerror or os.strerror(code)}
 
 
-def raise_for(reply: dict[str, Any]) -> dict[str, Any]:
-    """Return a successful reply, or raise its error as OSError."""
-    if reply.get("ok"):
-        return reply
-    code = int(reply.get("errno", errno.EIO))
-    raise OSError(code, reply.get("message") or os.strerror(code))
+def reply_errno(reply: dict[str, Any]) -> int:
+    """The errno of a failed reply (EIO if it carries none that is valid)."""
+    code = reply.get("errno")
+    return code if isinstance(code, int) and code > 0 else errno.EIO
+
+
+class ProtocolError(Exception):
+    """The daemon hung up or sent something that is not the control protocol."""
+
+
+def read_reply(f: BinaryIO, progress: Progress | None = None, limit: int = MAX_LINE) -> dict[str, Any]:
+    """Read lines up to a request's final reply and return it, successful or
+    not; the progress lines before it go to ``progress``. Lines longer than
+    ``limit`` bytes (-1: no limit) are refused. Raises ProtocolError if the
+    daemon hung up or sent something else."""
+    while True:
+        line = f.readline(limit + 1 if limit >= 0 else -1)
+        if not line:
+            raise ProtocolError("uzramd closed the connection")
+        if not line.endswith(b"\n"):
+            raise ProtocolError("reply line too long or truncated")
+        try:
+            reply = decode(line)
+        except ValueError as e:
+            raise ProtocolError(f"bad reply from uzramd: {e}") from None
+        if "progress" not in reply:
+            return reply
+        p = reply["progress"]
+        if progress is not None and isinstance(p, dict):
+            progress(int(p.get("done", 0)), int(p.get("total", 0)), str(p.get("what", "")))

@@ -5,8 +5,8 @@ import io
 
 import pytest
 
-from uzram.control import encode
-from uzram.ctl.client import ControlError, ProtocolError, read_reply
+from uzram.control import ProtocolError, encode
+from uzram.ctl.client import ControlError, read_result as read_reply
 from uzram.ctl.progress import ProgressBar, bar_line
 
 

@@ -1,7 +1,8 @@
 """Print uzram attributes from inside the guest (mode B), one console line each.
 
 Run by the guest's /init with the host's venv Python, chrooted into the
-read-only 9p view of the host:
+read-only 9p view of the host, with the repository on PYTHONPATH (it needs
+only the standard library, ``uzram/control.py`` and ``tests/daemon.py``):
 ``python guest_query.py CONTROL_SOCK DEVICE LABEL ATTR...``. Prints
 ``UZRAM-SERVER: LABEL ATTR v1 v2 ...`` per attribute; exit status 1 if the
 daemon cannot be asked.
@@ -13,16 +14,14 @@ import io
 import socket
 import sys
 
-from uzram.control import decode, encode, raise_for
+from tests.daemon import raise_for
+from uzram.control import ProtocolError, encode, read_reply
 
 
 def show(sock: socket.socket, reader: io.BufferedReader, device: str, attr: str) -> str:
     """One ``show`` request; progress lines are skipped."""
     sock.sendall(encode({"cmd": "show", "device": device, "attr": attr}))
-    while True:
-        reply = decode(reader.readline())
-        if "progress" not in reply:
-            return str(raise_for(reply)["value"])
+    return str(raise_for(read_reply(reader))["value"])
 
 
 def main(argv: list[str]) -> int:
@@ -37,7 +36,7 @@ def main(argv: list[str]) -> int:
             reader = s.makefile("rb")
             for attr in attrs:
                 print(f"UZRAM-SERVER: {label} {attr} {' '.join(show(s, reader, device, attr).split())}")
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, ProtocolError) as e:
         print(f"UZRAM-SERVER: {label} error {e}")
         return 1
     return 0

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from uzram.control import decode, encode
+from uzram.control import encode, read_reply
 
 from ..daemon import uzramd
 from ..faultyfs import faulty_file
@@ -36,13 +36,10 @@ def store_with_progress(d, device, attr, value):
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(str(d.control_sock))
         s.sendall(encode({"cmd": "store", "device": device, "attr": attr, "value": value, "progress": True}))
-        f = s.makefile("rb")
         seen = []
-        while True:
-            reply = decode(f.readline())
-            if "progress" not in reply:
-                return reply, seen
-            seen.append(reply["progress"])
+        reply = read_reply(s.makefile("rb"),
+                           lambda done, total, what: seen.append({"done": done, "total": total, "what": what}))
+        return reply, seen
 
 
 def fill(client, n, seed=1, first=0):

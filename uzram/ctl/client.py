@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..control import MAX_LINE, decode, encode
-
-Progress = Callable[[int, int, str], None]
+from ..control import Progress, ProtocolError, encode, read_reply, reply_errno
 
 
 class DaemonNotRunning(Exception):
@@ -36,33 +32,13 @@ class ControlError(OSError):
         self.detail = detail
 
 
-class ProtocolError(Exception):
-    """The daemon hung up or sent something that is not the control protocol."""
-
-
-def read_reply(f: BinaryIO, progress: Progress | None = None) -> dict[str, Any]:
-    """Read lines up to the final reply, passing progress lines to ``progress``.
-    Returns the reply if ``ok``, else raises ControlError."""
-    while True:
-        line = f.readline(MAX_LINE + 1)
-        if not line:
-            raise ProtocolError("uzramd closed the connection")
-        if not line.endswith(b"\n"):
-            raise ProtocolError("reply line too long or truncated")
-        try:
-            reply = decode(line)
-        except ValueError as e:
-            raise ProtocolError(f"bad reply from uzramd: {e}") from None
-        if "progress" in reply:
-            p = reply["progress"]
-            if progress is not None and isinstance(p, dict):
-                progress(int(p.get("done", 0)), int(p.get("total", 0)), str(p.get("what", "")))
-            continue
-        if reply.get("ok"):
-            return reply
-        code = reply.get("errno")
-        code = code if isinstance(code, int) and code > 0 else errno.EIO
-        raise ControlError(code, str(reply.get("message", "")))
+def read_result(f: BinaryIO, progress: Progress | None = None) -> dict[str, Any]:
+    """Read up to the final reply (``uzram.control.read_reply``); returns it
+    if ``ok``, else raises ControlError."""
+    reply = read_reply(f, progress)
+    if reply.get("ok"):
+        return reply
+    raise ControlError(reply_errno(reply), str(reply.get("message", "")))
 
 
 class Client:
@@ -99,7 +75,7 @@ class Client:
             self._sock.sendall(encode({"cmd": cmd, **fields}))
         except (BrokenPipeError, ConnectionResetError) as e:
             raise ProtocolError(f"uzramd closed the connection: {e.strerror}") from None
-        return read_reply(self._file, on_progress)
+        return read_result(self._file, on_progress)
 
     # -- the commands -------------------------------------------------------------
 

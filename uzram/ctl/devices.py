@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
+from ..control import device_id
 from .sizes import human_size
-
-_NAME = re.compile(r"^(?:/dev/)?zram(\d+)$")
 
 # mm_stat field index for each size column (zramctl's MM_* order)
 _MM_FIELD = {"DATA": 0, "COMPR": 1, "TOTAL": 2, "MEM-LIMIT": 3, "MEM-USED": 4, "MIGRATED": 6}
 _MM_ZERO_PAGES = 5
 _MM_MIN_FIELDS = 7   # zramctl ignores an mm_stat with fewer fields
-
-
-def device_id(text: str) -> int | None:
-    """``zramN`` or ``/dev/zramN`` -> N; None for anything else."""
-    m = _NAME.match(text)
-    return int(m.group(1)) if m else None
 
 
 def dev_path(text: str) -> str:

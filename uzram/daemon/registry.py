@@ -4,33 +4,26 @@ and the NBD export registry over them."""
 from __future__ import annotations
 
 import errno
-import re
 
+from ..control import device_id
 from ..zram import ZramDevice
+from ..zram.kparse import kstrtoint
 from .export import ZramExport
-
-# Exact names only: ASCII digits, no leading zeros, no surrounding space or
-# newline, at most 9 digits (int() of a huge digit string would raise).
-_EXPORT_NAME = re.compile(r"zram(0|[1-9][0-9]{0,8})", re.ASCII)
-_DEVICE_NAME = re.compile(r"(?:/dev/)?zram(0|[1-9][0-9]{0,8})", re.ASCII)
 
 
 def parse_device_name(name: str) -> int:
     """``zram3`` or ``/dev/zram3`` (as uzramctl and zramctl name devices) -> 3;
     anything else, ``zram03`` or ``zram3\\n`` included, is ENODEV."""
-    m = _DEVICE_NAME.fullmatch(name)
-    if not m:
+    dev_id = device_id(name)
+    if dev_id is None:
         raise OSError(errno.ENODEV, f"no such device {name[:64]!r} (expected zramN)")
-    return int(m.group(1))
+    return dev_id
 
 
 def parse_export_name(name: str) -> int | None:
     """An NBD export name's device id: exactly ``zramN``; the empty name is
     zram0; anything else (``/dev/zram1``, ``zram0\\n``) is None."""
-    if name == "":
-        return 0
-    m = _EXPORT_NAME.fullmatch(name)
-    return int(m.group(1)) if m else None
+    return 0 if name == "" else device_id(name, dev_prefix=False)
 
 
 class DeviceRegistry:
@@ -65,7 +58,6 @@ class DeviceRegistry:
 
     def hot_remove(self, value: str) -> None:
         """Writing zram-control/hot_remove: reset and delete the device."""
-        from ..zram.kparse import kstrtoint
         dev_id = kstrtoint(value)
         if dev_id < 0:
             raise OSError(errno.EINVAL, "device id must not be negative")
