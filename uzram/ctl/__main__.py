@@ -9,12 +9,13 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 from .. import __version__
-from ..control import default_control_path, runtime_dir
-from .client import Client, ControlError, DaemonNotRunning, ProtocolError
+from ..control import ProtocolError, default_control_path, runtime_dir
+from .client import Client, ControlError, DaemonNotRunning
 from .devices import DeviceView, dev_path, device_id
 from .histogram import render as render_histogram
 from .progress import ProgressBar
@@ -22,17 +23,6 @@ from .sizes import SizeError, parse_size
 from .table import COLUMNS, DEFAULT_COLUMNS, UnknownColumn, parse_columns, render
 
 PROG = "uzramctl"
-
-# uzramctl's actions beyond zramctl's (status, find, set-up, reset)
-_EXTRA = ("attr", "writeback", "idle", "compact", "recompress", "hot_add", "hot_remove", "debug", "metrics")
-# zramctl's groups of options that cannot be combined, plus: each extra action
-# excludes every other action and --output
-_EXCLUSIVE = (
-    ("find", "output", "reset"),
-    ("output", "reset", "size"),
-    ("output", "find") + _EXTRA,
-    ("reset", "size") + _EXTRA,
-)
 
 
 def _opt(dest: str) -> str:
@@ -85,16 +75,10 @@ def _streams(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     cols = "\n".join(f" {c.name:>11}  {c.help}" for c in COLUMNS.values())
+    usage = [u for act in ACTIONS.values() if (u := act.usage)]
     p = argparse.ArgumentParser(
         prog=PROG,
-        usage=(f"{PROG} [options] [<device>]\n"
-               f"       {PROG} -r <device>...\n"
-               f"       {PROG} [options] -f | <device> -s <size>\n"
-               f"       {PROG} --attr <name>[=<value>] <device>\n"
-               f"       {PROG} --idle <age>|all | --compact | --writeback <mode> | --recompress <args> <device>\n"
-               f"       {PROG} --debug block_state|classes|histogram <device>\n"
-               f"       {PROG} --hot-add | --hot-remove <id>\n"
-               f"       {PROG} --metrics"),
+        usage=f"{PROG} " + f"\n       {PROG} ".join(usage),
         description="Set up and control uzram devices (zram emulated in userspace by uzramd).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(" <size> is a number with an optional suffix: K, M, G, T, P, E (KiB, MiB, ... = 1024^n)\n"
@@ -106,43 +90,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(order=None)
     a = p.add_argument
+
+    def action(name: str) -> None:
+        act = ACTIONS[name]
+        assert act.option is not None
+        flags, kwargs = act.option
+        a(*flags, dest=act.dest, action=_Ordered, **kwargs)
+
+    # zramctl's options, in zramctl's order
     a("--control", metavar="PATH", type=Path, help="uzramd's control socket")
     a("-a", "--algorithm", metavar="<alg>", action=_Ordered, help="compression algorithm to use")
     a("-b", "--bytes", action=_Ordered, flag=True,
       help="print sizes in bytes, not in human-readable form")
-    a("-f", "--find", action=_Ordered, flag=True, help="find a free device")
+    action("find")
     a("-n", "--noheadings", action=_Ordered, flag=True, help="don't print headings")
     a("-o", "--output", metavar="<list>", action=_Ordered, help="columns to use for status output")
     a("--output-all", action=_Ordered, flag=True, help="output all columns")
     a("-p", "--algorithm-params", metavar="<parameter>", action=_Ordered,
       help="parameters for the compression algorithm")
-    a("-r", "--reset", action=_Ordered, flag=True, help="reset the specified zram devices")
+    action("reset")
     a("--raw", action=_Ordered, flag=True, help="use raw status output format")
-    a("-s", "--size", metavar="<size>", type=_size, action=_Ordered, help="device size")
+    action("create")
     a("-t", "--streams", metavar="<number>", type=_streams, action=_Ordered,
       help="number of compression streams (ignored: gone since Linux 6.15)")
-    a("--attr", metavar="<name>[=<value>]", action=_Ordered,
-      help="read or write any attribute of <device> (sysfs format)")
-    a("--writeback", metavar="<mode>", action=_Ordered,
-      help="write pages back to the backing device (huge, idle, huge_idle, incompressible, ...)")
-    a("--idle", metavar="<age>|all", action=_Ordered,
-      help="mark pages idle: all, or those not accessed for <age> seconds")
-    a("--compact", action=_Ordered, flag=True, help="compact the memory pool of <device>")
-    a("--recompress", metavar="<args>", action=_Ordered,
-      help="recompress pages with a secondary algorithm (e.g. 'type=huge')")
-    a("--debug", metavar="<name>", action=_Ordered,
-      help="print a debugfs file of <device>: block_state (zram) or classes (zsmalloc); "
-           "histogram: the classes in use as text bars")
-    a("--hot-add", action=_Ordered, flag=True, help="add a new device and print its name")
-    a("--hot-remove", metavar="<id>", action=_Ordered, help="remove a device (N, zramN or /dev/zramN)")
-    a("--metrics", action=_Ordered, flag=True,
-      help="print every device's statistics and the NBD request metrics in Prometheus' text format")
+    # uzramctl's own actions
+    for act in ACTIONS.values():
+        if act.extra:
+            action(act.name)
     a("-V", "--version", action="version", version=f"{PROG} from uzram {__version__}")
     a("devices", nargs="*", metavar="<device>", help=argparse.SUPPRESS)
     return p
 
 
-def _check_usage(p: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+def _check_usage(p: argparse.ArgumentParser, args: argparse.Namespace) -> Action:
     """zramctl's rules for combining options; returns the action to run."""
     given = [d for d in (args.order or []) if getattr(args, d) not in (None, False)]
     status = [""] * len(_EXCLUSIVE)
@@ -156,25 +136,17 @@ def _check_usage(p: argparse.ArgumentParser, args: argparse.Namespace) -> str:
                 p.error(f"options {_opt(status[i])} and {_opt(opt)} cannot be combined")
     if args.find and args.devices:
         p.error("option --find is mutually exclusive with <device>")
-    if args.reset:
-        act = "reset"
-    elif args.size is not None:
-        act = "create"
-    elif args.find:
-        act = "find"
-    else:
-        act = next((x for x in _EXTRA if getattr(args, x) not in (None, False)), "status")
-    if act != "reset" and len(args.devices) > 1:
+    act = next((a for a in ACTIONS.values() if a.option and getattr(args, a.dest) is not None
+                and getattr(args, a.dest) is not False), ACTIONS["status"])  # -s 0 is given
+    if act.devices != "many" and len(args.devices) > 1:
         p.error("only one <device> at a time is allowed")
-    if act != "create" and (args.algorithm is not None or args.algorithm_params is not None
-                            or args.streams):
+    if act.name != "create" and (args.algorithm is not None or args.algorithm_params is not None
+                                 or args.streams):
         p.error("options --algorithm, --algorithm-params, and --streams must be combined with --size")
-    needs_device = act in ("reset", "attr", "writeback", "idle", "compact", "recompress", "debug") or (
-        act == "create" and not args.find)
-    if needs_device and not args.devices:
+    if act.devices in ("one", "many") and not args.find and not args.devices:
         p.error("no device specified")
-    if act in ("hot_add", "hot_remove", "metrics") and args.devices:
-        p.error(f"{_opt(act)} does not take a <device>")
+    if act.devices == "none" and args.devices:
+        p.error(f"{_opt(act.dest)} does not take a <device>")
     return act
 
 
@@ -369,37 +341,95 @@ def do_hot_remove(client: Client, args: argparse.Namespace) -> None:
         raise Failure(f"zram{n}: hot_remove: {e.strerror}") from None
 
 
-def run(client: Client, act: str, args: argparse.Namespace) -> int:
-    if act == "status":
-        do_status(client, args)
-    elif act == "find":
-        do_find(client, args)
-    elif act == "create":
-        do_create(client, args)
-    elif act == "reset":
-        return do_reset(client, args)
-    elif act == "attr":
-        do_attr(client, args)
-    elif act == "writeback":
-        _attr_store(client, args.devices[0], "writeback", args.writeback, progress=True)
-    elif act == "idle":
-        _attr_store(client, args.devices[0], "idle", args.idle)
-    elif act == "compact":
-        _attr_store(client, args.devices[0], "compact", "1")
-    elif act == "recompress":
-        _attr_store(client, args.devices[0], "recompress", args.recompress)
-    elif act == "hot_add":
-        do_hot_add(client, args)
-    elif act == "hot_remove":
-        do_hot_remove(client, args)
-    elif act == "debug":
-        do_debug(client, args)
-    elif act == "metrics":
-        try:
-            sys.stdout.write(str(client.request("metrics")["value"]))
-        except ControlError as e:
-            raise Failure(f"metrics: {e.strerror} ({e.detail})") from None
-    return 0
+def do_writeback(client: Client, args: argparse.Namespace) -> None:
+    _attr_store(client, args.devices[0], "writeback", args.writeback, progress=True)
+
+
+def do_idle(client: Client, args: argparse.Namespace) -> None:
+    _attr_store(client, args.devices[0], "idle", args.idle)
+
+
+def do_compact(client: Client, args: argparse.Namespace) -> None:
+    _attr_store(client, args.devices[0], "compact", "1")
+
+
+def do_recompress(client: Client, args: argparse.Namespace) -> None:
+    _attr_store(client, args.devices[0], "recompress", args.recompress)
+
+
+def do_metrics(client: Client, args: argparse.Namespace) -> None:
+    try:
+        sys.stdout.write(str(client.request("metrics")["value"]))
+    except ControlError as e:
+        raise Failure(f"metrics: {e.strerror} ({e.detail})") from None
+
+
+@dataclass(frozen=True)
+class Action:
+    """One thing uzramctl does: how it is asked for, what it runs."""
+
+    name: str
+    run: Callable[[Client, argparse.Namespace], int | None]
+    devices: str     # <device> arguments: "optional" (at most one), "one", "many" or "none"
+    usage: str = ""  # its line in the usage synopsis (one line may show several actions)
+    option: tuple[tuple[str, ...], dict[str, Any]] | None = None  # argparse's flags and keywords
+    extra: bool = True   # beyond zramctl's actions (status, find, set-up, reset)
+
+    @property
+    def dest(self) -> str:
+        return "size" if self.name == "create" else self.name
+
+
+def _flag(*flags: str, help: str) -> tuple[tuple[str, ...], dict[str, Any]]:
+    return flags, {"flag": True, "help": help}
+
+
+def _arg(*flags: str, metavar: str, help: str, **kw: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+    return flags, {"metavar": metavar, "help": help, **kw}
+
+
+# Every action, in the order they take precedence when several are given
+# (zramctl's -r over -s over -f; uzramctl's own exclude each other).
+ACTIONS: dict[str, Action] = {a.name: a for a in (
+    Action("status", do_status, "optional", "[options] [<device>]", extra=False),
+    Action("reset", do_reset, "many", "-r <device>...",
+           _flag("-r", "--reset", help="reset the specified zram devices"), extra=False),
+    Action("create", do_create, "one", "[options] -f | <device> -s <size>",
+           _arg("-s", "--size", metavar="<size>", type=_size, help="device size"), extra=False),
+    Action("find", do_find, "optional", option=_flag("-f", "--find", help="find a free device"), extra=False),
+    Action("attr", do_attr, "one", "--attr <name>[=<value>] <device>",
+           _arg("--attr", metavar="<name>[=<value>]",
+                help="read or write any attribute of <device> (sysfs format)")),
+    Action("writeback", do_writeback, "one",
+           "--idle <age>|all | --compact | --writeback <mode> | --recompress <args> <device>",
+           _arg("--writeback", metavar="<mode>",
+                help="write pages back to the backing device (huge, idle, huge_idle, incompressible, ...)")),
+    Action("idle", do_idle, "one", option=_arg(
+        "--idle", metavar="<age>|all", help="mark pages idle: all, or those not accessed for <age> seconds")),
+    Action("compact", do_compact, "one", option=_flag("--compact", help="compact the memory pool of <device>")),
+    Action("recompress", do_recompress, "one", option=_arg(
+        "--recompress", metavar="<args>", help="recompress pages with a secondary algorithm (e.g. 'type=huge')")),
+    Action("debug", do_debug, "one", "--debug block_state|classes|histogram <device>",
+           _arg("--debug", metavar="<name>",
+                help="print a debugfs file of <device>: block_state (zram) or classes (zsmalloc); "
+                     "histogram: the classes in use as text bars")),
+    Action("hot_add", do_hot_add, "none", "--hot-add | --hot-remove <id>",
+           _flag("--hot-add", help="add a new device and print its name")),
+    Action("hot_remove", do_hot_remove, "none", option=_arg(
+        "--hot-remove", metavar="<id>", help="remove a device (N, zramN or /dev/zramN)")),
+    Action("metrics", do_metrics, "none", "--metrics", _flag(
+        "--metrics", help="print every device's statistics and the NBD request metrics in Prometheus' text format")),
+)}
+
+_EXTRA = tuple(a.dest for a in ACTIONS.values() if a.extra)
+# zramctl's groups of options that cannot be combined, plus: each extra action
+# excludes every other action and --output
+_EXCLUSIVE = (
+    ("find", "output", "reset"),
+    ("output", "reset", "size"),
+    ("output", "find") + _EXTRA,
+    ("reset", "size") + _EXTRA,
+)
 
 
 def _fail(msg: str) -> NoReturn:
@@ -423,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as e:
             _fail(f"cannot connect to uzramd at {path}: {e.strerror or e}")
         with client:
-            return run(client, act, args)
+            return act.run(client, args) or 0
     except Failure as e:
         _warn(str(e))
         return 1

@@ -222,6 +222,24 @@ def parse_reserve(text: str) -> int:
     return number
 
 
+# uzramd's option groups: (title, ((option, metavar or None for a flag, help), ...))
+OPTION_GROUPS: tuple[tuple[str, tuple[tuple[str, str | None, str], ...]], ...] = (
+    ("limits", (
+        ("--max-buffer-memory", "SIZE", "bytes held for requests in flight, daemon-wide (default 64M)"),
+        ("--max-connections", "N", "NBD connections served at once (default: from the descriptor limit)"),
+        ("--idle-timeout", "SECONDS", "close a connection stalled in the middle of a request (default 60)"),
+        ("--shutdown-timeout", "SECONDS",
+         "on SIGTERM, answer requests in flight for this long, then exit (default 10)"),
+    )),
+    ("swap under memory pressure", (
+        ("--swap", None, "serve swap on the same machine: lock the daemon's memory (CAP_IPC_LOCK), "
+         "prefault receive buffers, keep a pool reserve, never trim the heap"),
+        ("--reserve", "SIZE", "prefaulted pool memory kept per device for swap-outs under pressure "
+         "(default with --swap: auto, 1/8 of disksize within 16M..256M; else 0)"),
+    )),
+)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="uzramd", description="Serve zram devices, emulated in userspace, over NBD.")
@@ -245,22 +263,13 @@ def parser() -> argparse.ArgumentParser:
                    help="ca-cert.pem, server-cert.pem and server-key.pem (nbdkit's layout)")
     p.add_argument("--tls-verify-peer", action="store_true",
                    help="require client certificates signed by the directory's ca-cert.pem")
-    limits = p.add_argument_group("limits")
-    limits.add_argument("--max-buffer-memory", metavar="SIZE",
-                        help="bytes held for requests in flight, daemon-wide (default 64M)")
-    limits.add_argument("--max-connections", metavar="N",
-                        help="NBD connections served at once (default: from the descriptor limit)")
-    limits.add_argument("--idle-timeout", metavar="SECONDS",
-                        help="close a connection stalled in the middle of a request (default 60)")
-    limits.add_argument("--shutdown-timeout", metavar="SECONDS",
-                        help="on SIGTERM, answer requests in flight for this long, then exit (default 10)")
-    mem = p.add_argument_group("swap under memory pressure")
-    mem.add_argument("--swap", action="store_true",
-                     help="serve swap on the same machine: lock the daemon's memory (CAP_IPC_LOCK), "
-                     "prefault receive buffers, keep a pool reserve, never trim the heap")
-    mem.add_argument("--reserve", metavar="SIZE",
-                     help="prefaulted pool memory kept per device for swap-outs under pressure "
-                     "(default with --swap: auto, 1/8 of disksize within 16M..256M; else 0)")
+    for title, options in OPTION_GROUPS:
+        group = p.add_argument_group(title)
+        for flag, metavar, help_text in options:
+            if metavar is None:
+                group.add_argument(flag, action="store_true", help=help_text)
+            else:
+                group.add_argument(flag, metavar=metavar, help=help_text)
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the attach hint")
     p.add_argument("--version", action="version", version=f"uzramd from uzram {__version__}")
