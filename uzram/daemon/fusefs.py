@@ -9,6 +9,11 @@ contents as a file a loop device can sit on.
 Attribute files behave like sysfs: the text is produced at the first read of
 an open file, each write(2) is one store, errors are the kernel's errnos, and
 reading a write-only (writing a read-only) attribute is EACCES.
+
+``dev/zramN`` goes through the device's block export (``ZramExport``), the
+object NBD connections use: an open file is a client (``attach``/``detach``),
+and reads and writes are the export's calls, awaited when they return an
+awaitable (written-back pages, sub-page writes into them).
 """
 
 from __future__ import annotations
@@ -25,9 +30,8 @@ from typing import TYPE_CHECKING, Any
 import pyfuse3
 import trio
 
-from ..zram import attrs
-from ..zram.device import PendingRead
-from . import marker
+from ..zram import ZramDevice, attrs
+from .export import ZramExport
 from .logs import event
 
 if TYPE_CHECKING:
@@ -43,12 +47,12 @@ ATTR_NAMES = attrs.names()
 
 
 class _Handle:
-    __slots__ = ("inode", "text", "dev")
+    __slots__ = ("inode", "text", "export")
 
-    def __init__(self, inode: int, dev: Any = None) -> None:
+    def __init__(self, inode: int, export: ZramExport | None = None) -> None:
         self.inode = inode
         self.text: bytes | None = None
-        self.dev = dev
+        self.export = export   # dev/zramN: attached while the file is open
 
 
 class SysfsTree(pyfuse3.Operations):
@@ -64,9 +68,12 @@ class SysfsTree(pyfuse3.Operations):
     def _device_ids(self) -> list[int]:
         return [int(d.name[4:]) for d in self.daemon.registry.devices()]
 
-    def _device(self, dev_id: int) -> Any:
+    def _device(self, dev_id: int) -> ZramDevice:
+        return self._export(dev_id).dev
+
+    def _export(self, dev_id: int) -> ZramExport:
         try:
-            return self.daemon.registry.get(f"zram{dev_id}")
+            return self.daemon.registry.export(f"zram{dev_id}")
         except OSError:
             raise pyfuse3.FUSEError(errno.ENOENT) from None
 
@@ -171,7 +178,7 @@ class SysfsTree(pyfuse3.Operations):
         acc = flags & os.O_ACCMODE
         reading = acc in (os.O_RDONLY, os.O_RDWR)
         writing = acc in (os.O_WRONLY, os.O_RDWR)
-        dev = None
+        export = None
         if kind == "attr":
             mode = attrs.MODES[name]
             if (reading and not mode & 0o444) or (writing and not mode & 0o222):
@@ -179,32 +186,29 @@ class SysfsTree(pyfuse3.Operations):
         elif kind == "hot_add" and writing or kind == "hot_remove" and reading:
             raise pyfuse3.FUSEError(errno.EACCES)
         elif kind == "devfile":
-            dev = self._device(dev_id)
-            if dev.claimed:
-                raise pyfuse3.FUSEError(errno.EBUSY)
+            export = self._export(dev_id)
             try:
-                marker.check_open(dev)
+                export.attach()  # a client, as an NBD connection is: EBUSY while resetting, EIO if unclean
             except OSError as e:
-                raise pyfuse3.FUSEError(e.errno) from None
-            dev.openers += 1
+                raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
         elif kind not in ("attr", "hot_add", "hot_remove"):
             raise pyfuse3.FUSEError(errno.EISDIR)
         fh = self._next_fh
         self._next_fh += 1
-        self._handles[fh] = _Handle(inode, dev)
+        self._handles[fh] = _Handle(inode, export)
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False, nonseekable=False)
 
     async def release(self, fh: int) -> None:
         h = self._handles.pop(fh, None)
-        if h is not None and h.dev is not None:
-            h.dev.openers -= 1
+        if h is not None and h.export is not None:
+            h.export.detach()
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         h = self._handles[fh]
         kind, dev_id, name = self._resolve(h.inode)
         try:
-            if kind == "devfile":
-                return await self._read_data(h.dev, off, size)
+            if h.export is not None:
+                return await self._read_data(h.export, off, size)
             if h.text is None:
                 if kind == "hot_add":
                     h.text = self.daemon.registry.hot_add().encode()
@@ -214,26 +218,25 @@ class SysfsTree(pyfuse3.Operations):
             raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
         return h.text[off : off + size]
 
-    async def _read_data(self, dev: Any, off: int, size: int) -> bytes:
-        size = max(0, min(size, dev.disksize - off))
+    async def _read_data(self, export: ZramExport, off: int, size: int) -> bytes:
+        size = max(0, min(size, export.size() - off))
         if not size:
             return b""
-        chunks = dev.read_chunks(off, size)
+        chunks = export.read(off, size)
         if type(chunks) is not list:
-            pending: PendingRead = chunks
-            with trio.CancelScope(shield=True):
-                results = await trio.to_thread.run_sync(dev.backing.read_blocks, pending.blocks)
-            chunks = dev.finish_read(pending, results)
+            chunks = await chunks
         return b"".join(chunks)
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self._handles[fh]
         kind, dev_id, name = self._resolve(h.inode)
         try:
-            if kind == "devfile":
-                if off + len(buf) > h.dev.disksize:
+            if h.export is not None:
+                if off + len(buf) > h.export.size():
                     raise OSError(errno.ENOSPC, "write beyond the end of the device")
-                h.dev.write(off, buf)
+                pending = h.export.write(off, memoryview(buf), False)
+                if pending is not None:
+                    await pending
             elif kind == "hot_remove":
                 await self.daemon.hot_remove(buf.decode(errors="replace"))
             else:

@@ -44,10 +44,15 @@ class DeviceRegistry:
         return dev
 
     def get(self, name: str) -> ZramDevice:
+        return self.export(name).dev
+
+    def export(self, name: str) -> ZramExport:
+        """The device's block export, which every front end serving its
+        bytes goes through (NBD, FUSE ``dev/zramN``)."""
         export = self._exports.get(parse_device_name(name))
         if export is None:
             raise OSError(errno.ENODEV, f"no such device {name!r}")
-        return export.dev
+        return export
 
     def devices(self) -> list[ZramDevice]:
         return [self._exports[i].dev for i in sorted(self._exports)]
