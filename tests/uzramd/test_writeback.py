@@ -107,6 +107,30 @@ def test_nbd_keeps_serving_while_a_slow_writeback_runs(tmp_path):
                       f"{sorted(latencies)[len(latencies) // 2] * 1e3:.2f} ms")
 
 
+def test_writeback_outlives_its_control_client(tmp_path):
+    """Device work runs in the daemon's own nursery: the client that asked
+    for a writeback (with progress) hangs up at once, and the writeback
+    still writes every page, as a write(2) to sysfs would."""
+    with faulty_file(tmp_path, 64 * MiB) as ff:
+        with uzramd(tmp_path / "d", devices=(f"zram0:backing_dev={ff.path},writeback_batch_size=8,disksize=16M",)) as d:
+            with NBDClient(d.nbd_sock, "zram0") as c:
+                data = fill(c, 256)
+            huge = d.mm_stat()[7]
+            ff.control("delay 0.2")
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(d.control_sock))
+                s.sendall(encode({"cmd": "store", "device": "zram0", "attr": "writeback", "value": "huge",
+                                  "progress": True}))
+            deadline = time.monotonic() + 60
+            while bd(d)[2] < huge and time.monotonic() < deadline:
+                time.sleep(0.05)
+            ff.control("delay 0")
+            assert bd(d)[2] == huge > 0
+            assert d.alive()
+            with NBDClient(d.nbd_sock, "zram0") as c:
+                assert b"".join(c.pread(i * PAGE, PAGE) for i in range(256)) == b"".join(data)
+
+
 def test_failing_backing_file_loses_nothing(tmp_path):
     with faulty_file(tmp_path, 64 * MiB) as ff:
         with uzramd(tmp_path / "d", devices=(f"zram0:backing_dev={ff.path},disksize=16M",)) as d:

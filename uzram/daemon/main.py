@@ -122,6 +122,7 @@ async def run(cfg: config_mod.Config, quiet: bool = False, reserve_setting: int 
         state.begin(registry.devices())  # devices unclean after an unclean exit
 
         async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.serve)  # device work runs there, whoever asked for it
             for sock in listen_socks:
                 await nursery.start(nbd.serve_listener, sock)
             await nursery.start(control.serve, control_sock, daemon)

@@ -1,12 +1,20 @@
 """The uzramd service: the device registry, the NBD server and the jobs on
 devices (every attribute store is driven as a job, see ``jobs.py``), shared
-by the control socket and the FUSE tree."""
+by the control socket and the FUSE tree.
+
+Work on devices (stores, reset, hot_remove) runs in a nursery the service
+owns (``serve``), not in the task of whoever asked: the control client or
+FUSE request that asked waits for the outcome, and a client going away or
+cancelled leaves the work running until it finishes or the service asks it
+to stop (reset, hot_remove, shutdown)."""
 
 from __future__ import annotations
 
 import errno
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
+
+import trio
 
 from ..nbd.server import NBDServer
 from ..zram import ZramDevice
@@ -16,6 +24,7 @@ from . import jobs
 from .registry import DeviceRegistry
 
 Progress = Callable[[int, int, str], Awaitable[None]]
+T = TypeVar("T")
 
 
 class Daemon:
@@ -25,6 +34,44 @@ class Daemon:
         self.registry = registry
         self.nbd = nbd
         self._work: dict[str, jobs.DeviceWork] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Host device work until cancelled (which cancels what still runs;
+        shutdown asks it to stop first, see ``stop_work``)."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+
+    async def _in_service(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``fn(*args)`` in the service's nursery and wait for its result
+        or exception. If the caller is cancelled, the work goes on."""
+        nursery = self._nursery
+        if nursery is None:
+            raise OSError(errno.ESHUTDOWN, "uzramd is not serving device work")
+        done = trio.Event()
+        value: list[T] = []
+        error: list[Exception] = []
+
+        async def work() -> None:
+            try:
+                value.append(await fn(*args))
+            except Exception as e:  # handed to the caller; Cancelled stays in this task
+                error.append(e)
+            finally:
+                done.set()
+
+        nursery.start_soon(work)
+        await done.wait()
+        if error:
+            raise error[0]
+        if not value:  # cancelled: the service is stopping
+            raise OSError(errno.ECANCELED, "stopped: the daemon stops")
+        return value[0]
 
     def work(self, dev: ZramDevice) -> jobs.DeviceWork:
         w = self._work.get(dev.name)
@@ -37,9 +84,13 @@ class Daemon:
         return {"name": dev.name, "clients": dev.openers, "attrs": {n: dev.show(n) for n in names}}
 
     async def store(self, dev: ZramDevice, attr: str, value: str, progress: Progress | None) -> None:
-        """Store an attribute; the long ones run as jobs without blocking NBD service."""
+        """Store an attribute; the long ones run as jobs without blocking NBD
+        service, all of them in the service's nursery."""
         if not value:
             return  # a zero-length write never reaches the attribute
+        await self._in_service(self._store, dev, attr, value, progress)
+
+    async def _store(self, dev: ZramDevice, attr: str, value: str, progress: Progress | None) -> None:
         work = self.work(dev)
         if attr == "reset":
             job, _ = attrs.reset_store_job(dev, value, claimed=True)  # parse first (EINVAL)
@@ -65,6 +116,10 @@ class Daemon:
             dev.claimed = False
 
     async def hot_remove(self, value: str) -> None:
+        """zram-control's hot_remove: reset (in the service's nursery), then remove."""
+        await self._in_service(self._hot_remove, value)
+
+    async def _hot_remove(self, value: str) -> None:
         dev_id = kstrtoint(value)
         if dev_id >= 0:
             try:
