@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .. import __version__
-from ..control import ProtocolError, default_control_path, runtime_dir
+from ..control import ProtocolError, default_control_path, device_id, runtime_dir
 from .client import Client, ControlError, DaemonNotRunning
-from .devices import DeviceView, dev_path, device_id
+from .devices import DeviceView, dev_path
 from .histogram import render as render_histogram
 from .progress import ProgressBar
 from .sizes import SizeError, parse_size

@@ -7,6 +7,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..control import default_control_path, default_nbd_path
 from ..zram.kparse import memparse
@@ -177,7 +178,7 @@ def load_file(path: Path, cfg: Config) -> None:
         raise ConfigError(f"{path}: {str(e)[:300]}") from e
 
 
-def _apply_file(path: Path, data: dict, cfg: Config) -> None:  # type: ignore[type-arg]
+def _apply_file(path: Path, data: dict[str, Any], cfg: Config) -> None:
     daemon = data.pop("uzramd", {})
     if not isinstance(daemon, dict):
         raise ConfigError(f"{path}: uzramd must be a table: [uzramd]")

@@ -29,7 +29,8 @@ MAX_REQUEST = 1 << 20  # requests are small; a longer line is refused before par
 
 def peer_uid(sock: trio.socket.SocketType) -> int:
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", raw)[1]
+    pid, uid, gid = struct.unpack("3i", raw)
+    return int(uid)
 
 
 async def serve(listen_sock: trio.socket.SocketType, daemon: Daemon, *,

@@ -25,7 +25,7 @@ import logging
 import os
 import stat
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyfuse3
 import trio
@@ -44,6 +44,7 @@ CONTROL, HOT_ADD, HOT_REMOVE, DEVDIR = ROOT + 1, ROOT + 2, ROOT + 3, ROOT + 4
 DEV_BASE = 1 << 20          # zramN's directory is DEV_BASE * (N + 1)
 DATA_FILE = DEV_BASE - 1    # offset of dev/zramN inside its range
 ATTR_NAMES = attrs.names()
+T = TypeVar("T")
 
 
 class _Handle:
@@ -55,6 +56,34 @@ class _Handle:
         self.export = export   # dev/zramN: attached while the file is open
 
 
+def _errno_replies(cls: type[T]) -> type[T]:
+    """Every operation answers with an errno instead of raising: an exception
+    that is not a FUSEError (a bug, an OSError from a device) would otherwise
+    leave pyfuse3.main() and stop the daemon. Unexpected ones are logged and
+    become EIO for that request only."""
+    def wrap(name: str, op: Any) -> Any:
+        @functools.wraps(op)
+        async def guarded(self: Any, *args: Any) -> Any:
+            try:
+                return await op(self, *args)
+            except pyfuse3.FUSEError:
+                raise
+            except OSError as e:
+                event(log, logging.DEBUG, "operation failed", op=name, errno=e.errno)
+                raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+            except Exception as e:
+                event(log, logging.ERROR, "operation failed unexpectedly", op=name, error=repr(e))
+                log.debug("traceback", exc_info=True)
+                raise pyfuse3.FUSEError(errno.EIO) from None
+        return guarded
+
+    for name, op in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.iscoroutinefunction(op):
+            setattr(cls, name, wrap(name, op))
+    return cls
+
+
+@_errno_replies
 class SysfsTree(pyfuse3.Operations):
     def __init__(self, daemon: Daemon) -> None:
         super().__init__()
@@ -223,7 +252,7 @@ class SysfsTree(pyfuse3.Operations):
         if not size:
             return b""
         chunks = export.read(off, size)
-        if type(chunks) is not list:
+        if not isinstance(chunks, list):
             chunks = await chunks
         return b"".join(chunks)
 
@@ -253,34 +282,6 @@ class SysfsTree(pyfuse3.Operations):
         return None
 
 
-def _errno_replies(cls: type) -> type:
-    """Every operation answers with an errno instead of raising: an exception
-    that is not a FUSEError (a bug, an OSError from a device) would otherwise
-    leave pyfuse3.main() and stop the daemon. Unexpected ones are logged and
-    become EIO for that request only."""
-    def wrap(name: str, op: Any) -> Any:
-        @functools.wraps(op)
-        async def guarded(self: Any, *args: Any) -> Any:
-            try:
-                return await op(self, *args)
-            except pyfuse3.FUSEError:
-                raise
-            except OSError as e:
-                event(log, logging.DEBUG, "operation failed", op=name, errno=e.errno)
-                raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
-            except Exception as e:
-                event(log, logging.ERROR, "operation failed unexpectedly", op=name, error=repr(e))
-                log.debug("traceback", exc_info=True)
-                raise pyfuse3.FUSEError(errno.EIO) from None
-        return guarded
-
-    for name, op in list(vars(cls).items()):
-        if not name.startswith("_") and inspect.iscoroutinefunction(op):
-            setattr(cls, name, wrap(name, op))
-    return cls
-
-
-SysfsTree = _errno_replies(SysfsTree)
 
 
 async def serve(daemon: Daemon, mountpoint: str, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

@@ -52,7 +52,7 @@ async def drive(job: Job[T], *, should_stop: Callable[[], bool] | None = None,
     visited (progress reports). Cancellation also closes the job at its
     next checkpoint (an Offload in flight is waited for first)."""
     caught: BaseException | None = None
-    result: Any = None
+    result: T
     try:
         async with trio.open_nursery() as nursery:  # background Offloads
             try:
@@ -61,7 +61,7 @@ async def drive(job: Job[T], *, should_stop: Callable[[], bool] | None = None,
                 caught = e
         if caught is not None:
             raise caught
-        return result  # type: ignore[no-any-return]
+        return result
     finally:
         caught = None
         job.close()
@@ -76,7 +76,8 @@ async def _steps(job: Job[T], nursery: trio.Nursery, should_stop: Callable[[], b
         try:
             req = job.throw(error) if error is not None else job.send(value)
         except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+            done: T = stop.value
+            return done
         value = error = None
         if req is None:
             if should_stop is not None and should_stop():
@@ -87,11 +88,11 @@ async def _steps(job: Job[T], nursery: trio.Nursery, should_stop: Callable[[], b
                 await trio.sleep(0)
                 deadline = time.monotonic() + STEP_SECONDS
             continue
-        if type(req) is Ticket:
+        if isinstance(req, Ticket):
             while not req.done:
                 await req.event.wait()
             value, error = req.result, req.error
-        elif req.background:  # type: ignore[union-attr]
+        elif req.background:
             ticket = Ticket()
             ticket.event = trio.Event()
             nursery.start_soon(_background, req, ticket)
@@ -100,7 +101,7 @@ async def _steps(job: Job[T], nursery: trio.Nursery, should_stop: Callable[[], b
         else:
             with trio.CancelScope(shield=True):
                 try:
-                    value = await _offload(req)  # type: ignore[arg-type]
+                    value = await _offload(req)
                 except Exception as e:
                     error = e
         deadline = time.monotonic() + STEP_SECONDS

@@ -32,6 +32,7 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 MiB = 1 << 20
 U64_MAX = (1 << 64) - 1
@@ -154,6 +155,11 @@ _FUNCS: dict[str, Callable[..., float]] = {
 }
 
 
+Node = tuple[Any, ...]
+"""A parsed expression: ("const", x), ("var", name), ("unary", op, node),
+("call", name, [node...]) or ("expr", [node...], [op...])."""
+
+
 class Expression:
     """A parsed ``zram-size``-style expression; ``evaluate(vars)`` gives MiB as a float."""
 
@@ -197,7 +203,7 @@ class Expression:
         return tok
 
     # An expression is a flat list: value (op value)*, as fasteval keeps it.
-    def _expr(self) -> tuple:
+    def _expr(self) -> Node:
         values = [self._value()]
         ops: list[str] = []
         while (tok := self._peek()) is not None and tok[0] == "op" and tok[1] in _BINARY:
@@ -206,7 +212,7 @@ class Expression:
             values.append(self._value())
         return ("expr", values, ops)
 
-    def _value(self) -> tuple:
+    def _value(self) -> Node:
         kind, text = self._take()
         if kind == "num":
             return ("const", float(text))
@@ -226,9 +232,9 @@ class Expression:
                     self._pos += 1
                 else:
                     args.append(self._expr())
-                    while (t := self._take())[1] == ",":
+                    while (sep := self._take())[1] == ",":
                         args.append(self._expr())
-                    if t[1] != close:
+                    if sep[1] != close:
                         raise ZramGenError(f"cannot parse {self.text!r}: expected {close!r}")
                 return ("call", text, args)
             return ("var", text)
@@ -241,10 +247,11 @@ class Expression:
     def evaluate(self, variables: dict[str, float]) -> float:
         return self._eval(self._tree, variables)
 
-    def _eval(self, node: tuple, env: dict[str, float]) -> float:
+    def _eval(self, node: Node, env: dict[str, float]) -> float:
         kind = node[0]
         if kind == "const":
-            return node[1]
+            const: float = node[1]
+            return const
         if kind == "var":
             if node[1] not in env:
                 raise ZramGenError(f"{self.text!r}: undefined variable {node[1]!r}")
@@ -260,9 +267,8 @@ class Expression:
         values = [self._eval(v, env) for v in node[1]]
         ops = list(node[2])
         for names, rtol in _PASSES:
-            indices = range(len(ops) - 1, -1, -1) if rtol else None
             if rtol:
-                for i in indices:  # type: ignore[union-attr]
+                for i in range(len(ops) - 1, -1, -1):
                     if i < len(ops) and ops[i] in names:
                         values[i:i + 2] = [_OPS[ops[i]](values[i], values[i + 1])]
                         del ops[i]
