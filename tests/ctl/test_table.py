@@ -2,7 +2,8 @@
 
 import pytest
 
-from uzram.ctl.devices import algorithm, comp_ratio, dev_path, device_id
+from uzram.control import device_id
+from uzram.ctl.devices import algorithm, comp_ratio, dev_path
 from uzram.ctl.table import DEFAULT_COLUMNS, UnknownColumn, parse_columns, render
 
 ROWS = [["/dev/zram0", "lz4", "64M", "4K", "74B", "12K", "", ""],
