@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from bench import corpus  # noqa: E402
-from bench.run import Server, need  # noqa: E402
+from bench.targets import Server, need  # noqa: E402
 from uzram.ctl.client import Client  # noqa: E402
 
 
