@@ -63,6 +63,11 @@ def heap_like(n: int, rng: np.random.Generator) -> np.ndarray:
     return words.view(np.uint8)
 
 
+def incompressible(n: int, rng: np.random.Generator) -> np.ndarray:
+    pages: np.ndarray = rng.integers(0, 256, size=(n, PAGE), dtype=np.uint8)
+    return pages
+
+
 def text_stream(size: int, rng: np.random.Generator) -> bytes:
     """``size`` bytes of text: prose from a Zipf-like vocabulary, and records
     (JSON objects, log lines) whose keys and templates repeat."""
@@ -96,7 +101,7 @@ def text_like(n: int, rng: np.random.Generator, stream: bytes) -> np.ndarray:
     """Pages cut from the text stream at random places, a quarter with a zeroed tail."""
     src = np.frombuffer(stream, dtype=np.uint8)
     starts = rng.integers(0, len(src) - PAGE, size=n)
-    pages = src[starts[:, None] + np.arange(PAGE)[None, :]].copy()
+    pages: np.ndarray = src[starts[:, None] + np.arange(PAGE)[None, :]].copy()
     tails = np.where(rng.random(n) < 0.25, rng.integers(256, PAGE, size=n), PAGE)
     pages[np.arange(PAGE)[None, :] >= tails[:, None]] = 0
     return pages
@@ -112,7 +117,7 @@ def build(out: Path, mib: int, seed: int = 7) -> int:
         for first in range(0, pages, BATCH):
             batch = order[first:first + BATCH]
             data = np.empty((len(batch), PAGE), dtype=np.uint8)
-            for kind, make in ((SAME, same_filled), (RANDOM, lambda n, r: r.integers(0, 256, size=(n, PAGE), dtype=np.uint8)),
+            for kind, make in ((SAME, same_filled), (RANDOM, incompressible),
                                (HEAP, heap_like), (TEXT, lambda n, r: text_like(n, r, stream))):
                 where = batch == kind
                 if where.any():

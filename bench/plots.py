@@ -5,12 +5,13 @@ CDF, and the compression ratio per algorithm against the kernel's."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 SERVERS = (("nbdkit", "nbdkit memory", "#999999"), ("uzram", "uzram", "#1f77b4"),
            ("kernel zram", "kernel zram (block device)", "#2ca02c"))
 
 
-def _pyplot():  # type: ignore[no-untyped-def]
+def _pyplot() -> Any:
     try:
         import matplotlib
     except ImportError:
@@ -20,14 +21,14 @@ def _pyplot():  # type: ignore[no-untyped-def]
     return plt
 
 
-def _subtitle(r: dict) -> str:
+def _subtitle(r: dict[str, Any]) -> str:
     load = r.get("loadavg")
     busy = f"; load average {load[0]:.1f} at the start, {load[-1]:.1f} at the end" if load else ""
     return (f"{r['algorithm']}, {r['machine']['cores']} CPUs, medians of {r['rounds']} rounds of {r['seconds']:g} s; "
             f"fio QD16 (nbd engine over a UNIX socket), corpus writes with nbdcopy / dd{busy}")
 
 
-def throughput(r: dict, path: Path) -> None:
+def throughput(r: dict[str, Any], path: Path) -> None:
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, (unit, key, jobs) in zip(axes, (("IOPS", "iops", ("4k randwrite", "4k randread")),
@@ -48,7 +49,7 @@ def throughput(r: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def latency_cdf(r: dict, path: Path) -> None:
+def latency_cdf(r: dict[str, Any], path: Path) -> None:
     plt = _pyplot()
     jobs = [j for j in ("4k randread QD1", "4k randread", "4k randwrite") if j in r["fio"]]
     fig, axes = plt.subplots(1, len(jobs), figsize=(5.5 * len(jobs), 4.2), sharey=True)
@@ -71,7 +72,7 @@ def latency_cdf(r: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def compression(r: dict, path: Path) -> None:
+def compression(r: dict[str, Any], path: Path) -> None:
     plt = _pyplot()
     ratios = r["ratios"]
     algs = list(ratios)
@@ -91,7 +92,7 @@ def compression(r: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_all(r: dict, directory: Path) -> list[Path]:
+def write_all(r: dict[str, Any], directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     out = []
     for name, fn in (("bench-throughput.png", throughput), ("bench-latency-cdf.png", latency_cdf),

@@ -93,9 +93,11 @@ def profile(name: str, uri: str, pid: int, work: Path, nbytes: int, seconds: flo
         subprocess.run([PYSPY, "record", "--pid", str(pid), "--rate", str(rate), "--duration", "2",
                         "--output", str(svg)], check=True, capture_output=True)
     res = fio_result(job, work)
-    requests = res["iops"] * seconds
+    requests = float(res["iops"]) * seconds
     busy, others, own, incl = tally(raw)
-    per_req = lambda n: n / rate / requests * 1e6  # noqa: E731   µs per request
+
+    def per_req(n: int) -> float:   # µs per request
+        return n / rate / requests * 1e6
     lines = [f"## {name}: {res['iops']:,.0f} IOPS ({res['mbps']:,.0f} MB/s); the trio thread busy "
              f"{busy / (rate * seconds):.0%} of the time, {per_req(busy):.1f} µs per request "
              f"(other threads: {others / (rate * seconds):.0%})", "",

@@ -177,10 +177,10 @@ def main() -> int:
     if args.quick:
         args.rounds, args.seconds, args.ramp, args.corpus_mib = 1, 1, 0, 16
     if args.from_json:
-        results = json.loads(args.from_json.read_text())
-        print(report.markdown(results))
+        saved = json.loads(args.from_json.read_text())
+        print(report.markdown(saved))
         if args.plots:
-            _plots(results, args.plots)
+            _plots(saved, args.plots)
         return 0
     need("fio", "nbdkit", "nbdcopy", "dd")
     unavailable = "--no-kernel" if args.no_kernel else kernel_zram_unavailable(args.algorithm)

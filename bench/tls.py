@@ -53,7 +53,7 @@ def cpu_seconds(pid: int) -> float:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def start(tree: Path, work: Path, tag: str, *args: str) -> Server:
