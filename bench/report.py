@@ -41,9 +41,11 @@ def _value(row: dict[str, Any] | None, key: str) -> float | None:
     return float(row[key])
 
 
-def _fmt(v: float | None, key: str) -> str:
+def _fmt(v: float | None, key: str, row: dict[str, Any] | None = None) -> str:
     if v is None:
         return "n/a"
+    if key == "p99" and row:   # the median request next to the tail
+        return f"{v:,.0f} µs (p50 {row['lat_pct_us']['50.0']:,.0f} µs)"
     return {"mbps": f"{v:,.0f} MB/s", "iops": f"{v:,.0f} IOPS", "p99": f"{v:,.0f} µs"}[key]
 
 
@@ -123,8 +125,10 @@ def markdown(r: dict[str, Any]) -> str:
         other = "nbdkit" if row["versus"] == "kernel zram" else "kernel zram"
         if row["uzram"] is not None and row["others"].get(other):
             ratio += f" ({row['uzram'] / row['others'][other]:.2f}× {other})"
-        lines.append(f"| {row['measure']} | {_fmt(row['uzram'], key)} | {_fmt(row['others']['kernel zram'], key)} | "
-                     f"{_fmt(row['others']['nbdkit'], key)} | {ratio} | {row['target']} | {_mark(row['pass'])} |")
+        fio = r["fio"][row["job"]]
+        cells = [_fmt(v, key, fio.get(s)) for s, v in (("uzram", row["uzram"]), ("kernel zram", row["others"]["kernel zram"]),
+                                                       ("nbdkit", row["others"]["nbdkit"]))]
+        lines.append(f"| {row['measure']} | {' | '.join(cells)} | {ratio} | {row['target']} | {_mark(row['pass'])} |")
     u, k = r["memory"]["uzram"], r["memory"].get("kernel")
     lines += ["", "Storing the corpus (one device, its size; mm_stat):", "",
               "| | uzram | kernel zram |", "|---|---|---|"]
