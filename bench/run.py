@@ -227,4 +227,7 @@ def _plots(results: dict[str, Any], directory: Path) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as e:
+        sys.exit(f"bench: interrupted ({e or 'SIGINT'}); the servers are stopped, and zram0 is reset if the run used it")
