@@ -14,17 +14,25 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Protocol, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from uzram.daemon.export import ZramExport  # noqa: E402
 from uzram.daemon.metrics import ExportStats, MeteredExport  # noqa: E402
+from uzram.nbd import BlockExport  # noqa: E402
 from uzram.zram import ZramDevice  # noqa: E402
 
 PAGE = 4096
 
 
-def per_request_ns(export, offsets: list[int], page: memoryview, rw: str) -> float:
+class PageIO(Protocol):
+    """What the measurement calls: both exports' synchronous reads and writes."""
+    def read(self, offset: int, length: int) -> object: ...
+    def write(self, offset: int, data: memoryview, fua: bool) -> object: ...
+
+
+def per_request_ns(export: PageIO, offsets: list[int], page: memoryview, rw: str) -> float:
     t = time.perf_counter_ns()
     if rw == "read":
         read = export.read
@@ -45,7 +53,8 @@ def main() -> int:
     dev = ZramDevice()
     dev.store("disksize", str(256 << 20))
     plain = ZramExport(dev)
-    metered = MeteredExport(plain, ExportStats())
+    # ZramExport serves BlockExport at run time; its declared read() returns the narrower list[bytes]
+    metered = MeteredExport(cast(BlockExport, plain), ExportStats())
     rng = random.Random(1)
     offsets = [rng.randrange(256 << 20 >> 12) * PAGE for _ in range(args.requests)]
     page = memoryview(os.urandom(PAGE // 2) + bytes(PAGE // 2))

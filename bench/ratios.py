@@ -26,7 +26,7 @@ FIELDS = ("orig", "compr", "mem_used", "same_pages", "huge_pages")
 
 
 def _row(mm: list[int]) -> dict[str, float]:
-    row = dict(zip(FIELDS, (mm[0], mm[1], mm[2], mm[5], mm[7])))
+    row: dict[str, float] = dict(zip(FIELDS, (mm[0], mm[1], mm[2], mm[5], mm[7])))
     row["ratio_compr"] = mm[0] / max(mm[1], 1)
     row["ratio_mem"] = mm[0] / max(mm[2], 1)
     return row
@@ -63,17 +63,21 @@ def kernel_stats(img: Path, alg: str) -> dict[str, float] | None:
         (sysfs / "reset").write_text("1")
 
 
-def measure(img: Path, algorithms: tuple[str, ...] = ALGORITHMS) -> dict[str, dict]:
+def measure(img: Path, algorithms: tuple[str, ...] = ALGORITHMS) -> dict[str, dict[str, dict[str, float] | None]]:
     return {alg: {"uzram": uzram_stats(img, alg), "kernel": kernel_stats(img, alg)} for alg in algorithms}
 
 
-def report(results: dict[str, dict], corpus_bytes: int) -> str:
+def cell(x: dict[str, float]) -> str:
+    return f"{x['ratio_compr']:.3f} ({x['ratio_mem']:.3f})"
+
+
+def report(results: dict[str, dict[str, dict[str, float] | None]], corpus_bytes: int) -> str:
     lines = [f"Corpus: {corpus_bytes >> 20} MiB. orig_data_size / compr_data_size "
              "(orig / mem_used_total in parentheses):", "",
              "| algorithm | uzram | kernel zram | uzram / kernel |", "|---|---|---|---|"]
     for alg, r in results.items():
         u, k = r["uzram"], r["kernel"]
-        cell = lambda x: f"{x['ratio_compr']:.3f} ({x['ratio_mem']:.3f})"  # noqa: E731
+        assert u is not None
         lines.append(f"| {alg} | {cell(u)} | " + (cell(k) if k else "n/a") + " | "
                      + (f"{u['ratio_compr'] / k['ratio_compr']:.3f}" if k else "") + " |")
     return "\n".join(lines)

@@ -1,305 +1,233 @@
-"""uzram's benchmark, side by side with its anchors in one run.
+"""uzram's benchmark: every ratio of the performance targets, in one run.
 
-Anchors: nbdkit's ``memory`` plugin (the ceiling for an NBD server here) over
-the same UNIX-socket transport, and the host kernel's zram (compression
-ratio, memory, and its block-device speed as a reference) when root can use
-zram0. Rounds alternate the servers so that background noise on a shared
-machine hits both alike; medians are reported, and uzram as ratios.
+uzram over NBD is measured against its anchors on a seeded swap-like corpus
+(bench/corpus.py): the host kernel's zram0 (when it exists and is unused:
+disksize 0; it is configured for the run and always reset after it, also on
+an error or an interrupt) and nbdkit's memory plugin over the same
+UNIX-socket transport. Every round runs every measure, the servers in a
+rotating order, so that background noise on a shared machine hits them alike;
+medians over the rounds are reported. Output: a markdown table, with each
+ratio's target and a pass/fail mark, and the whole result as JSON.
 
-    python bench/run.py [--rounds 3] [--seconds 5] [--algorithm lz4] [--json OUT] [--plots [DIR]]
-    python bench/run.py --from-json OUT --plots [DIR]     # plots of a saved run
+    python bench/run.py [--quick] [--rounds 3] [--seconds 5] [--corpus-mib 256] [--json OUT] [--plots [DIR]]
+    python bench/run.py --from-json OUT [--plots [DIR]]     # the report and plots of a saved run
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench import corpus, ratios  # noqa: E402
+from bench import corpus, ratios, report  # noqa: E402
+from bench.targets import (  # noqa: E402
+    KERNEL_SYSFS, Server, copy_rate, dd_cmd, kernel_configure, kernel_fio, kernel_reset, kernel_zram_unavailable,
+    nbd_fio, nbdcopy_cmd, need, run_fio, signals_interrupt, together, uzramd)
 from uzram.ctl.client import Client  # noqa: E402
 
-MiB = 1 << 20
-AREA = 512 * MiB          # the part of each export fio touches
-JOBS = [                  # name, rw, block size
-    ("4k randwrite", "randwrite", "4k"),
-    ("4k randread", "randread", "4k"),
-    ("128k write", "write", "128k"),
-    ("128k read", "read", "128k"),
-]
+SEED = 7
+FIO_JOBS = {   # name: fio options; the order within a round (writes of fio's data come last)
+    "128k read": {"rw": "read", "bs": "128k", "iodepth": "16"},
+    "4k randread": {"rw": "randread", "bs": "4k", "iodepth": "16"},
+    "4k randread QD1": {"rw": "randread", "bs": "4k", "iodepth": "1"},
+    "4k randwrite": {"rw": "randwrite", "bs": "4k", "iodepth": "16", "buffer_compress_percentage": "55",
+                     "buffer_compress_chunk": "4096", "refill_buffers": "1"},
+}
+KEYS = ("iops", "mbps", "lat_us")
 
 
-def need(*tools: str) -> None:
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        sys.exit(f"bench: missing {' '.join(missing)} (scripts/setup installs them as root)")
+def machine() -> dict[str, Any]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or "unknown CPU")
 
-
-def wait_for(path: Path, proc: subprocess.Popen, what: str) -> None:
-    for _ in range(1000):
-        if path.exists():
-            return
-        if proc.poll() is not None:
-            sys.exit(f"bench: {what} exited with {proc.returncode}")
-        time.sleep(0.01)
-    sys.exit(f"bench: {what} did not start")
-
-
-class Server:
-    def __init__(self, name: str, cmd: list[str], sock: Path, extra: list[Path] = ()) -> None:  # type: ignore[assignment]
-        self.name = name
-        self.sock = sock
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for p in [sock, *extra]:
-            wait_for(p, self.proc, name)
-
-    def uri(self, export: str = "") -> str:
-        return f"nbd+unix:///{export}?socket={self.sock}"
-
-    def rss(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return 0
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
+    def version(*cmd: str) -> str:
         try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.splitlines()[0].strip()
+        except (OSError, IndexError, subprocess.SubprocessError):
+            return f"{cmd[0]} (version unknown)"
+    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
+            "tools": {"fio": version("fio", "--version"), "nbdcopy": version("nbdcopy", "--version"),
+                      "nbdkit": version("nbdkit", "--version")}}
 
 
-def fio(target: dict[str, str | None], rw: str, bs: str, seconds: int, workdir: Path) -> dict[str, float]:
-    """One fio job at QD16; returns IOPS, MB/s and mean completion latency (µs)."""
-    opts = {
-        "rw": rw, "bs": bs, "iodepth": "16", "size": str(AREA), "time_based": "1",
-        "runtime": str(seconds), "ramp_time": "1", "norandommap": "1", "randrepeat": "0",
-        "buffer_compress_percentage": "60", "refill_buffers": "1", "buffer_compress_chunk": "4096",
-        "percentile_list": ":".join(str(p) for p in PERCENTILES),
-        **target,
-    }
-    opts = {k: v for k, v in opts.items() if v is not None}
-    job = workdir / "job.fio"
-    job.write_text("[job]\n" + "".join(f"{k}={v}\n" for k, v in opts.items()))
-    out = workdir / "fio.json"
-    res = subprocess.run(["fio", "--output-format=json", f"--output={out}", str(job)],
-                         capture_output=True, text=True, timeout=seconds * 10 + 60)
-    if res.returncode:
-        sys.exit(f"bench: fio failed: {res.stderr or res.stdout}")
-    j = json.loads(out.read_text())["jobs"][0]
-    side = j["read"] if "read" in rw else j["write"]
-    pct = {float(k): v / 1e3 for k, v in side["clat_ns"].get("percentile", {}).items()}
-    return {"iops": side["iops"], "mbps": side["bw_bytes"] / 1e6, "lat_us": side["clat_ns"]["mean"] / 1e3,
-            "clat_pct_us": pct}
-
-
-PERCENTILES = (1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99, 99.5, 99.9)
-
-
-def nbd_target(server: Server, export: str) -> dict[str, str]:
-    return {"ioengine": "nbd", "uri": server.uri(export)}
-
-
-def prefill(target: dict[str, str], workdir: Path) -> None:
-    """Write the whole area once, so that reads find data."""
-    fio(target | {"time_based": None, "runtime": None, "ramp_time": None}, "write", "1m", 60, workdir)
-
-
-def timed(cmd: list[str]) -> float:
-    t = time.monotonic()
-    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
-    return time.monotonic() - t
-
-
-def mm_stat_text(ctl: Path, device: str = "zram0") -> list[int]:
+def mm_stat(ctl: Path, device: str = "zram0") -> list[int]:
     with Client(ctl) as c:
         return [int(x) for x in c.show(device, "mm_stat").split()]
 
 
-def kernel_zram(alg: str) -> Path | None:
-    """The host's zram0 configured for comparison, or None when unavailable."""
-    sysfs = Path("/sys/block/zram0")
-    if os.geteuid() != 0 or not sysfs.exists():
-        return None
-    if (sysfs / "initstate").read_text().strip() != "0":
-        return None
-    if alg not in (sysfs / "comp_algorithm").read_text().replace("[", " ").replace("]", " ").split():
-        return None
-    (sysfs / "reset").write_text("1")
-    (sysfs / "comp_algorithm").write_text(alg)
-    (sysfs / "disksize").write_text(str(1 << 30))
-    return sysfs
+def mm_row(mm: list[int]) -> dict[str, float]:
+    return {"orig": mm[0], "compr": mm[1], "mem_used": mm[2], "mem_used_mib": mm[2] / (1 << 20),
+            "same_pages": mm[5], "huge_pages": mm[7],
+            "ratio_compr": mm[0] / max(mm[1], 1), "ratio_mem": mm[0] / max(mm[2], 1)}
 
 
-def median(rows: list[dict[str, float]], key: str) -> float:
-    return statistics.median(r[key] for r in rows)
+def memory(img: Path, nbytes: int, alg: str, work: Path, kernel: bool) -> dict[str, Any]:
+    """A fresh uzramd's RSS, and its RSS and mm_stat after storing the corpus,
+    next to the kernel's mm_stat for the same bytes (left in zram0)."""
+    uz = uzramd(work, "mem", [f"zram0:comp_algorithm={alg},disksize={nbytes}"])
+    try:
+        time.sleep(0.5)
+        fresh = uz.rss()
+        subprocess.run(nbdcopy_cmd(img, uz.uri("zram0")), check=True, capture_output=True)
+        out: dict[str, Any] = {"uzram": {**mm_row(mm_stat(work / "mem.ctl")), "fresh_rss": fresh, "rss": uz.rss(),
+                                         "rss_anon": uz.rss("RssAnon")}}
+    finally:
+        uz.stop()
+    if kernel:
+        kernel_configure(alg, nbytes)
+        subprocess.run(dd_cmd(img, Path("/dev") / KERNEL_SYSFS.name), check=True)
+        out["kernel"] = mm_row([int(x) for x in (KERNEL_SYSFS / "mm_stat").read_text().split()])
+    return out
+
+
+def medians(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {k: statistics.median(r[k] for r in rows) for k in KEYS if k in rows[0]}
+    if "lat_pct_us" in rows[0]:   # per percentile, the median over rounds
+        pcts = [r["lat_pct_us"] for r in rows]
+        out["lat_pct_us"] = {p: statistics.median(r[p] for r in pcts if p in r) for p in pcts[0]}
+    return out
+
+
+def measure(args: argparse.Namespace, img: Path, nbytes: int, work: Path, kernel: bool) -> dict[str, Any]:
+    """The rounds: per round the two-device measures, then every job on every server."""
+    seconds, ramp = args.seconds, args.ramp
+    kit = Server("nbdkit", ["nbdkit", "-f", "-U", str(work / "kit.sock"), "memory", str(nbytes)], work / "kit.sock")
+    uz = uzramd(work, "uz", [f"zram{i}:comp_algorithm={args.algorithm},disksize={nbytes}" for i in (0, 1)])
+    try:
+        dev = Path("/dev") / KERNEL_SYSFS.name
+        fio_opts = {"uzram": nbd_fio(uz.uri("zram0")), "nbdkit": nbd_fio(kit.uri())}
+        copy = {"uzram": nbdcopy_cmd(img, uz.uri("zram0")), "nbdkit": nbdcopy_cmd(img, kit.uri())}
+        if kernel:
+            fio_opts["kernel zram"] = kernel_fio()
+            copy["kernel zram"] = dd_cmd(img, dev)
+        print("bench: storing the corpus everywhere ...", file=sys.stderr)
+        for cmd in [*copy.values(), nbdcopy_cmd(img, uz.uri("zram1"))]:
+            subprocess.run(cmd, check=True, capture_output=True, timeout=900)
+        servers = list(fio_opts)
+        raw: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        multi: dict[str, dict[str, list[dict[str, Any]]]] = {"128k write": {"one": [], "two": []},
+                                                             "4k randread": {"one": [], "two": []}}
+        size = {"size": str(nbytes)}
+
+        def fio_on(export: str, tag: str) -> Callable[[], dict[str, Any]]:
+            opts = {**nbd_fio(uz.uri(export)), **FIO_JOBS["4k randread"], **size}
+            return lambda: run_fio(opts, work / tag, seconds=seconds, ramp=ramp)
+
+        def copy_to(export: str) -> Callable[[], dict[str, Any]]:
+            return lambda: copy_rate(nbdcopy_cmd(img, uz.uri(export)), nbytes, seconds)
+        for d in ("a", "b"):
+            (work / d).mkdir(exist_ok=True)
+        for rnd in range(args.rounds):
+            # two devices, each with its own client, against one alone (this also restores the corpus in both)
+            m = multi["128k write"]
+            m["one"].append(copy_to("zram0")())
+            a, b = together(copy_to("zram0"), copy_to("zram1"))
+            m["two"].append({k: a[k] + b[k] for k in ("mbps", "iops")} | {"each": [a["mbps"], b["mbps"]]})
+            m = multi["4k randread"]
+            m["one"].append(fio_on("zram0", "a")())
+            a, b = together(fio_on("zram0", "a"), fio_on("zram1", "b"))
+            m["two"].append({k: a[k] + b[k] for k in ("mbps", "iops")} | {"each": [a["iops"], b["iops"]]})
+            order = servers[rnd % len(servers):] + servers[:rnd % len(servers)]
+            for s in order:
+                raw.setdefault("128k write", {}).setdefault(s, []).append(copy_rate(copy[s], nbytes, seconds))
+            for job, opts in FIO_JOBS.items():
+                for s in order:
+                    res = run_fio({**fio_opts[s], **opts, **size}, work, seconds=seconds, ramp=ramp)
+                    raw.setdefault(job, {}).setdefault(s, []).append(res)
+            print(f"bench: round {rnd + 1}/{args.rounds}: " + "; ".join(
+                f"{job} " + ", ".join(f"{s} {raw[job][s][-1]['iops']:,.0f}" for s in servers) for job in raw)
+                + " IOPS", file=sys.stderr)
+    finally:
+        uz.stop()
+        kit.stop()
+    return {"fio": {job: {s: medians(v) for s, v in per.items()} for job, per in raw.items()},
+            "multi": {job: {k: medians(v) for k, v in per.items()} for job, per in multi.items()},
+            "raw": {"fio": raw, "multi": multi}}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a smoke test: a 16 MiB corpus, one round of 1 s")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=int, default=5)
-    ap.add_argument("--algorithm", default="lz4")
+    ap.add_argument("--seconds", type=float, default=5, help="per measure and server in a round")
+    ap.add_argument("--ramp", type=float, default=1, help="fio's ramp_time, before each measure")
     ap.add_argument("--corpus-mib", type=int, default=256)
+    ap.add_argument("--algorithm", default="lz4")
+    ap.add_argument("--no-kernel", action="store_true", help="leave the host's zram0 alone")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--plots", type=Path, nargs="?", const=HERE.parent / "docs", metavar="DIR",
                     help="also measure the compression ratio per algorithm and write PNG plots to DIR (docs/)")
     ap.add_argument("--from-json", type=Path, metavar="FILE",
                     help="do not measure: print the report and write the plots of a saved --json result")
     args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.seconds, args.ramp, args.corpus_mib = 1, 1, 0, 16
     if args.from_json:
-        results = json.loads(args.from_json.read_text())
-        print(report(results))
+        saved = json.loads(args.from_json.read_text())
+        print(report.markdown(saved))
         if args.plots:
-            _plots(results, args.plots)
+            _plots(saved, args.plots)
         return 0
-    need("fio", "nbdkit", "nbdcopy")
-
+    need("fio", "nbdkit", "nbdcopy", "dd")
+    unavailable = "--no-kernel" if args.no_kernel else kernel_zram_unavailable(args.algorithm)
+    results: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(), "load": {"start": list(os.getloadavg())}, "algorithm": args.algorithm,
+        "rounds": args.rounds, "seconds": args.seconds, "quick": args.quick, "kernel": unavailable}
     work = Path(tempfile.mkdtemp(prefix="uzram-bench-"))
-    results: dict = {"algorithm": args.algorithm, "rounds": args.rounds, "seconds": args.seconds,
-                     "cpus": os.cpu_count(), "fio": {}, "nbdcopy": {}, "memory": {},
-                     "loadavg": [os.getloadavg()[0]]}
-    print(f"bench: workdir {work}; building the swap-like corpus ...", file=sys.stderr)
-    img = work / "corpus.img"
-    pages = corpus.build(img, args.corpus_mib)
-    corpus_bytes = pages * corpus.PAGE
-    results["corpus_bytes"] = corpus_bytes
-
-    # fio uses nbdkit's default export and uzram's zram0; the corpus copies use
-    # exports of exactly the corpus size (nbdkit's second instance, zram1/zram2)
-    nbdkit = Server("nbdkit", ["nbdkit", "-f", "-U", str(work / "kit.sock"), "memory", "1G"], work / "kit.sock")
-    kit2 = Server("nbdkit", ["nbdkit", "-f", "-U", str(work / "kit2.sock"), "memory", str(corpus_bytes)],
-                  work / "kit2.sock")
-    uzram = Server("uzramd", [sys.executable, "-m", "uzram.daemon", "-q", "--listen", f"unix:{work / 'uz.sock'}",
-                              "--control", str(work / "uz.ctl"),
-                              "--device", f"zram0:comp_algorithm={args.algorithm},disksize=1G",
-                              "--device", f"zram1:comp_algorithm={args.algorithm},disksize={corpus_bytes}",
-                              "--device", f"zram2:comp_algorithm={args.algorithm},disksize={corpus_bytes}"],
-                   work / "uz.sock", [work / "uz.ctl"])
-    kz = kernel_zram(args.algorithm)
+    kernel = unavailable is None
     try:
-        base_rss = uzram.rss()
-        # -- compression and memory: the corpus into uzram (zram1) and the kernel's zram0
-        timed(["nbdcopy", "--allocated", str(img), uzram.uri("zram1")])  # zero pages are written too
-        mm = mm_stat_text(work / "uz.ctl", "zram1")
-        rss_loaded = uzram.rss()
-        results["memory"]["uzram"] = {
-            "orig": mm[0], "compr": mm[1], "mem_used": mm[2], "same_pages": mm[5], "huge_pages": mm[7],
-            "ratio_compr": mm[0] / max(mm[1], 1), "ratio_mem": mm[0] / max(mm[2], 1),
-            "rss_growth": rss_loaded - base_rss, "rss_per_stored_byte": (rss_loaded - base_rss) / max(mm[0], 1),
-        }
-        if kz is not None:
-            subprocess.run(["dd", f"if={img}", "of=/dev/zram0", "bs=1M", "oflag=direct", "status=none"], check=True)
-            k = [int(x) for x in (kz / "mm_stat").read_text().split()]
-            results["memory"]["kernel"] = {"orig": k[0], "compr": k[1], "mem_used": k[2], "same_pages": k[5],
-                                           "huge_pages": k[7], "ratio_compr": k[0] / max(k[1], 1),
-                                           "ratio_mem": k[0] / max(k[2], 1)}
-            (kz / "reset").write_text("1")
-            (kz / "comp_algorithm").write_text(args.algorithm)
-            (kz / "disksize").write_text(str(1 << 30))
-
-        # -- nbdcopy of the corpus (zero pages included), both directions, alternating servers
-        rows: dict[str, list] = {"nbdkit": [], "uzramd": []}
-        for _ in range(args.rounds):
-            for server, export in ((kit2, ""), (uzram, "zram2")):
-                w = timed(["nbdcopy", "--allocated", str(img), server.uri(export)])
-                r = timed(["nbdcopy", server.uri(export), "null:"])
-                rows[server.name].append({"write": corpus_bytes / w / 1e6, "read": corpus_bytes / r / 1e6})
-        for name, v in rows.items():
-            results["nbdcopy"][name] = {k: median(v, k) for k in ("write", "read")}
-
-        # -- fio
-        targets = {"nbdkit": nbd_target(nbdkit, ""), "uzram": nbd_target(uzram, "zram0")}
-        if kz is not None:
-            targets["kernel zram"] = {"ioengine": "libaio", "direct": "1", "filename": "/dev/zram0"}
-        rows_pct: dict[str, dict[str, list]] = {}
-        for t in targets.values():
-            prefill(t, work)
-        for name, rw, bs in JOBS:
-            rows: dict[str, list] = {k: [] for k in targets}
-            for _ in range(args.rounds):
-                for server, target in targets.items():
-                    rows[server].append(fio(target, rw, bs, args.seconds, work))
-            results["fio"][name] = {s: {k: median(v, k) for k in ("iops", "mbps", "lat_us")} for s, v in rows.items()}
-            rows_pct[name] = {s: [r["clat_pct_us"] for r in v] for s, v in rows.items()}
-            print(f"bench: {name}: " + ", ".join(f"{s} {results['fio'][name][s]['iops']:.0f} IOPS"
-                                              for s in targets), file=sys.stderr)
-        # -- fio keeps one round's latency percentiles per server (the median round's)
-        for name in results["fio"]:
-            for server in targets:
-                results["fio"][name][server]["clat_pct_us"] = _median_pct(rows_pct[name][server])
-        if args.plots:
-            if kz is not None:
-                (kz / "reset").write_text("1")
-            print("bench: compression ratio per algorithm ...", file=sys.stderr)
-            results["ratios"] = ratios.measure(img)
+        with signals_interrupt():
+            print(f"bench: building the {args.corpus_mib} MiB corpus in {work} ...", file=sys.stderr)
+            img = work / "corpus.img"
+            pages = corpus.build(img, args.corpus_mib, SEED)
+            nbytes = pages * corpus.PAGE
+            results["corpus"] = {"bytes": nbytes, "pages": pages, "seed": SEED, "census": corpus.census(pages, SEED)}
+            print("bench: memory ...", file=sys.stderr)
+            results["memory"] = memory(img, nbytes, args.algorithm, work, kernel)
+            results.update(measure(args, img, nbytes, work, kernel))
+            if args.plots:
+                if kernel:
+                    kernel_reset()
+                print("bench: compression ratio per algorithm ...", file=sys.stderr)
+                results["ratios"] = ratios.measure(img)
     finally:
-        uzram.stop()
-        nbdkit.stop()
-        kit2.stop()
-        if kz is not None:
-            (kz / "reset").write_text("1")
+        if kernel:
+            kernel_reset()
         shutil.rmtree(work, ignore_errors=True)
-
-    results["loadavg"].append(os.getloadavg()[0])
-    print(report(results))
+    results["load"]["end"] = list(os.getloadavg())
+    results["loadavg"] = [results["load"]["start"][0], results["load"]["end"][0]]
+    results["rows"] = report.rows(results)
+    print(report.markdown(results))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps(results, indent=1))
     if args.plots:
         _plots(results, args.plots)
     return 0
 
 
-def _median_pct(rounds: list[dict[float, float]]) -> dict[str, float]:
-    """Per percentile, the median over rounds (JSON keys are strings)."""
-    keys = sorted({k for r in rounds for k in r})
-    return {str(k): statistics.median(r[k] for r in rounds if k in r) for k in keys}
-
-
-def _plots(results: dict, directory: Path) -> None:
+def _plots(results: dict[str, Any], directory: Path) -> None:
     from bench import plots
     for path in plots.write_all(results, directory):
         print(f"bench: wrote {path}", file=sys.stderr)
 
 
-def report(r: dict) -> str:
-    lines = [f"uzram benchmark ({r['algorithm']}, {r['rounds']} rounds of {r['seconds']} s, "
-             f"{r['cpus']} CPUs, medians; fio nbd engine QD16 over a UNIX socket)", "",
-             "| workload | nbdkit memory | uzram | uzram / nbdkit | kernel zram (block device) |",
-             "|---|---|---|---|---|"]
-    for name, row in r["fio"].items():
-        kit, uz = row["nbdkit"], row["uzram"]
-        unit = "IOPS" if name.startswith("4k") else "MB/s"
-        key = "iops" if unit == "IOPS" else "mbps"
-        kern = row.get("kernel zram")
-        lines.append(f"| fio {name} | {kit[key]:,.0f} {unit} | {uz[key]:,.0f} {unit} | **{uz[key] / kit[key]:.2f}×** | "
-                     + (f"{kern[key]:,.0f} {unit}" if kern else "n/a") + " |")
-    for direction in ("write", "read"):
-        kit, uz = r["nbdcopy"]["nbdkit"][direction], r["nbdcopy"]["uzramd"][direction]
-        lines.append(f"| nbdcopy corpus {direction} | {kit:,.0f} MB/s | {uz:,.0f} MB/s | **{uz / kit:.2f}×** | |")
-    m = r["memory"]["uzram"]
-    lines += ["", f"Corpus: {r['corpus_bytes'] >> 20} MiB of a Python process's anonymous memory.", "",
-              "| | uzram | kernel zram |", "|---|---|---|"]
-    k = r["memory"].get("kernel")
-    for label, key, fmt in (("orig / compr_data_size", "ratio_compr", "{:.2f}"),
-                            ("orig / mem_used_total", "ratio_mem", "{:.2f}"),
-                            ("same-filled pages", "same_pages", "{}"), ("huge pages", "huge_pages", "{}")):
-        lines.append(f"| {label} | {fmt.format(m[key])} | " + (fmt.format(k[key]) if k else "n/a") + " |")
-    lines.append(f"| daemon RSS growth / stored byte | {m['rss_per_stored_byte']:.3f} | |")
-    return "\n".join(lines)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as e:
+        sys.exit(f"bench: interrupted ({e or 'SIGINT'}); the servers are stopped, and zram0 is reset if the run used it")

@@ -27,7 +27,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench.run import Server  # noqa: E402
+from bench.targets import Server  # noqa: E402
 from tests.nbdclient import NBDClient  # noqa: E402
 from uzram.ctl.client import Client  # noqa: E402
 

@@ -30,10 +30,18 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench.run import Server, fio, need, prefill  # noqa: E402
+from bench.targets import Server, need, run_fio  # noqa: E402
 from tests.tlscerts import make_certs  # noqa: E402
 
 MiB = 1 << 20
+AREA = {"size": str(512 * MiB)}   # the part of each export fio touches
+BUFFERS = {"buffer_compress_percentage": "60", "refill_buffers": "1", "buffer_compress_chunk": "4096"}
+
+
+def prefill(target: dict[str, str], work: Path) -> None:
+    """Write the whole area once, so that reads find data."""
+    run_fio({**target, **AREA, **BUFFERS, "rw": "write", "bs": "1m", "iodepth": "16", "time_based": "0"},
+            work, seconds=600, ramp=0)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -45,7 +53,7 @@ def cpu_seconds(pid: int) -> float:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def start(tree: Path, work: Path, tag: str, *args: str) -> Server:
@@ -97,7 +105,8 @@ def main() -> int:
             for rw in ("randwrite", "randread"):
                 for name, (server, target) in servers.items():
                     c0 = cpu_seconds(server.proc.pid)
-                    iops = fio(target | {"ramp_time": None}, rw, "4k", args.seconds, work)["iops"]
+                    iops = run_fio({**target, **AREA, **BUFFERS, "rw": rw, "bs": "4k", "iodepth": "16"},
+                                   work, seconds=args.seconds, ramp=0)["iops"]
                     us = (cpu_seconds(server.proc.pid) - c0) / max(iops * args.seconds, 1) * 1e6
                     rows.setdefault((rw, name), []).append(iops)
                     cpu.setdefault((rw, name), []).append(us)

@@ -16,12 +16,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from bench import corpus  # noqa: E402
-from bench.run import Server, need  # noqa: E402
+from bench.targets import Server, need  # noqa: E402
 from uzram.ctl.client import Client  # noqa: E402
 
 
@@ -80,7 +81,7 @@ def main() -> int:
     uz = Server("uzramd", [sys.executable, "-m", "uzram.daemon", "-q", "--listen", f"unix:{work / 'uz.sock'}",
                            "--control", str(ctl), "--device", f"zram0:backing_dev={backing},disksize=2G"],
                 work / "uz.sock", [ctl])
-    r: dict = {"corpus_pages": pages}
+    r: dict[str, Any] = {"corpus_pages": pages}
     try:
         subprocess.run(["nbdcopy", "--allocated", str(img), uz.uri("zram0")], check=True)
         base = {"rss": uz.rss(), "mm": stat(ctl, "mm_stat")}
@@ -119,7 +120,7 @@ def main() -> int:
         subprocess.run(["nbdcopy", "--allocated", str(img), uz.uri("zram0")], check=True)
         store(ctl, "idle", "all")
         done = threading.Event()
-        wb2: dict = {}
+        wb2: dict[str, float] = {}
 
         def writeback() -> None:
             t0 = time.monotonic()
@@ -142,7 +143,7 @@ def main() -> int:
     return 0
 
 
-def report(r: dict) -> str:
+def report(r: dict[str, Any]) -> str:
     wb = r["writeback"]
     m = r["memory"]
     mib = 1 << 20
