@@ -15,23 +15,22 @@ to completion.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-
 import os
 import stat as stat_mod
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from . import kparse
 from .compressors import AVAILABLE, MAX_ALGO_NAME, CompParams, format_available
+from .core import ZramCore as ZramDevice
 from .jobs import Job, Offload, run
+from .postprocess import RecompressJob, WritebackJob
 from .sizeclass import PAGE_SHIFT, PAGE_SIZE
 
-if TYPE_CHECKING:
-    from .device import ZramDevice
-
-Show = Callable[["ZramDevice"], str]
-Store = Callable[["ZramDevice", str], None]
-JobStore = Callable[["ZramDevice", str], "tuple[Job[None], Any]"]
+Show = Callable[[ZramDevice], str]
+Store = Callable[[ZramDevice, str], None]
+JobStore = Callable[[ZramDevice, str], "tuple[Job[None], Any]"]
+F = TypeVar("F", bound=Callable[..., Any])
 
 _SHOW: dict[str, Show] = {}
 _STORE: dict[str, Store] = {}
@@ -48,14 +47,17 @@ class Progress:
         self.what, self.done, self.total = what, 0, total
 
 
-def _attr(name: str, mode: int) -> Callable[[Callable], Callable]:
-    def register(fn: Callable) -> Callable:
+def _attr(name: str, mode: int) -> Callable[[F], F]:
+    """Register a ``*_show``, ``*_store`` or ``*_store_job`` function."""
+    def register(fn: F) -> F:
         MODES[name] = mode
-        if fn.__name__.endswith("_show"):
+        kind = fn.__name__.rsplit("_", 1)[-1]
+        if kind == "show":
             _SHOW[name] = fn
-        elif fn.__name__.endswith("_job"):
-            _JOB[name] = fn
-            _STORE[name] = lambda dev, value: run(fn(dev, value)[0])
+        elif kind == "job":
+            job: JobStore = fn
+            _JOB[name] = job
+            _STORE[name] = lambda dev, value: run(job(dev, value)[0])
         else:
             _STORE[name] = fn
         return fn
@@ -111,11 +113,6 @@ def _einval(what: str) -> OSError:
     return OSError(errno.EINVAL, what)
 
 
-def _require_init(dev: ZramDevice) -> None:
-    if not dev.initialized:
-        raise _einval(f"{dev.name} is not initialised (set disksize first)")
-
-
 # -- lifecycle -------------------------------------------------------------------
 
 @_attr("disksize", 0o644)
@@ -158,9 +155,7 @@ def _set_algorithm(dev: ZramDevice, prio: int, value: str) -> None:
     name = value[:-1] if value.endswith("\n") else value
     if name not in AVAILABLE:
         raise _einval(f"unknown algorithm {name!r}; available: {' '.join(AVAILABLE)}")
-    if dev.initialized:
-        raise OSError(errno.EBUSY, "can't change algorithm for an initialised device; reset it first")
-    dev.comp_algs[prio] = name
+    dev.set_algorithm(prio, name)
 
 
 @_attr("comp_algorithm", 0o644)
@@ -179,16 +174,14 @@ def recomp_algorithm_show(dev: ZramDevice) -> str:
                    for p, alg in enumerate(dev.comp_algs) if p and alg is not None)
 
 
+_RECOMP_ALGORITHM_ARGS: dict[str, kparse.Convert] = {"algo": kparse.text, "priority": kparse.kstrtoint}
+
+
 @_attr("recomp_algorithm", 0o644)
 def recomp_algorithm_store(dev: ZramDevice, value: str) -> None:
-    prio, alg = 1, None
-    for key, val in kparse.next_args(value):
-        if not val:
-            raise _einval(f"{key}: expected key=value")
-        if key == "algo":
-            alg = val
-        elif key == "priority":
-            prio = kparse.kstrtoint(val)
+    args = kparse.parse_args(value, _RECOMP_ALGORITHM_ARGS)
+    prio: int = args.get("priority", 1)
+    alg: str | None = args.get("algo")
     if alg is None:
         raise _einval("recomp_algorithm needs algo=NAME")
     if not 1 <= prio < len(dev.comp_algs):
@@ -222,22 +215,23 @@ def read_dict(path: str) -> bytes:
         os.close(fd)
 
 
+_ALGORITHM_PARAMS_ARGS: dict[str, kparse.Convert] = {
+    "priority": kparse.kstrtoint,
+    "level": kparse.kstrtoint,
+    "algo": kparse.text,
+    "dict": kparse.text,
+    "deflate.winbits": kparse.kstrtoint,
+}
+
+
 @_attr("algorithm_params", 0o200)
 def algorithm_params_store_job(dev: ZramDevice, value: str) -> tuple[Job[None], Any]:
-    prio, level, algo, dict_path, winbits = 0, None, None, None, None
-    for key, val in kparse.next_args(value):
-        if not val:
-            raise _einval(f"{key}: expected key=value")
-        if key == "priority":
-            prio = kparse.kstrtoint(val)
-        elif key == "level":
-            level = kparse.kstrtoint(val)
-        elif key == "algo":
-            algo = val
-        elif key == "dict":
-            dict_path = val
-        elif key == "deflate.winbits":
-            winbits = kparse.kstrtoint(val)
+    args = kparse.parse_args(value, _ALGORITHM_PARAMS_ARGS)
+    prio: int = args.get("priority", 0)
+    level: int | None = args.get("level")
+    algo: str | None = args.get("algo")
+    dict_path: str | None = args.get("dict")
+    winbits: int | None = args.get("deflate.winbits")
     if algo is not None:
         prio = next((p for p, a in enumerate(dev.comp_algs) if a == algo), -1)
     if not 0 <= prio < len(dev.comp_algs):
@@ -247,7 +241,7 @@ def algorithm_params_store_job(dev: ZramDevice, value: str) -> tuple[Job[None], 
         dict_data = None
         if dict_path is not None:
             dict_data = yield Offload(read_dict, dict_path)
-        dev.comp_params[prio] = CompParams(level=level, dict_data=dict_data, deflate_winbits=winbits)
+        dev.set_comp_params(prio, CompParams(level=level, dict_data=dict_data, deflate_winbits=winbits))
     return job(), None
 
 
@@ -258,7 +252,7 @@ def mem_limit_store(dev: ZramDevice, value: str) -> None:
     limit, consumed = kparse.memparse(value)
     if not consumed:
         raise _einval(f"bad mem_limit {value.strip()!r}")
-    dev.limit_pages = -(-limit // PAGE_SIZE)
+    dev.set_mem_limit(limit)
 
 
 @_attr("mem_used_max", 0o200)
@@ -269,8 +263,7 @@ def mem_used_max_store(dev: ZramDevice, value: str) -> None:
         val = 1
     if val != 0:
         raise _einval("only 0 resets mem_used_max")
-    if dev.initialized:
-        dev.max_used_pages = dev.pool.total_pages  # type: ignore[union-attr]
+    dev.reset_mem_used_max()
 
 
 @_attr("idle", 0o200)
@@ -282,18 +275,17 @@ def idle_store_job(dev: ZramDevice, value: str) -> tuple[Job[None], Any]:
         except OSError:
             raise _einval("idle takes 'all' or an age in seconds") from None
         cutoff = dev.clock() - age
-    _require_init(dev)
+    dev.require_disk()
     return dev.mark_idle_steps(cutoff), None
 
 
 @_attr("compact", 0o200)
 def compact_store_job(dev: ZramDevice, value: str) -> tuple[Job[None], Any]:
-    _require_init(dev)
-    pool = dev.pool
-    progress = Progress("compact", sum(c.can_compact() for c in pool.classes))  # type: ignore[union-attr]
+    pool = dev.require_disk().pool
+    progress = Progress("compact", sum(c.can_compact() for c in pool.classes))
 
     def job() -> Job[None]:
-        for freed in pool.compact_steps():  # type: ignore[union-attr]
+        for freed in pool.compact_steps():
             progress.done = min(progress.total, progress.done + freed)
             yield None
         progress.done = progress.total
@@ -310,7 +302,7 @@ def mm_stat_show(dev: ZramDevice) -> str:
     compacted = pool.pages_compacted if pool else 0
     return "%8u %8u %8u %8u %8u %8u %8u %8u %8u\n" % (
         st.pages_stored << PAGE_SHIFT, st.compr_data_size, mem_used << PAGE_SHIFT,
-        dev.limit_pages << PAGE_SHIFT, dev.max_used_pages << PAGE_SHIFT,
+        dev.settings.limit_pages << PAGE_SHIFT, st.max_used_pages << PAGE_SHIFT,
         st.same_pages, compacted, st.huge_pages, st.huge_pages_since)
 
 
@@ -349,34 +341,33 @@ def backing_dev_store(dev: ZramDevice, value: str) -> None:
 
 @_attr("writeback", 0o200)
 def writeback_store_job(dev: ZramDevice, value: str) -> tuple[Job[None], Any]:
-    from .postprocess import WritebackJob
     job = WritebackJob.parse(dev, value)
     return job.steps(), job
 
 
 @_attr("writeback_limit", 0o644)
 def writeback_limit_show(dev: ZramDevice) -> str:
-    return f"{dev.bd_wb_limit}\n"
+    return f"{dev.settings.bd_wb_limit}\n"
 
 
 @_attr("writeback_limit", 0o644)
 def writeback_limit_store(dev: ZramDevice, value: str) -> None:
-    dev.bd_wb_limit = kparse.kstrtoull(value) // (PAGE_SIZE // 4096) * (PAGE_SIZE // 4096)
+    dev.set_writeback_limit(kparse.kstrtoull(value))
 
 
 @_attr("writeback_limit_enable", 0o644)
 def writeback_limit_enable_show(dev: ZramDevice) -> str:
-    return f"{int(dev.wb_limit_enable)}\n"
+    return f"{int(dev.settings.wb_limit_enable)}\n"
 
 
 @_attr("writeback_limit_enable", 0o644)
 def writeback_limit_enable_store(dev: ZramDevice, value: str) -> None:
-    dev.wb_limit_enable = kparse.kstrtoull(value) != 0
+    dev.set_writeback_limit_enable(kparse.kstrtoull(value) != 0)
 
 
 @_attr("writeback_batch_size", 0o644)
 def writeback_batch_size_show(dev: ZramDevice) -> str:
-    return f"{dev.wb_batch_size}\n"
+    return f"{dev.settings.wb_batch_size}\n"
 
 
 @_attr("writeback_batch_size", 0o644)
@@ -384,20 +375,17 @@ def writeback_batch_size_store(dev: ZramDevice, value: str) -> None:
     size = kparse.kstrtouint(value)
     if not size:
         raise _einval("writeback_batch_size must be at least 1")
-    dev.wb_batch_size = size
+    dev.set_writeback_batch_size(size)
 
 
 @_attr("compressed_writeback", 0o644)
 def compressed_writeback_show(dev: ZramDevice) -> str:
-    return f"{int(dev.compressed_wb)}\n"
+    return f"{int(dev.settings.compressed_wb)}\n"
 
 
 @_attr("compressed_writeback", 0o644)
 def compressed_writeback_store(dev: ZramDevice, value: str) -> None:
-    enable = kparse.kstrtobool(value)
-    if dev.initialized:
-        raise OSError(errno.EBUSY, "compressed_writeback can only be set before disksize")
-    dev.compressed_wb = enable
+    dev.set_compressed_writeback(kparse.kstrtobool(value))
 
 
 @_attr("bd_stat", 0o444)
@@ -409,6 +397,5 @@ def bd_stat_show(dev: ZramDevice) -> str:
 
 @_attr("recompress", 0o200)
 def recompress_store_job(dev: ZramDevice, value: str) -> tuple[Job[None], Any]:
-    from .postprocess import RecompressJob
     job = RecompressJob.parse(dev, value)
     return job.steps(), job

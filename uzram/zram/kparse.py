@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import errno
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 _SUFFIX_SHIFT = {"k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
 U64_MAX = (1 << 64) - 1
@@ -198,3 +199,34 @@ def next_args(s: str) -> Iterator[tuple[str, str | None]]:
         elif value is not None and value.endswith('"') and quoted:
             value = value[:-1]
         yield key, value
+
+
+Convert = Callable[[str], Any]
+"""A value parser of a schema: returns the value or raises OSError."""
+
+
+def iter_args(s: str, schema: Mapping[str, Convert], *, bare: bool = False) -> Iterator[tuple[str, Any]]:
+    """``next_arg`` with a schema: each ``key=value`` whose key is in
+    ``schema`` as ``(key, schema[key](value))``, in order and lazily (a bad
+    value raises when reached, as the kernel's loops do). Unknown keys are
+    skipped, as the kernel's stores skip them. A token without a value
+    (``key`` or ``key=``) is EINVAL, or with ``bare`` yields ``(key, None)``."""
+    for key, value in next_args(s):
+        if not value:
+            if not bare:
+                raise OSError(errno.EINVAL, f"{key}: expected key=value")
+            yield key, None
+            continue
+        convert = schema.get(key)
+        if convert is not None:
+            yield key, convert(value)
+
+
+def parse_args(s: str, schema: Mapping[str, Convert]) -> dict[str, Any]:
+    """``iter_args`` folded into a dict: the last value of each key wins."""
+    return dict(iter_args(s, schema))
+
+
+def text(value: str) -> str:
+    """A schema entry for a string value, taken as it is."""
+    return value

@@ -25,7 +25,9 @@ than fault in memory on the storing thread. When the daemon's memory is
 locked (``locked``), a frame is munlocked before ``MADV_DONTNEED`` (which
 refuses locked pages) and locked again (on fault) when reused.
 
-Not thread-safe: one owner thread (see DESIGN.md, invariant 1).
+Not thread-safe: one thread owns the pool (the device's owner thread), and
+nothing here locks. Views of objects (``view``) stay valid only until the
+next mutation; ``pin`` keeps one in place across mutations.
 """
 
 from __future__ import annotations
@@ -222,14 +224,6 @@ class ZsPool:
         """``zs_get_total_pages``: pages owned by zspages."""
         return self.pages_allocated
 
-    @property
-    def total_bytes(self) -> int:
-        return self.pages_allocated * PAGE_SIZE
-
-    # -- handles -----------------------------------------------------------
-
-    # -- zspages -------------------------------------------------------------
-
     # -- reserve -------------------------------------------------------------
 
     def reserve_short(self) -> bool:
@@ -296,9 +290,9 @@ class ZsPool:
             if feed is not None:
                 self._ask_feed()
             return frame
-        frames = self._frames.get(ppz)
-        if frames:
-            chunk, base = frames.pop()
+        released = self._frames.get(ppz)
+        if released:
+            chunk, base = released.pop()
             if self.locked:
                 chunk.relock(base, ppz * PAGE_SIZE)
             return chunk, base
@@ -483,13 +477,6 @@ class ZsPool:
         zs = self._zspages[loc >> 16]
         off = zs.base + (loc & 0xFFFF) * zs.size + zs.hdr  # type: ignore[union-attr]
         return zs.mv[off : off + length]  # type: ignore[union-attr]
-
-    def write(self, h: int, data: bytes | memoryview) -> None:
-        """``zs_obj_write``: copy ``data`` into the object."""
-        loc = self._loc[h]
-        zs = self._zspages[loc >> 16]
-        off = zs.base + (loc & 0xFFFF) * zs.size + zs.hdr  # type: ignore[union-attr]
-        zs.mv[off : off + len(data)] = data  # type: ignore[union-attr]
 
     def pin(self, h: int) -> ZsPage:
         """Keep the object in place (compaction skips its zspage, and frees in
