@@ -25,7 +25,7 @@ from .jobs import Job, run
 from .sizeclass import CHAIN_SIZE_DEFAULT, PAGE_SIZE
 from .slots import (
     ALLOCATED, HUGE, IDLE, INCOMPRESSIBLE, PP_SLOT, PRIO_MASK, PRIO_SHIFT, SAME, SIZE_MASK, WB,
-    SlotTable,
+    SlotState, SlotTable, state_of,
 )
 from .writepath import STEP_SCAN, WritePath
 from .zsmalloc import ZsPool
@@ -150,6 +150,10 @@ class ZramCore(WritePath):
     @property
     def num_active_comps(self) -> int:
         return self.disk.num_active_comps if self.disk is not None else 0
+
+    def state(self, i: int) -> SlotState:
+        """What slot ``i`` holds (see slots.py)."""
+        return state_of(self.require_disk().table.flags[i])
 
     def slot_state(self, i: int) -> tuple[int, int, int]:
         """(handle, flags, ac_time) of slot ``i``, for tests and debugfs."""

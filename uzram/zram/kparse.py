@@ -62,7 +62,8 @@ def _parse_prefix(s: str, base: int) -> tuple[int, int]:
     elif base == 16 and s[:2].lower() == "0x":
         i = 2
     m = _DIGITS[base].match(s, i)
-    end = m.end()  # type: ignore[union-attr]
+    assert m is not None, "a starred pattern always matches"
+    end = m.end()
     if end == i:
         return 0, 0
     return _wrap64(s[i:end], base), end
@@ -98,7 +99,9 @@ def kstrtoull(s: str, base: int = 10, maximum: int = U64_MAX) -> int:
             base = 10
     if not body:
         raise _err(errno.EINVAL)
-    n = _DIGITS[base].match(body).end()  # type: ignore[union-attr]
+    m = _DIGITS[base].match(body)
+    assert m is not None, "a starred pattern always matches"
+    n = m.end()
     if n == 0:
         raise _err(errno.EINVAL)
     digits = body[:n].lstrip("0")

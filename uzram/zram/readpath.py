@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import errno
+from typing import cast
 
 import numpy as np
 
@@ -175,7 +176,7 @@ class ReadPath(DeviceState):
             raise
         if defer:
             return PendingRead(self, chunks, defer, offset, length)
-        return _trim(chunks, offset, length)  # type: ignore[arg-type]  # no None without defer
+        return _trim(cast(list[bytes], chunks), offset, length)  # no None without defer
 
     def _unpin(self, items: list[tuple[int, int]]) -> None:
         backing = self.settings.backing
@@ -199,7 +200,7 @@ class ReadPath(DeviceState):
         except OSError:
             self.stats.failed_reads += 1
             raise
-        return _trim(chunks, pending.offset, pending.length)  # type: ignore[arg-type]  # all filled now
+        return _trim(cast(list[bytes], chunks), pending.offset, pending.length)  # all filled now
 
     def read(self, offset: int, length: int) -> bytes:
         chunks = self.read_chunks(offset, length)

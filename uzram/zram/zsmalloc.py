@@ -444,29 +444,30 @@ class ZsPool:
         loc = self._loc
         where = loc[h]
         zs = self._zspages[where >> 16]
+        assert zs is not None, "a handle into a freed zspage"
         loc[h] = self._hfree
         self._hfree = h
         self.objects -= 1
-        if zs.pins:  # type: ignore[union-attr]
-            if zs.deferred is None:  # type: ignore[union-attr]
-                zs.deferred = []  # type: ignore[union-attr]
-            zs.deferred.append(where & 0xFFFF)  # type: ignore[union-attr]
+        if zs.pins:
+            if zs.deferred is None:
+                zs.deferred = []
+            zs.deferred.append(where & 0xFFFF)
             return
-        cls = zs.cls  # type: ignore[union-attr]
-        if zs.hdr:  # type: ignore[union-attr]
+        cls = zs.cls
+        if zs.hdr:
             idx = where & 0xFFFF
-            zs.q[(zs.base + idx * zs.size) >> 3] = zs.free_head << 1  # type: ignore[union-attr]
-            zs.free_head = idx + 1  # type: ignore[union-attr]
+            zs.q[(zs.base + idx * zs.size) >> 3] = zs.free_head << 1
+            zs.free_head = idx + 1
         else:
-            zs.huge_handle = 0  # type: ignore[union-attr]
-        inuse = zs.inuse - 1  # type: ignore[union-attr]
-        zs.inuse = inuse  # type: ignore[union-attr]
+            zs.huge_handle = 0
+        inuse = zs.inuse - 1
+        zs.inuse = inuse
         cls.obj_used -= 1
         if inuse == 0:
-            self._free_zspage(zs)  # type: ignore[arg-type]
+            self._free_zspage(zs)
             return
-        if cls.fg_of[inuse] != zs.fg:  # type: ignore[union-attr]
-            self._regroup(zs)  # type: ignore[arg-type]
+        if cls.fg_of[inuse] != zs.fg:
+            self._regroup(zs)
 
     # -- object access -----------------------------------------------------------
 
@@ -475,8 +476,9 @@ class ZsPool:
         pool mutation: copy or consume it before anything else runs."""
         loc = self._loc[h]
         zs = self._zspages[loc >> 16]
-        off = zs.base + (loc & 0xFFFF) * zs.size + zs.hdr  # type: ignore[union-attr]
-        return zs.mv[off : off + length]  # type: ignore[union-attr]
+        assert zs is not None, "a handle into a freed zspage"
+        off = zs.base + (loc & 0xFFFF) * zs.size + zs.hdr
+        return zs.mv[off : off + length]
 
     def pin(self, h: int) -> ZsPage:
         """Keep the object in place (compaction skips its zspage, and frees in
