@@ -22,14 +22,14 @@ from typing import Any, TypeVar
 
 from . import kparse
 from .compressors import AVAILABLE, MAX_ALGO_NAME, CompParams, format_available
-from .core import ZramCore as ZramDevice
+from .core import ZramCore
 from .jobs import Job, Offload, run
 from .postprocess import RecompressJob, WritebackJob
 from .sizeclass import PAGE_SHIFT, PAGE_SIZE
 
-Show = Callable[[ZramDevice], str]
-Store = Callable[[ZramDevice, str], None]
-JobStore = Callable[[ZramDevice, str], "tuple[Job[None], Any]"]
+Show = Callable[[ZramCore], str]
+Store = Callable[[ZramCore, str], None]
+JobStore = Callable[[ZramCore, str], "tuple[Job[None], Any]"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 _SHOW: dict[str, Show] = {}
@@ -68,7 +68,7 @@ def names() -> list[str]:
     return sorted(MODES)
 
 
-def show(dev: ZramDevice, name: str) -> str:
+def show(dev: ZramCore, name: str) -> str:
     fn = _SHOW.get(name)
     if fn is None:
         raise OSError(errno.EACCES if name in MODES else errno.ENOENT, f"{name}: cannot be read")
@@ -84,7 +84,7 @@ def as_written(value: str) -> str:
     return value if len(raw) <= PAGE_SIZE else raw[:PAGE_SIZE].decode(errors="ignore")
 
 
-def store(dev: ZramDevice, name: str, value: str) -> None:
+def store(dev: ZramCore, name: str, value: str) -> None:
     """Store ``value``; like a zero-length write(2) to sysfs, "" does nothing."""
     fn = _STORE.get(name)
     if fn is None:
@@ -98,7 +98,7 @@ def _nothing() -> Job[None]:
     yield
 
 
-def store_job(dev: ZramDevice, name: str, value: str) -> tuple[Job[None], Any]:
+def store_job(dev: ZramCore, name: str, value: str) -> tuple[Job[None], Any]:
     """The store as a job for a driver, and an object with ``done``/``total``
     /``what`` telling its progress (or None). Quick stores and errors in the
     name happen at once, here; the job's own errors come from the driver."""
@@ -116,12 +116,12 @@ def _einval(what: str) -> OSError:
 # -- lifecycle -------------------------------------------------------------------
 
 @_attr("disksize", 0o644)
-def disksize_show(dev: ZramDevice) -> str:
+def disksize_show(dev: ZramCore) -> str:
     return f"{dev.disksize}\n"
 
 
 @_attr("disksize", 0o644)
-def disksize_store(dev: ZramDevice, value: str) -> None:
+def disksize_store(dev: ZramCore, value: str) -> None:
     size, _ = kparse.memparse(value)
     if not size:
         raise _einval(f"bad disksize {value.strip()!r}")
@@ -129,26 +129,26 @@ def disksize_store(dev: ZramDevice, value: str) -> None:
 
 
 @_attr("initstate", 0o444)
-def initstate_show(dev: ZramDevice) -> str:
+def initstate_show(dev: ZramCore) -> str:
     return f"{int(dev.initialized)}\n"
 
 
 @_attr("reset", 0o200)
-def reset_store_job(dev: ZramDevice, value: str, claimed: bool = False) -> tuple[Job[None], Any]:
+def reset_store_job(dev: ZramCore, value: str, claimed: bool = False) -> tuple[Job[None], Any]:
     if not kparse.kstrtou16(value):
         raise _einval("reset needs a non-zero value")
     return dev.reset_steps(claimed), None
 
 
 @_attr("size", 0o444)
-def size_show(dev: ZramDevice) -> str:
+def size_show(dev: ZramCore) -> str:
     """The block layer's capacity in 512-byte sectors."""
     return f"{dev.disksize >> 9}\n"
 
 
 # -- compression ---------------------------------------------------------------------
 
-def _set_algorithm(dev: ZramDevice, prio: int, value: str) -> None:
+def _set_algorithm(dev: ZramCore, prio: int, value: str) -> None:
     """``__comp_algorithm_store``: E2BIG, EINVAL (unknown), then EBUSY (initialised)."""
     if len(value) >= MAX_ALGO_NAME:
         raise OSError(errno.E2BIG, "algorithm name too long")
@@ -159,17 +159,17 @@ def _set_algorithm(dev: ZramDevice, prio: int, value: str) -> None:
 
 
 @_attr("comp_algorithm", 0o644)
-def comp_algorithm_show(dev: ZramDevice) -> str:
+def comp_algorithm_show(dev: ZramCore) -> str:
     return format_available(dev.comp_algs[0])
 
 
 @_attr("comp_algorithm", 0o644)
-def comp_algorithm_store(dev: ZramDevice, value: str) -> None:
+def comp_algorithm_store(dev: ZramCore, value: str) -> None:
     _set_algorithm(dev, 0, value)
 
 
 @_attr("recomp_algorithm", 0o644)
-def recomp_algorithm_show(dev: ZramDevice) -> str:
+def recomp_algorithm_show(dev: ZramCore) -> str:
     return "".join(f"#{p}: " + format_available(alg)
                    for p, alg in enumerate(dev.comp_algs) if p and alg is not None)
 
@@ -178,7 +178,7 @@ _RECOMP_ALGORITHM_ARGS: dict[str, kparse.Convert] = {"algo": kparse.text, "prior
 
 
 @_attr("recomp_algorithm", 0o644)
-def recomp_algorithm_store(dev: ZramDevice, value: str) -> None:
+def recomp_algorithm_store(dev: ZramCore, value: str) -> None:
     args = kparse.parse_args(value, _RECOMP_ALGORITHM_ARGS)
     prio: int = args.get("priority", 1)
     alg: str | None = args.get("algo")
@@ -225,7 +225,7 @@ _ALGORITHM_PARAMS_ARGS: dict[str, kparse.Convert] = {
 
 
 @_attr("algorithm_params", 0o200)
-def algorithm_params_store_job(dev: ZramDevice, value: str) -> tuple[Job[None], Any]:
+def algorithm_params_store_job(dev: ZramCore, value: str) -> tuple[Job[None], Any]:
     args = kparse.parse_args(value, _ALGORITHM_PARAMS_ARGS)
     prio: int = args.get("priority", 0)
     level: int | None = args.get("level")
@@ -248,7 +248,7 @@ def algorithm_params_store_job(dev: ZramDevice, value: str) -> tuple[Job[None], 
 # -- memory ---------------------------------------------------------------------------
 
 @_attr("mem_limit", 0o200)
-def mem_limit_store(dev: ZramDevice, value: str) -> None:
+def mem_limit_store(dev: ZramCore, value: str) -> None:
     limit, consumed = kparse.memparse(value)
     if not consumed:
         raise _einval(f"bad mem_limit {value.strip()!r}")
@@ -256,7 +256,7 @@ def mem_limit_store(dev: ZramDevice, value: str) -> None:
 
 
 @_attr("mem_used_max", 0o200)
-def mem_used_max_store(dev: ZramDevice, value: str) -> None:
+def mem_used_max_store(dev: ZramCore, value: str) -> None:
     try:
         val = kparse.kstrtoull(value)
     except OSError:
@@ -267,7 +267,7 @@ def mem_used_max_store(dev: ZramDevice, value: str) -> None:
 
 
 @_attr("idle", 0o200)
-def idle_store_job(dev: ZramDevice, value: str) -> tuple[Job[None], Any]:
+def idle_store_job(dev: ZramCore, value: str) -> tuple[Job[None], Any]:
     cutoff = None
     if not kparse.sysfs_streq(value, "all"):
         try:
@@ -280,7 +280,7 @@ def idle_store_job(dev: ZramDevice, value: str) -> tuple[Job[None], Any]:
 
 
 @_attr("compact", 0o200)
-def compact_store_job(dev: ZramDevice, value: str) -> tuple[Job[None], Any]:
+def compact_store_job(dev: ZramCore, value: str) -> tuple[Job[None], Any]:
     pool = dev.require_disk().pool
     progress = Progress("compact", sum(c.can_compact() for c in pool.classes))
 
@@ -295,7 +295,7 @@ def compact_store_job(dev: ZramDevice, value: str) -> tuple[Job[None], Any]:
 # -- statistics ---------------------------------------------------------------------------
 
 @_attr("mm_stat", 0o444)
-def mm_stat_show(dev: ZramDevice) -> str:
+def mm_stat_show(dev: ZramCore) -> str:
     st = dev.stats
     pool = dev.pool
     mem_used = pool.total_pages if pool else 0
@@ -307,18 +307,18 @@ def mm_stat_show(dev: ZramDevice) -> str:
 
 
 @_attr("io_stat", 0o444)
-def io_stat_show(dev: ZramDevice) -> str:
+def io_stat_show(dev: ZramCore) -> str:
     st = dev.stats
     return "%8u %8u 0 %8u\n" % (st.failed_reads, st.failed_writes, st.notify_free)
 
 
 @_attr("debug_stat", 0o444)
-def debug_stat_show(dev: ZramDevice) -> str:
+def debug_stat_show(dev: ZramCore) -> str:
     return "version: 1\n0 %8u\n" % dev.stats.miss_free
 
 
 @_attr("stat", 0o444)
-def stat_show(dev: ZramDevice) -> str:
+def stat_show(dev: ZramCore) -> str:
     """The block layer's 17-field ``stat`` (I/O counts and sectors; no timings)."""
     st = dev.stats
     return ("%8u %8u %8u %8u %8u %8u %8u %8u %8u %8u %8u %8u %8u %8u %8u %8u %8u\n" % (
@@ -329,49 +329,49 @@ def stat_show(dev: ZramDevice) -> str:
 # -- writeback and recompression --------------------------------------------------------------
 
 @_attr("backing_dev", 0o644)
-def backing_dev_show(dev: ZramDevice) -> str:
+def backing_dev_show(dev: ZramCore) -> str:
     return f"{dev.backing.path}\n" if dev.backing else "none\n"
 
 
 @_attr("backing_dev", 0o644)
-def backing_dev_store(dev: ZramDevice, value: str) -> None:
+def backing_dev_store(dev: ZramCore, value: str) -> None:
     path = value[:-1] if value.endswith("\n") else value
     dev.set_backing(path)
 
 
 @_attr("writeback", 0o200)
-def writeback_store_job(dev: ZramDevice, value: str) -> tuple[Job[None], Any]:
+def writeback_store_job(dev: ZramCore, value: str) -> tuple[Job[None], Any]:
     job = WritebackJob.parse(dev, value)
     return job.steps(), job
 
 
 @_attr("writeback_limit", 0o644)
-def writeback_limit_show(dev: ZramDevice) -> str:
+def writeback_limit_show(dev: ZramCore) -> str:
     return f"{dev.settings.bd_wb_limit}\n"
 
 
 @_attr("writeback_limit", 0o644)
-def writeback_limit_store(dev: ZramDevice, value: str) -> None:
+def writeback_limit_store(dev: ZramCore, value: str) -> None:
     dev.set_writeback_limit(kparse.kstrtoull(value))
 
 
 @_attr("writeback_limit_enable", 0o644)
-def writeback_limit_enable_show(dev: ZramDevice) -> str:
+def writeback_limit_enable_show(dev: ZramCore) -> str:
     return f"{int(dev.settings.wb_limit_enable)}\n"
 
 
 @_attr("writeback_limit_enable", 0o644)
-def writeback_limit_enable_store(dev: ZramDevice, value: str) -> None:
+def writeback_limit_enable_store(dev: ZramCore, value: str) -> None:
     dev.set_writeback_limit_enable(kparse.kstrtoull(value) != 0)
 
 
 @_attr("writeback_batch_size", 0o644)
-def writeback_batch_size_show(dev: ZramDevice) -> str:
+def writeback_batch_size_show(dev: ZramCore) -> str:
     return f"{dev.settings.wb_batch_size}\n"
 
 
 @_attr("writeback_batch_size", 0o644)
-def writeback_batch_size_store(dev: ZramDevice, value: str) -> None:
+def writeback_batch_size_store(dev: ZramCore, value: str) -> None:
     size = kparse.kstrtouint(value)
     if not size:
         raise _einval("writeback_batch_size must be at least 1")
@@ -379,23 +379,23 @@ def writeback_batch_size_store(dev: ZramDevice, value: str) -> None:
 
 
 @_attr("compressed_writeback", 0o644)
-def compressed_writeback_show(dev: ZramDevice) -> str:
+def compressed_writeback_show(dev: ZramCore) -> str:
     return f"{int(dev.settings.compressed_wb)}\n"
 
 
 @_attr("compressed_writeback", 0o644)
-def compressed_writeback_store(dev: ZramDevice, value: str) -> None:
+def compressed_writeback_store(dev: ZramCore, value: str) -> None:
     dev.set_compressed_writeback(kparse.kstrtobool(value))
 
 
 @_attr("bd_stat", 0o444)
-def bd_stat_show(dev: ZramDevice) -> str:
+def bd_stat_show(dev: ZramCore) -> str:
     st = dev.stats
     used = dev.backing.used if dev.backing else 0
     return "%8u %8u %8u\n" % (used, st.bd_reads, st.bd_writes)
 
 
 @_attr("recompress", 0o200)
-def recompress_store_job(dev: ZramDevice, value: str) -> tuple[Job[None], Any]:
+def recompress_store_job(dev: ZramCore, value: str) -> tuple[Job[None], Any]:
     job = RecompressJob.parse(dev, value)
     return job.steps(), job

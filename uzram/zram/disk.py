@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from .backing import BackingStore
 from .compressors import DEFAULT_ALGORITHM, Codec, CompParams, create_codec
-from .sizeclass import CHAIN_SIZE_DEFAULT, PAGE_SHIFT, PAGE_SIZE, build_class_table
+from .sizeclass import PAGE_SHIFT, PAGE_SIZE, build_class_table
 from .slots import ALLOCATED, HUGE, PRIO_MASK, PRIO_SHIFT, SAME, SIZE_MASK, WB, SlotTable
 from .zsmalloc import ZsPool
 
