@@ -69,17 +69,6 @@ class Stats:
         "discard_ios", "discard_sectors", "flush_ios",
     )
 
-    def __init__(self) -> None:
-        for name in self.__slots__:
-            setattr(self, name, 0)
-
-    def snapshot(self) -> list[int]:
-        return [getattr(self, n) for n in self.__slots__]
-
-    def restore(self, values: list[int]) -> None:
-        for n, v in zip(self.__slots__, values):
-            setattr(self, n, v)
-
     # declared for the type checker; __init__ sets them all
     compr_data_size: int
     failed_reads: int
@@ -100,6 +89,17 @@ class Stats:
     discard_ios: int
     discard_sectors: int
     flush_ios: int
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+    def snapshot(self) -> list[int]:
+        return [getattr(self, n) for n in self.__slots__]
+
+    def restore(self, values: list[int]) -> None:
+        for n, v in zip(self.__slots__, values):
+            setattr(self, n, v)
 
 
 class Disk:
