@@ -25,7 +25,7 @@ from .jobs import Job, run
 from .sizeclass import CHAIN_SIZE_DEFAULT, PAGE_SIZE
 from .slots import (
     ALLOCATED, HUGE, IDLE, INCOMPRESSIBLE, PP_SLOT, PRIO_MASK, PRIO_SHIFT, SAME, SIZE_MASK, WB,
-    SlotState, SlotTable, state_of,
+    SlotState, SlotTable, in_ram_object, priority_of, state_of,
 )
 from .writepath import STEP_SCAN, WritePath
 from .zsmalloc import ZsPool
@@ -258,13 +258,13 @@ class ZramCore(WritePath):
         table, pool = disk.table, disk.pool
         f = table.flags[i]
         size = f & SIZE_MASK
-        if not size or f & (WB | SAME) or size < threshold:
+        if not in_ram_object(f) or size < threshold:
             return False
         obj = pool.view(table.handle[i], size)
         page = bytes(obj) if size == PAGE_SIZE else self.decompress(disk.codec_for(f), obj)
         f &= ~IDLE
         table.flags[i] = f
-        prio = max(prio, ((f & PRIO_MASK) >> PRIO_SHIFT) + 1)
+        prio = max(prio, priority_of(f) + 1)
         if prio >= prio_max:
             return False
         old_class = pool.class_of(size)

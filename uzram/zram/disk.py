@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from .backing import BackingStore
 from .compressors import DEFAULT_ALGORITHM, Codec, CompParams, create_codec
 from .sizeclass import PAGE_SHIFT, PAGE_SIZE, build_class_table
-from .slots import ALLOCATED, HUGE, PRIO_MASK, PRIO_SHIFT, SAME, SIZE_MASK, WB, SlotTable
+from .slots import ALLOCATED, HUGE, SAME, SIZE_MASK, WB, SlotTable, priority_of
 from .zsmalloc import ZsPool
 
 MAX_COMPS = 4          # ZRAM_MAX_COMPS: the primary and three recompression algorithms
@@ -131,7 +131,7 @@ class Disk:
 
     def codec_for(self, flags: int) -> Decompress:
         """The decompressor of the priority that made a slot's object."""
-        codec = self.comps[(flags & PRIO_MASK) >> PRIO_SHIFT]
+        codec = self.comps[priority_of(flags)]
         assert codec is not None, "an object of an unconfigured priority"
         return codec.decompress
 

@@ -27,8 +27,8 @@ WRITTEN_BACK    WB (+ size, HUGE and priority    backing-store block
                 raw by compressed writeback)
 ==============  ===============================  ============================
 
-Marks on top of a state (never on EMPTY or SAME, never on WRITTEN_BACK
-except INCOMPRESSIBLE being dropped with the RAM copy):
+Marks, on COMPRESSED and HUGE slots only (writing back, freeing or
+overwriting a slot drops them):
 
 - IDLE: set by ``idle`` (``mark_idle``) on in-RAM COMPRESSED/HUGE slots
   not accessed since a cutoff; cleared by any access.
