@@ -7,6 +7,7 @@ import random
 import pytest
 
 from uzram.zram import ZramDevice
+from uzram.zram.device import Extent
 from uzram.zram.slots import HUGE, IDLE, SAME
 
 from . import pages
@@ -326,15 +327,16 @@ def test_stat_counts_ios_and_sectors():
     assert f[15] == 1                     # flushes
 
 
-def test_allocation_map():
+def test_extents():
     dev = new()
     dev.write(PAGE, os.urandom(PAGE))
     dev.write(2 * PAGE, b"b" * PAGE)       # same-filled, non-zero: data
     dev.write(3 * PAGE, bytes(PAGE))       # zero page: reads as zero
-    assert dev.allocation_map(0, 5 * PAGE) == [(PAGE, 3), (2 * PAGE, 0), (PAGE, 2), (PAGE, 3)]
-    assert dev.allocation_map(100, PAGE) == [(PAGE - 100, 3), (100, 0)]
+    hole, data, zero = Extent.UNALLOCATED, Extent.DATA, Extent.ZERO
+    assert dev.extents(0, 5 * PAGE) == [(PAGE, hole), (2 * PAGE, data), (PAGE, zero), (PAGE, hole)]
+    assert dev.extents(100, PAGE) == [(PAGE - 100, hole), (100, data)]
     dev.write_zeroes(0, 2 * PAGE, unmap=False)
-    assert dev.allocation_map(0, 2 * PAGE) == [(2 * PAGE, 2)]
+    assert dev.extents(0, 2 * PAGE) == [(2 * PAGE, zero)]
     assert mm_stat(dev)[5] == 4 and mm_stat(dev)[0] == 4 * PAGE
     assert dev.read(0, 2 * PAGE) == bytes(2 * PAGE)
 

@@ -71,3 +71,17 @@ def test_sysfs_streq():
     assert kparse.sysfs_streq("all\n", "all")
     assert not kparse.sysfs_streq("all\n\n", "all")
     assert not kparse.sysfs_streq("al", "all")
+
+
+def test_schema_parsing():
+    schema = {"level": kparse.kstrtoint, "algo": kparse.text}
+    assert kparse.parse_args("algo=lz4 other=x level=3 level=-1\n", schema) == {"algo": "lz4", "level": -1}
+    with pytest.raises(OSError) as e:
+        kparse.parse_args("algo=lz4 level", schema)        # a key without a value
+    assert e.value.errno == errno.EINVAL
+    with pytest.raises(OSError) as e:
+        kparse.parse_args("level=99999999999", schema)     # the value's own errno
+    assert e.value.errno == errno.ERANGE
+    # lazily: a caller that stops early never parses what follows
+    it = kparse.iter_args("huge level=bad", schema, bare=True)
+    assert next(it) == ("huge", None)

@@ -9,7 +9,7 @@ import pytest
 
 from uzram.zram import ZramDevice
 from uzram.zram.postprocess import RecompressJob, WritebackJob
-from uzram.zram.slots import HUGE, IDLE, INCOMPRESSIBLE, PP_SLOT, PRIO_MASK, WB
+from uzram.zram.slots import HUGE, IDLE, INCOMPRESSIBLE, PP_SLOT, PRIO_MASK, WB, SlotState
 
 from . import pages
 
@@ -453,3 +453,21 @@ def test_partial_zeroing_of_a_written_back_page_releases_its_block(backing):
     assert bd(dev)[0] == 1
     dev.write_zeroes(1, 1)
     assert bd(dev)[0] == 0
+
+
+def test_slot_states_follow_the_operations(backing):
+    """Each operation moves a slot to the state slots.py says."""
+    dev = device(backing, recomp_algorithm="algo=zstd")
+    rng = random.Random(30)
+    assert dev.state(0) is SlotState.EMPTY
+    dev.write(0, b"\x07" * PAGE)
+    assert dev.state(0) is SlotState.SAME and dev.slot_state(0)[0] == int.from_bytes(b"\x07" * 8, "little")
+    dev.write(0, pages.half_random(rng))
+    assert dev.state(0) is SlotState.COMPRESSED
+    dev.write(PAGE, pages.incompressible(rng))
+    assert dev.state(1) is SlotState.HUGE
+    dev.store("writeback", "huge")
+    assert dev.state(1) is SlotState.WRITTEN_BACK and dev.slot_state(1)[0] < 256   # a block number
+    dev.discard(0, 2 * PAGE)
+    assert dev.state(0) is SlotState.EMPTY and dev.state(1) is SlotState.EMPTY
+    assert dev.slot_state(0) == (0, 0, 0)

@@ -8,7 +8,7 @@ from collections.abc import Awaitable
 import trio
 
 from ..zram import ZramDevice
-from ..zram.device import PendingRead
+from ..zram.device import Extent, PendingRead
 from ..zram.jobs import Job
 from ..zram.sizeclass import PAGE_SIZE
 from . import marker
@@ -16,6 +16,8 @@ from .jobs import drive, puncher
 
 STATE_HOLE = 1
 STATE_ZERO = 2
+# the device's extent states as NBD base:allocation flags
+_ALLOCATION = {Extent.DATA: 0, Extent.ZERO: STATE_ZERO, Extent.UNALLOCATED: STATE_HOLE | STATE_ZERO}
 SYNC_PAGES = 256  # TRIM/WRITE_ZEROES up to this many pages run in the call (~1 ms)
 
 
@@ -108,4 +110,4 @@ class ZramExport:
         return None
 
     def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:
-        return [(n, state) for n, state in self.dev.allocation_map(offset, length)]
+        return [(n, _ALLOCATION[state]) for n, state in self.dev.extents(offset, length)]

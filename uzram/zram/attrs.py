@@ -15,23 +15,22 @@ to completion.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-
 import os
 import stat as stat_mod
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from . import kparse
 from .compressors import AVAILABLE, MAX_ALGO_NAME, CompParams, format_available
+from .core import ZramCore
 from .jobs import Job, Offload, run
+from .postprocess import RecompressJob, WritebackJob
 from .sizeclass import PAGE_SHIFT, PAGE_SIZE
 
-if TYPE_CHECKING:
-    from .device import ZramDevice
-
-Show = Callable[["ZramDevice"], str]
-Store = Callable[["ZramDevice", str], None]
-JobStore = Callable[["ZramDevice", str], "tuple[Job[None], Any]"]
+Show = Callable[[ZramCore], str]
+Store = Callable[[ZramCore, str], None]
+JobStore = Callable[[ZramCore, str], "tuple[Job[None], Any]"]
+F = TypeVar("F", bound=Callable[..., Any])
 
 _SHOW: dict[str, Show] = {}
 _STORE: dict[str, Store] = {}
@@ -48,14 +47,17 @@ class Progress:
         self.what, self.done, self.total = what, 0, total
 
 
-def _attr(name: str, mode: int) -> Callable[[Callable], Callable]:
-    def register(fn: Callable) -> Callable:
+def _attr(name: str, mode: int) -> Callable[[F], F]:
+    """Register a ``*_show``, ``*_store`` or ``*_store_job`` function."""
+    def register(fn: F) -> F:
         MODES[name] = mode
-        if fn.__name__.endswith("_show"):
+        kind = fn.__name__.rsplit("_", 1)[-1]
+        if kind == "show":
             _SHOW[name] = fn
-        elif fn.__name__.endswith("_job"):
-            _JOB[name] = fn
-            _STORE[name] = lambda dev, value: run(fn(dev, value)[0])
+        elif kind == "job":
+            job: JobStore = fn
+            _JOB[name] = job
+            _STORE[name] = lambda dev, value: run(job(dev, value)[0])
         else:
             _STORE[name] = fn
         return fn
@@ -66,7 +68,7 @@ def names() -> list[str]:
     return sorted(MODES)
 
 
-def show(dev: ZramDevice, name: str) -> str:
+def show(dev: ZramCore, name: str) -> str:
     fn = _SHOW.get(name)
     if fn is None:
         raise OSError(errno.EACCES if name in MODES else errno.ENOENT, f"{name}: cannot be read")
@@ -82,7 +84,7 @@ def as_written(value: str) -> str:
     return value if len(raw) <= PAGE_SIZE else raw[:PAGE_SIZE].decode(errors="ignore")
 
 
-def store(dev: ZramDevice, name: str, value: str) -> None:
+def store(dev: ZramCore, name: str, value: str) -> None:
     """Store ``value``; like a zero-length write(2) to sysfs, "" does nothing."""
     fn = _STORE.get(name)
     if fn is None:
@@ -96,7 +98,7 @@ def _nothing() -> Job[None]:
     yield
 
 
-def store_job(dev: ZramDevice, name: str, value: str) -> tuple[Job[None], Any]:
+def store_job(dev: ZramCore, name: str, value: str) -> tuple[Job[None], Any]:
     """The store as a job for a driver, and an object with ``done``/``total``
     /``what`` telling its progress (or None). Quick stores and errors in the
     name happen at once, here; the job's own errors come from the driver."""
@@ -111,20 +113,15 @@ def _einval(what: str) -> OSError:
     return OSError(errno.EINVAL, what)
 
 
-def _require_init(dev: ZramDevice) -> None:
-    if not dev.initialized:
-        raise _einval(f"{dev.name} is not initialised (set disksize first)")
-
-
 # -- lifecycle -------------------------------------------------------------------
 
 @_attr("disksize", 0o644)
-def disksize_show(dev: ZramDevice) -> str:
+def disksize_show(dev: ZramCore) -> str:
     return f"{dev.disksize}\n"
 
 
 @_attr("disksize", 0o644)
-def disksize_store(dev: ZramDevice, value: str) -> None:
+def disksize_store(dev: ZramCore, value: str) -> None:
     size, _ = kparse.memparse(value)
     if not size:
         raise _einval(f"bad disksize {value.strip()!r}")
@@ -132,63 +129,59 @@ def disksize_store(dev: ZramDevice, value: str) -> None:
 
 
 @_attr("initstate", 0o444)
-def initstate_show(dev: ZramDevice) -> str:
+def initstate_show(dev: ZramCore) -> str:
     return f"{int(dev.initialized)}\n"
 
 
 @_attr("reset", 0o200)
-def reset_store_job(dev: ZramDevice, value: str, claimed: bool = False) -> tuple[Job[None], Any]:
+def reset_store_job(dev: ZramCore, value: str, claimed: bool = False) -> tuple[Job[None], Any]:
     if not kparse.kstrtou16(value):
         raise _einval("reset needs a non-zero value")
     return dev.reset_steps(claimed), None
 
 
 @_attr("size", 0o444)
-def size_show(dev: ZramDevice) -> str:
+def size_show(dev: ZramCore) -> str:
     """The block layer's capacity in 512-byte sectors."""
     return f"{dev.disksize >> 9}\n"
 
 
 # -- compression ---------------------------------------------------------------------
 
-def _set_algorithm(dev: ZramDevice, prio: int, value: str) -> None:
+def _set_algorithm(dev: ZramCore, prio: int, value: str) -> None:
     """``__comp_algorithm_store``: E2BIG, EINVAL (unknown), then EBUSY (initialised)."""
     if len(value) >= MAX_ALGO_NAME:
         raise OSError(errno.E2BIG, "algorithm name too long")
     name = value[:-1] if value.endswith("\n") else value
     if name not in AVAILABLE:
         raise _einval(f"unknown algorithm {name!r}; available: {' '.join(AVAILABLE)}")
-    if dev.initialized:
-        raise OSError(errno.EBUSY, "can't change algorithm for an initialised device; reset it first")
-    dev.comp_algs[prio] = name
+    dev.set_algorithm(prio, name)
 
 
 @_attr("comp_algorithm", 0o644)
-def comp_algorithm_show(dev: ZramDevice) -> str:
+def comp_algorithm_show(dev: ZramCore) -> str:
     return format_available(dev.comp_algs[0])
 
 
 @_attr("comp_algorithm", 0o644)
-def comp_algorithm_store(dev: ZramDevice, value: str) -> None:
+def comp_algorithm_store(dev: ZramCore, value: str) -> None:
     _set_algorithm(dev, 0, value)
 
 
 @_attr("recomp_algorithm", 0o644)
-def recomp_algorithm_show(dev: ZramDevice) -> str:
+def recomp_algorithm_show(dev: ZramCore) -> str:
     return "".join(f"#{p}: " + format_available(alg)
                    for p, alg in enumerate(dev.comp_algs) if p and alg is not None)
 
 
+_RECOMP_ALGORITHM_ARGS: dict[str, kparse.Convert] = {"algo": kparse.text, "priority": kparse.kstrtoint}
+
+
 @_attr("recomp_algorithm", 0o644)
-def recomp_algorithm_store(dev: ZramDevice, value: str) -> None:
-    prio, alg = 1, None
-    for key, val in kparse.next_args(value):
-        if not val:
-            raise _einval(f"{key}: expected key=value")
-        if key == "algo":
-            alg = val
-        elif key == "priority":
-            prio = kparse.kstrtoint(val)
+def recomp_algorithm_store(dev: ZramCore, value: str) -> None:
+    args = kparse.parse_args(value, _RECOMP_ALGORITHM_ARGS)
+    prio: int = args.get("priority", 1)
+    alg: str | None = args.get("algo")
     if alg is None:
         raise _einval("recomp_algorithm needs algo=NAME")
     if not 1 <= prio < len(dev.comp_algs):
@@ -222,22 +215,23 @@ def read_dict(path: str) -> bytes:
         os.close(fd)
 
 
+_ALGORITHM_PARAMS_ARGS: dict[str, kparse.Convert] = {
+    "priority": kparse.kstrtoint,
+    "level": kparse.kstrtoint,
+    "algo": kparse.text,
+    "dict": kparse.text,
+    "deflate.winbits": kparse.kstrtoint,
+}
+
+
 @_attr("algorithm_params", 0o200)
-def algorithm_params_store_job(dev: ZramDevice, value: str) -> tuple[Job[None], Any]:
-    prio, level, algo, dict_path, winbits = 0, None, None, None, None
-    for key, val in kparse.next_args(value):
-        if not val:
-            raise _einval(f"{key}: expected key=value")
-        if key == "priority":
-            prio = kparse.kstrtoint(val)
-        elif key == "level":
-            level = kparse.kstrtoint(val)
-        elif key == "algo":
-            algo = val
-        elif key == "dict":
-            dict_path = val
-        elif key == "deflate.winbits":
-            winbits = kparse.kstrtoint(val)
+def algorithm_params_store_job(dev: ZramCore, value: str) -> tuple[Job[None], Any]:
+    args = kparse.parse_args(value, _ALGORITHM_PARAMS_ARGS)
+    prio: int = args.get("priority", 0)
+    level: int | None = args.get("level")
+    algo: str | None = args.get("algo")
+    dict_path: str | None = args.get("dict")
+    winbits: int | None = args.get("deflate.winbits")
     if algo is not None:
         prio = next((p for p, a in enumerate(dev.comp_algs) if a == algo), -1)
     if not 0 <= prio < len(dev.comp_algs):
@@ -247,34 +241,33 @@ def algorithm_params_store_job(dev: ZramDevice, value: str) -> tuple[Job[None], 
         dict_data = None
         if dict_path is not None:
             dict_data = yield Offload(read_dict, dict_path)
-        dev.comp_params[prio] = CompParams(level=level, dict_data=dict_data, deflate_winbits=winbits)
+        dev.set_comp_params(prio, CompParams(level=level, dict_data=dict_data, deflate_winbits=winbits))
     return job(), None
 
 
 # -- memory ---------------------------------------------------------------------------
 
 @_attr("mem_limit", 0o200)
-def mem_limit_store(dev: ZramDevice, value: str) -> None:
+def mem_limit_store(dev: ZramCore, value: str) -> None:
     limit, consumed = kparse.memparse(value)
     if not consumed:
         raise _einval(f"bad mem_limit {value.strip()!r}")
-    dev.limit_pages = -(-limit // PAGE_SIZE)
+    dev.set_mem_limit(limit)
 
 
 @_attr("mem_used_max", 0o200)
-def mem_used_max_store(dev: ZramDevice, value: str) -> None:
+def mem_used_max_store(dev: ZramCore, value: str) -> None:
     try:
         val = kparse.kstrtoull(value)
     except OSError:
         val = 1
     if val != 0:
         raise _einval("only 0 resets mem_used_max")
-    if dev.initialized:
-        dev.max_used_pages = dev.pool.total_pages  # type: ignore[union-attr]
+    dev.reset_mem_used_max()
 
 
 @_attr("idle", 0o200)
-def idle_store_job(dev: ZramDevice, value: str) -> tuple[Job[None], Any]:
+def idle_store_job(dev: ZramCore, value: str) -> tuple[Job[None], Any]:
     cutoff = None
     if not kparse.sysfs_streq(value, "all"):
         try:
@@ -282,18 +275,17 @@ def idle_store_job(dev: ZramDevice, value: str) -> tuple[Job[None], Any]:
         except OSError:
             raise _einval("idle takes 'all' or an age in seconds") from None
         cutoff = dev.clock() - age
-    _require_init(dev)
+    dev.require_disk()
     return dev.mark_idle_steps(cutoff), None
 
 
 @_attr("compact", 0o200)
-def compact_store_job(dev: ZramDevice, value: str) -> tuple[Job[None], Any]:
-    _require_init(dev)
-    pool = dev.pool
-    progress = Progress("compact", sum(c.can_compact() for c in pool.classes))  # type: ignore[union-attr]
+def compact_store_job(dev: ZramCore, value: str) -> tuple[Job[None], Any]:
+    pool = dev.require_disk().pool
+    progress = Progress("compact", sum(c.can_compact() for c in pool.classes))
 
     def job() -> Job[None]:
-        for freed in pool.compact_steps():  # type: ignore[union-attr]
+        for freed in pool.compact_steps():
             progress.done = min(progress.total, progress.done + freed)
             yield None
         progress.done = progress.total
@@ -303,30 +295,30 @@ def compact_store_job(dev: ZramDevice, value: str) -> tuple[Job[None], Any]:
 # -- statistics ---------------------------------------------------------------------------
 
 @_attr("mm_stat", 0o444)
-def mm_stat_show(dev: ZramDevice) -> str:
+def mm_stat_show(dev: ZramCore) -> str:
     st = dev.stats
     pool = dev.pool
     mem_used = pool.total_pages if pool else 0
     compacted = pool.pages_compacted if pool else 0
     return "%8u %8u %8u %8u %8u %8u %8u %8u %8u\n" % (
         st.pages_stored << PAGE_SHIFT, st.compr_data_size, mem_used << PAGE_SHIFT,
-        dev.limit_pages << PAGE_SHIFT, dev.max_used_pages << PAGE_SHIFT,
+        dev.settings.limit_pages << PAGE_SHIFT, st.max_used_pages << PAGE_SHIFT,
         st.same_pages, compacted, st.huge_pages, st.huge_pages_since)
 
 
 @_attr("io_stat", 0o444)
-def io_stat_show(dev: ZramDevice) -> str:
+def io_stat_show(dev: ZramCore) -> str:
     st = dev.stats
     return "%8u %8u 0 %8u\n" % (st.failed_reads, st.failed_writes, st.notify_free)
 
 
 @_attr("debug_stat", 0o444)
-def debug_stat_show(dev: ZramDevice) -> str:
+def debug_stat_show(dev: ZramCore) -> str:
     return "version: 1\n0 %8u\n" % dev.stats.miss_free
 
 
 @_attr("stat", 0o444)
-def stat_show(dev: ZramDevice) -> str:
+def stat_show(dev: ZramCore) -> str:
     """The block layer's 17-field ``stat`` (I/O counts and sectors; no timings)."""
     st = dev.stats
     return ("%8u %8u %8u %8u %8u %8u %8u %8u %8u %8u %8u %8u %8u %8u %8u %8u %8u\n" % (
@@ -337,78 +329,73 @@ def stat_show(dev: ZramDevice) -> str:
 # -- writeback and recompression --------------------------------------------------------------
 
 @_attr("backing_dev", 0o644)
-def backing_dev_show(dev: ZramDevice) -> str:
+def backing_dev_show(dev: ZramCore) -> str:
     return f"{dev.backing.path}\n" if dev.backing else "none\n"
 
 
 @_attr("backing_dev", 0o644)
-def backing_dev_store(dev: ZramDevice, value: str) -> None:
+def backing_dev_store(dev: ZramCore, value: str) -> None:
     path = value[:-1] if value.endswith("\n") else value
     dev.set_backing(path)
 
 
 @_attr("writeback", 0o200)
-def writeback_store_job(dev: ZramDevice, value: str) -> tuple[Job[None], Any]:
-    from .postprocess import WritebackJob
+def writeback_store_job(dev: ZramCore, value: str) -> tuple[Job[None], Any]:
     job = WritebackJob.parse(dev, value)
     return job.steps(), job
 
 
 @_attr("writeback_limit", 0o644)
-def writeback_limit_show(dev: ZramDevice) -> str:
-    return f"{dev.bd_wb_limit}\n"
+def writeback_limit_show(dev: ZramCore) -> str:
+    return f"{dev.settings.bd_wb_limit}\n"
 
 
 @_attr("writeback_limit", 0o644)
-def writeback_limit_store(dev: ZramDevice, value: str) -> None:
-    dev.bd_wb_limit = kparse.kstrtoull(value) // (PAGE_SIZE // 4096) * (PAGE_SIZE // 4096)
+def writeback_limit_store(dev: ZramCore, value: str) -> None:
+    dev.set_writeback_limit(kparse.kstrtoull(value))
 
 
 @_attr("writeback_limit_enable", 0o644)
-def writeback_limit_enable_show(dev: ZramDevice) -> str:
-    return f"{int(dev.wb_limit_enable)}\n"
+def writeback_limit_enable_show(dev: ZramCore) -> str:
+    return f"{int(dev.settings.wb_limit_enable)}\n"
 
 
 @_attr("writeback_limit_enable", 0o644)
-def writeback_limit_enable_store(dev: ZramDevice, value: str) -> None:
-    dev.wb_limit_enable = kparse.kstrtoull(value) != 0
+def writeback_limit_enable_store(dev: ZramCore, value: str) -> None:
+    dev.set_writeback_limit_enable(kparse.kstrtoull(value) != 0)
 
 
 @_attr("writeback_batch_size", 0o644)
-def writeback_batch_size_show(dev: ZramDevice) -> str:
-    return f"{dev.wb_batch_size}\n"
+def writeback_batch_size_show(dev: ZramCore) -> str:
+    return f"{dev.settings.wb_batch_size}\n"
 
 
 @_attr("writeback_batch_size", 0o644)
-def writeback_batch_size_store(dev: ZramDevice, value: str) -> None:
+def writeback_batch_size_store(dev: ZramCore, value: str) -> None:
     size = kparse.kstrtouint(value)
     if not size:
         raise _einval("writeback_batch_size must be at least 1")
-    dev.wb_batch_size = size
+    dev.set_writeback_batch_size(size)
 
 
 @_attr("compressed_writeback", 0o644)
-def compressed_writeback_show(dev: ZramDevice) -> str:
-    return f"{int(dev.compressed_wb)}\n"
+def compressed_writeback_show(dev: ZramCore) -> str:
+    return f"{int(dev.settings.compressed_wb)}\n"
 
 
 @_attr("compressed_writeback", 0o644)
-def compressed_writeback_store(dev: ZramDevice, value: str) -> None:
-    enable = kparse.kstrtobool(value)
-    if dev.initialized:
-        raise OSError(errno.EBUSY, "compressed_writeback can only be set before disksize")
-    dev.compressed_wb = enable
+def compressed_writeback_store(dev: ZramCore, value: str) -> None:
+    dev.set_compressed_writeback(kparse.kstrtobool(value))
 
 
 @_attr("bd_stat", 0o444)
-def bd_stat_show(dev: ZramDevice) -> str:
+def bd_stat_show(dev: ZramCore) -> str:
     st = dev.stats
     used = dev.backing.used if dev.backing else 0
     return "%8u %8u %8u\n" % (used, st.bd_reads, st.bd_writes)
 
 
 @_attr("recompress", 0o200)
-def recompress_store_job(dev: ZramDevice, value: str) -> tuple[Job[None], Any]:
-    from .postprocess import RecompressJob
+def recompress_store_job(dev: ZramCore, value: str) -> tuple[Job[None], Any]:
     job = RecompressJob.parse(dev, value)
     return job.steps(), job

@@ -42,7 +42,7 @@ import mmap
 import os
 import stat
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .sizeclass import PAGE_SIZE
 
@@ -58,6 +58,8 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True
 _fallocate = _libc.fallocate
 _fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
 _fallocate.restype = ctypes.c_int
+
+Buffer = bytes | bytearray | memoryview
 
 USE_O_DIRECT = True  # False forces the fdatasync + POSIX_FADV_DONTNEED path
 
@@ -281,7 +283,8 @@ class BackingStore:
         self._drop_cache(blocks)
         return [e if e is not None else bytes(b) for b, e in zip(bufs, errors)]
 
-    def _vectored(self, call, blocks: Sequence[int], bufs: Sequence) -> list[OSError | None]:  # type: ignore[no-untyped-def]
+    def _vectored(self, call: Callable[[int, list[Buffer], int], int], blocks: Sequence[int],
+                  bufs: Sequence[Buffer]) -> list[OSError | None]:
         order = sorted(range(len(blocks)), key=blocks.__getitem__)
         errors: list[OSError | None] = [None] * len(blocks)
         i = 0

@@ -19,11 +19,11 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import lz4.block
+import lz4.block  # type: ignore[import-untyped]  # python-lz4 ships no type information
 import zstandard
 
 try:
-    import lzo as _lzo  # python-lzo: the optional [lzo] extra
+    import lzo as _lzo  # type: ignore[import-not-found,import-untyped,unused-ignore]  # the optional [lzo] extra; no type information
 except ImportError:  # pragma: no cover - depends on the installation
     _lzo = None
 
@@ -56,14 +56,10 @@ class Codec:
         self.compress = compress
         self.decompress = decompress  # (data, original length) -> bytes
 
-    def clone(self) -> Codec:
-        """An independent codec with the same settings, for another thread."""
-        return create_codec(self.name, self.params)
-
 
 def _lz4(params: CompParams, hc: bool) -> Codec:
     d = params.dict_data or b""
-    compress_raw = lz4.block.compress
+    compress_raw: Callable[..., bytes] = lz4.block.compress
     if hc:
         level = 9 if params.level is None else params.level
         def compress(src: bytes | memoryview) -> bytes:
@@ -75,7 +71,7 @@ def _lz4(params: CompParams, hc: bool) -> Codec:
         accel = max(1, params.level or 1)
         def compress(src: bytes | memoryview) -> bytes:
             return compress_raw(src, mode="fast", acceleration=accel, store_size=False, dict=d)
-    decompress_raw = lz4.block.decompress
+    decompress_raw: Callable[..., bytes] = lz4.block.decompress
     if d:
         def decompress(src: bytes | memoryview, size: int) -> bytes:
             return decompress_raw(src, uncompressed_size=size, dict=d)
@@ -115,7 +111,8 @@ def _deflate(params: CompParams) -> Codec:
 
 def _lzo1x(name: str, params: CompParams) -> Codec:
     """LZO1X-1, as the kernel's lzo (which ignores level and dictionary)."""
-    compress_raw, decompress_raw = _lzo.compress, _lzo.decompress  # type: ignore[union-attr]
+    compress_raw: Callable[..., bytes] = _lzo.compress
+    decompress_raw: Callable[..., bytes] = _lzo.decompress
 
     def compress(src: bytes | memoryview) -> bytes:
         return compress_raw(src if type(src) is bytes else bytes(src), 1, False)

@@ -64,27 +64,28 @@ def run(job: Job[T]) -> T:
             value = error = None
             if req is None:
                 continue
-            if type(req) is Ticket:
+            if isinstance(req, Ticket):
                 value, error = req.result, req.error
                 continue
             try:
-                result = req.fn(*req.args)  # type: ignore[union-attr]
+                result = req.fn(*req.args)
             except Exception as e:
-                if req.background:  # type: ignore[union-attr]
+                if req.background:
                     ticket = Ticket()
                     ticket.error, ticket.done = e, True
                     value = ticket
                 else:
                     error = e
                 continue
-            if req.background:  # type: ignore[union-attr]
+            if req.background:
                 ticket = Ticket()
                 ticket.result, ticket.done = result, True
                 value = ticket
             else:
                 value = result
     except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
+        returned: T = stop.value
+        return returned
     finally:
         job.close()
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import errno
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 _SUFFIX_SHIFT = {"k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
 U64_MAX = (1 << 64) - 1
@@ -61,7 +62,8 @@ def _parse_prefix(s: str, base: int) -> tuple[int, int]:
     elif base == 16 and s[:2].lower() == "0x":
         i = 2
     m = _DIGITS[base].match(s, i)
-    end = m.end()  # type: ignore[union-attr]
+    assert m is not None, "a starred pattern always matches"
+    end = m.end()
     if end == i:
         return 0, 0
     return _wrap64(s[i:end], base), end
@@ -97,7 +99,9 @@ def kstrtoull(s: str, base: int = 10, maximum: int = U64_MAX) -> int:
             base = 10
     if not body:
         raise _err(errno.EINVAL)
-    n = _DIGITS[base].match(body).end()  # type: ignore[union-attr]
+    m = _DIGITS[base].match(body)
+    assert m is not None, "a starred pattern always matches"
+    n = m.end()
     if n == 0:
         raise _err(errno.EINVAL)
     digits = body[:n].lstrip("0")
@@ -198,3 +202,34 @@ def next_args(s: str) -> Iterator[tuple[str, str | None]]:
         elif value is not None and value.endswith('"') and quoted:
             value = value[:-1]
         yield key, value
+
+
+Convert = Callable[[str], Any]
+"""A value parser of a schema: returns the value or raises OSError."""
+
+
+def iter_args(s: str, schema: Mapping[str, Convert], *, bare: bool = False) -> Iterator[tuple[str, Any]]:
+    """``next_arg`` with a schema: each ``key=value`` whose key is in
+    ``schema`` as ``(key, schema[key](value))``, in order and lazily (a bad
+    value raises when reached, as the kernel's loops do). Unknown keys are
+    skipped, as the kernel's stores skip them. A token without a value
+    (``key`` or ``key=``) is EINVAL, or with ``bare`` yields ``(key, None)``."""
+    for key, value in next_args(s):
+        if not value:
+            if not bare:
+                raise OSError(errno.EINVAL, f"{key}: expected key=value")
+            yield key, None
+            continue
+        convert = schema.get(key)
+        if convert is not None:
+            yield key, convert(value)
+
+
+def parse_args(s: str, schema: Mapping[str, Convert]) -> dict[str, Any]:
+    """``iter_args`` folded into a dict: the last value of each key wins."""
+    return dict(iter_args(s, schema))
+
+
+def text(value: str) -> str:
+    """A schema entry for a string value, taken as it is."""
+    return value

@@ -11,7 +11,8 @@ blocks and copies the data out into owned buffers; the batch's I/O may run in
 another thread (``BackingStore.write_blocks``); ``complete`` (owner thread)
 switches the slots. ``steps`` is the whole job (see ``jobs.py``): the scan
 in steps, then batches whose writes are Offloads overlapping the copy-out of
-the next ones. The synchronous driver is ``run_writeback``.
+the next ones. The slots are read and switched only through the core's
+post-processing primitives (``pp_*``, ``wb_*``).
 
 Selection scans STEP_SCAN slots per step and orders the picked slots as
 zram's size buckets do (largest first, by index within a bucket) with a
@@ -22,75 +23,54 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import kparse
+from .backing import BackingStore
+from .core import Indexes, ZramCore
 from .jobs import Job, Offload, Ticket, run
 from .sizeclass import PAGE_SIZE
-from .slots import (
-    HUGE, IDLE, INCOMPRESSIBLE, PP_SLOT, PRIO_MASK, PRIO_SHIFT, SAME, SIZE_MASK, WB,
-)
+from .slots import HUGE, IDLE, INCOMPRESSIBLE
 
-if TYPE_CHECKING:
-    from .device import ZramDevice
-
-IDLE_WRITEBACK = 1
-HUGE_WRITEBACK = 2
-INCOMPRESSIBLE_WRITEBACK = 4
-_MODES = {
-    "idle": IDLE_WRITEBACK,
-    "huge": HUGE_WRITEBACK,
-    "huge_idle": IDLE_WRITEBACK | HUGE_WRITEBACK,
-    "incompressible": INCOMPRESSIBLE_WRITEBACK,
+# A mode is the set of flags a slot must have to be picked.
+_WRITEBACK_MODES = {
+    "idle": IDLE,
+    "huge": HUGE,
+    "huge_idle": IDLE | HUGE,
+    "incompressible": INCOMPRESSIBLE,
 }
+_RECOMPRESS_MODES = {"idle": IDLE, "huge": HUGE, "huge_idle": IDLE | HUGE}
 PP_BUCKET_SIZE = 64
 STEP_SCAN = 1 << 14   # slots scanned per step (well under a millisecond)
 HOP_PAGES = 256       # pages written per Offload (several batches share one)
-
-
-def _scan(dev: ZramDevice, mode: int, lo: int, hi: int, extra_skip: int = 0) -> np.ndarray:
-    """Indices in [lo, hi) eligible for post-processing under ``mode``, not yet
-    marked; marks them PP_SLOT."""
-    flags = dev.table.np_flags()[lo:hi]  # type: ignore[union-attr]
-    ok = ((flags & SIZE_MASK) != 0) & ((flags & (WB | SAME | PP_SLOT | extra_skip)) == 0)
-    if mode & IDLE_WRITEBACK:
-        ok &= (flags & IDLE) != 0
-    if mode & HUGE_WRITEBACK:
-        ok &= (flags & HUGE) != 0
-    if mode & INCOMPRESSIBLE_WRITEBACK:
-        ok &= (flags & INCOMPRESSIBLE) != 0
-    picked = np.flatnonzero(ok)
-    flags[picked] |= PP_SLOT
-    return picked + lo
 
 
 class _Buckets:
     """Picked slots by size bucket, filled chunk by chunk in index order."""
 
     def __init__(self) -> None:
-        self.parts: list[list[np.ndarray]] = [[] for _ in range(PAGE_SIZE // PP_BUCKET_SIZE + 1)]
+        self.parts: list[list[Indexes]] = [[] for _ in range(PAGE_SIZE // PP_BUCKET_SIZE + 1)]
         self.sorted = True   # each bucket's indexes ascend (one range, scanned upwards)
         self.last = -1
 
-    def add(self, dev: ZramDevice, picked: np.ndarray) -> None:
+    def add(self, dev: ZramCore, picked: Indexes) -> None:
         if not len(picked):
             return
         if picked[0] <= self.last:
             self.sorted = False
         self.last = int(picked[-1])
-        buckets = (dev.table.np_flags()[picked] & SIZE_MASK) // PP_BUCKET_SIZE  # type: ignore[union-attr]
+        buckets = dev.slot_sizes(picked) // PP_BUCKET_SIZE
         order = np.argsort(buckets, kind="stable")
         buckets, picked = buckets[order], picked[order]
         bounds = np.searchsorted(buckets, np.arange(len(self.parts) + 1))
         for b in np.flatnonzero(bounds[1:] > bounds[:-1]).tolist():  # (np.unique's first call costs 20 ms)
             self.parts[b].append(picked[bounds[b] : bounds[b + 1]])
 
-    def all(self) -> np.ndarray:
+    def all(self) -> Indexes:
         return run(self.all_steps())
 
-    def all_steps(self) -> Job[np.ndarray]:
+    def all_steps(self) -> Job[Indexes]:
         """The slots, largest bucket first: one bucket merged per step."""
         out = []
         for parts in reversed(self.parts):
@@ -99,29 +79,14 @@ class _Buckets:
                 out.append(merged if self.sorted else np.sort(merged))
                 yield None
         self.parts = [[] for _ in self.parts]
-        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
-
-
-def _largest_first(dev: ZramDevice, picked: np.ndarray) -> list[int]:
-    """Order as zram's size buckets: the biggest objects first."""
-    b = _Buckets()
-    b.sorted = False
-    b.add(dev, picked)
-    return b.all().tolist()
-
-
-def _release_marks(dev: ZramDevice, slots: list[int] | np.ndarray) -> None:
-    if dev.table is None or not len(slots):
-        return
-    flags = dev.table.np_flags()
-    flags[np.asarray(slots, dtype=np.int64)] &= ~np.uint32(PP_SLOT)
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.intp)
 
 
 def _release_steps(job: WritebackJob | RecompressJob) -> Job[None]:
     """Unmark what was selected but will not be processed, STEP_SCAN per step."""
     while job.pos < len(job.slots):
         end = min(job.pos + STEP_SCAN, len(job.slots))
-        _release_marks(job.dev, job.slots[job.pos : end])
+        job.dev.pp_unmark(job.slots[job.pos : end])
         if isinstance(job, WritebackJob):
             job.done += end - job.pos
         job.pos = end
@@ -147,6 +112,13 @@ def _parse_indexes(value: str, nr_pages: int) -> tuple[int, int]:
     return lo, hi + 1
 
 
+def _writeback_mode(word: str) -> int:
+    mode = _WRITEBACK_MODES.get(word)
+    if mode is None:
+        raise OSError(errno.EINVAL, f"unknown writeback mode {word!r}")
+    return mode
+
+
 @dataclass
 class Batch:
     slots: list[int] = field(default_factory=list)
@@ -160,9 +132,13 @@ class WritebackJob:
 
     what = "writeback"
 
-    def __init__(self, dev: ZramDevice, slots: list[int], scans: list[tuple[int, int, int]] | None = None) -> None:
+    def __init__(self, dev: ZramCore, slots: list[int] | Indexes,
+                 scans: list[tuple[int, int, int]] | None = None) -> None:
+        if dev.backing is None:
+            raise OSError(errno.ENODEV, f"{dev.name} has no backing_dev")
         self.dev = dev
-        self.slots = slots
+        self.backing: BackingStore = dev.backing
+        self.slots = np.asarray(slots, dtype=np.intp)
         self.scans = scans or []   # (mode, lo, hi) still to select
         self.pos = 0
         self.total = len(slots)
@@ -172,34 +148,34 @@ class WritebackJob:
         self.stopped = False
 
     @classmethod
-    def parse(cls, dev: ZramDevice, value: str) -> WritebackJob:
+    def parse(cls, dev: ZramCore, value: str) -> WritebackJob:
         """Parse the store as ``writeback_store`` does (EINVAL when not
-        initialised, ENODEV without backing store, then the arguments);
-        the scans are left to ``select_steps``."""
-        if not dev.initialized:
-            raise OSError(errno.EINVAL, f"{dev.name} is not initialised")
+        initialised, ENODEV without backing store, then the arguments:
+        a mode, as a bare word or ``type=``, ends them); the scans are left
+        to ``select_steps``."""
+        nr_pages = dev.require_disk().nr_pages
         if dev.backing is None:
             raise OSError(errno.ENODEV, f"{dev.name} has no backing_dev")
-        nr_pages = dev.nr_pages
-        lo, hi, mode = 0, nr_pages, 0
+        schema: dict[str, kparse.Convert] = {
+            "type": _writeback_mode,
+            "page_index": lambda v: _parse_index(v, nr_pages),
+            "page_indexes": lambda v: _parse_indexes(v, nr_pages),
+        }
+        lo, hi = 0, nr_pages
         scans: list[tuple[int, int, int]] = []
-        for key, val in kparse.next_args(value):
-            if not val:
-                scans.append((cls._mode(key), lo, hi))
+        for key, val in kparse.iter_args(value, schema, bare=True):
+            if val is None:
+                scans.append((_writeback_mode(key), lo, hi))
                 break
             if key == "type":
-                scans.append((cls._mode(val), lo, hi))
+                scans.append((val, lo, hi))
                 break
-            if key == "page_index":
-                lo, hi = _parse_index(val, nr_pages)
-                scans.append((mode, lo, hi))
-            elif key == "page_indexes":
-                lo, hi = _parse_indexes(val, nr_pages)
-                scans.append((mode, lo, hi))
+            lo, hi = val
+            scans.append((0, lo, hi))
         return cls(dev, [], scans)
 
     @classmethod
-    def prepare(cls, dev: ZramDevice, value: str) -> WritebackJob:
+    def prepare(cls, dev: ZramCore, value: str) -> WritebackJob:
         """Parse and scan at once (the slots are marked when this returns)."""
         job = cls.parse(dev, value)
         run(job.select_steps())
@@ -214,34 +190,33 @@ class WritebackJob:
         try:
             for mode, lo, hi in self.scans:
                 for start in range(lo, hi, STEP_SCAN):
-                    buckets.add(dev, _scan(dev, mode, start, min(hi, start + STEP_SCAN)))
+                    buckets.add(dev, dev.pp_select(start, min(hi, start + STEP_SCAN), mode))
                     yield None
             picked = yield from buckets.all_steps()
             complete = True
         finally:
             if not complete:
-                _release_marks(dev, buckets.all())
+                dev.pp_unmark(buckets.all())
         self.scans = []
-        self.slots = picked  # type: ignore[assignment]
+        self.slots = picked
         self.total = len(picked)
         yield None
 
     def steps(self) -> Job[None]:
         """The whole writeback: selection, then batches written HOP_PAGES at a
         time in the background while the next ones are copied out."""
-        dev = self.dev
         try:
             yield from self.select_steps()
-            backing = dev.backing
             hop = self._gather()
             while hop:
                 blocks = [b for batch in hop for b in batch.blocks]
                 bufs = [b for batch in hop for b in batch.bufs]
-                ticket: Ticket = yield Offload(backing.write_blocks, blocks, bufs, background=True)  # type: ignore[union-attr]
+                ticket: Ticket = yield Offload(self.backing.write_blocks, blocks, bufs, background=True)
                 following = self._gather()
-                errors = yield ticket
+                errors: list[OSError | None] = yield ticket
                 if ticket.error is not None:
-                    errors = [ticket.error] * len(blocks)  # type: ignore[list-item]
+                    failed = ticket.error if isinstance(ticket.error, OSError) else OSError(errno.EIO, str(ticket.error))
+                    errors = [failed] * len(blocks)
                 k = 0
                 for batch in hop:
                     self.complete(batch, errors[k : k + len(batch.blocks)])
@@ -267,44 +242,33 @@ class WritebackJob:
             pages += len(batch.blocks)
         return batches
 
-    @staticmethod
-    def _mode(word: str) -> int:
-        mode = _MODES.get(word)
-        if mode is None:
-            raise OSError(errno.EINVAL, f"unknown writeback mode {word!r}")
-        return mode
-
     def next_batch(self) -> Batch | None:
         """Reserve blocks and copy out up to ``writeback_batch_size`` slots."""
         dev = self.dev
-        backing = dev.backing
-        flags = dev.table.flags  # type: ignore[union-attr]
+        backing = self.backing
         batch = Batch()
-        while not self.stopped and self.pos < len(self.slots) and len(batch.slots) < dev.wb_batch_size:
-            if dev.wb_limit_enable and dev.bd_wb_limit == 0:
+        while not self.stopped and self.pos < len(self.slots) and len(batch.slots) < dev.settings.wb_batch_size:
+            if dev.wb_budget_exhausted():
                 self._stop(OSError(errno.EIO, "writeback_limit budget exhausted"))
                 break
             i = int(self.slots[self.pos])
-            f = flags[i]
-            if not f & PP_SLOT:  # read, written or freed since the scan
+            if not dev.pp_marked(i):  # read, written or freed since the scan
                 self.pos += 1
                 self.done += 1
                 continue
-            block = backing.alloc()  # type: ignore[union-attr]
+            block = backing.alloc()
             if block < 0:
-                self._stop(OSError(errno.ENOSPC, f"backing_dev {backing.path} is full"))  # type: ignore[union-attr]
+                self._stop(OSError(errno.ENOSPC, f"backing_dev {backing.path} is full"))
                 break
             self.pos += 1
             try:
-                data, kept = dev.copy_out(i, f, raw=dev.compressed_wb)
+                data, kept = dev.wb_copy_out(i)
             except OSError as e:  # the object cannot be decoded: leave it alone
-                backing.release(block)  # type: ignore[union-attr]
-                flags[i] &= ~PP_SLOT
+                dev.wb_abandon(i, block)
                 self.done += 1
                 self.error = e
                 continue
-            if dev.wb_limit_enable and dev.bd_wb_limit > 0:
-                dev.bd_wb_limit -= PAGE_SIZE // 4096
+            dev.wb_budget_charge()
             batch.slots.append(i)
             batch.blocks.append(block)
             batch.bufs.append(data)
@@ -317,22 +281,12 @@ class WritebackJob:
     def complete(self, batch: Batch, errors: list[OSError | None]) -> None:
         """Account a batch's I/O results and switch the slots still marked."""
         dev = self.dev
-        backing = dev.backing
         for i, block, kept, err in zip(batch.slots, batch.blocks, batch.kept, errors):
             self.in_flight -= 1
             self.done += 1
+            dev.wb_done(i, block, kept, err)
             if err is not None:
-                if dev.wb_limit_enable:
-                    dev.bd_wb_limit += PAGE_SIZE // 4096
-                backing.release(block)  # type: ignore[union-attr]
-                dev.table.flags[i] &= ~PP_SLOT  # type: ignore[union-attr]
                 self.error = err
-                continue
-            dev.stats.bd_writes += 1
-            if not dev.table.flags[i] & PP_SLOT:  # type: ignore[union-attr]
-                backing.release(block)  # type: ignore[union-attr]
-                continue
-            dev.install_written_back(i, block, kept)
         dev.flush_backing()
 
     def _stop(self, error: OSError) -> None:
@@ -341,22 +295,22 @@ class WritebackJob:
 
     def finish(self) -> OSError | None:
         """Unmark what was selected but not processed; returns the last error."""
-        _release_marks(self.dev, self.slots[self.pos :])
+        self.dev.pp_unmark(self.slots[self.pos :])
         self.done += len(self.slots) - self.pos
         self.pos = len(self.slots)
         self.dev.flush_backing()
         return self.error
 
 
-def run_writeback(dev: ZramDevice, value: str) -> None:
-    """The synchronous driver: every batch written on the calling thread."""
-    run(WritebackJob.parse(dev, value).steps())
-
-
 # -- recompression ----------------------------------------------------------------------------
 
-RECOMPRESS_IDLE = 1
-RECOMPRESS_HUGE = 2
+_RECOMPRESS_ARGS: dict[str, kparse.Convert] = {
+    "type": lambda v: _RECOMPRESS_MODES.get(v, 0),   # an unknown type selects all
+    "max_pages": kparse.kstrtoull,
+    "threshold": kparse.kstrtouint,
+    "algo": kparse.text,
+    "priority": lambda v: kparse.kstrtouint(v) or 1,
+}
 
 
 class RecompressJob:
@@ -364,10 +318,10 @@ class RecompressJob:
 
     what = "recompress"
 
-    def __init__(self, dev: ZramDevice, slots: list[int], prio: int, prio_max: int,
+    def __init__(self, dev: ZramCore, slots: list[int] | Indexes, prio: int, prio_max: int,
                  threshold: int, max_pages: int, mode_bits: int = 0) -> None:
         self.dev = dev
-        self.slots = slots
+        self.slots = np.asarray(slots, dtype=np.intp)
         self.mode_bits = mode_bits
         self.selected = False
         self.pos = 0
@@ -383,35 +337,23 @@ class RecompressJob:
         return self.pos
 
     @classmethod
-    def prepare(cls, dev: ZramDevice, value: str) -> RecompressJob:
+    def prepare(cls, dev: ZramCore, value: str) -> RecompressJob:
         """Parse and scan at once (the slots are marked when this returns)."""
         job = cls.parse(dev, value)
         run(job.select_steps())
         return job
 
     @classmethod
-    def parse(cls, dev: ZramDevice, value: str) -> RecompressJob:
+    def parse(cls, dev: ZramCore, value: str) -> RecompressJob:
         """Parse the store as ``recompress_store`` does; the scan is left to
         ``select_steps``."""
-        mode = threshold = 0
-        max_pages = kparse.U64_MAX
-        prio, prio_max = 1, dev.num_active_comps
-        algo = None
-        for key, val in kparse.next_args(value):
-            if not val:
-                raise OSError(errno.EINVAL, f"{key}: expected key=value")
-            if key == "type":
-                mode = {"idle": RECOMPRESS_IDLE, "huge": RECOMPRESS_HUGE,
-                        "huge_idle": RECOMPRESS_IDLE | RECOMPRESS_HUGE}.get(val, 0)
-            elif key == "max_pages":
-                max_pages = kparse.kstrtoull(val)
-            elif key == "threshold":
-                threshold = kparse.kstrtouint(val)
-            elif key == "algo":
-                algo = val
-            elif key == "priority":
-                prio = kparse.kstrtouint(val) or 1
-                prio_max = prio + 1
+        args = kparse.parse_args(value, _RECOMPRESS_ARGS)
+        mode: int = args.get("type", 0)
+        max_pages: int = args.get("max_pages", kparse.U64_MAX)
+        threshold: int = args.get("threshold", 0)
+        algo: str | None = args.get("algo")
+        prio: int = args.get("priority", 1)
+        prio_max = prio + 1 if "priority" in args else dev.num_active_comps
         if threshold >= dev.huge_class_size:
             raise OSError(errno.EINVAL, f"threshold must be below {dev.huge_class_size}")
         if not dev.initialized:
@@ -424,29 +366,28 @@ class RecompressJob:
         prio_max = min(prio_max, dev.num_active_comps)
         if prio >= prio_max:
             raise OSError(errno.EINVAL, "no recompression algorithm configured (recomp_algorithm)")
-        mode_bits = (IDLE_WRITEBACK if mode & RECOMPRESS_IDLE else 0) | (HUGE_WRITEBACK if mode & RECOMPRESS_HUGE else 0)
-        return cls(dev, [], prio, prio_max, threshold, max_pages, mode_bits)
+        return cls(dev, [], prio, prio_max, threshold, max_pages, mode)
 
     def select_steps(self) -> Job[None]:
         """Scan and mark candidates, STEP_SCAN slots per step."""
         dev = self.dev
-        flags = dev.table.np_flags()  # type: ignore[union-attr]
+        nr_pages = dev.require_disk().nr_pages
         buckets = _Buckets()
         complete = False
         try:
-            for start in range(0, dev.nr_pages, STEP_SCAN):
-                picked = _scan(dev, self.mode_bits, start, min(dev.nr_pages, start + STEP_SCAN), extra_skip=INCOMPRESSIBLE)
+            for start in range(0, nr_pages, STEP_SCAN):
+                picked = dev.pp_select(start, min(nr_pages, start + STEP_SCAN), self.mode_bits, skip=INCOMPRESSIBLE)
                 if len(picked):  # skip slots already at or above the last usable priority
-                    prios = (flags[picked] & PRIO_MASK) >> PRIO_SHIFT
-                    flags[picked[prios + 1 >= self.prio_max]] &= ~np.uint32(PP_SLOT)
+                    prios = dev.slot_priorities(picked)
+                    dev.pp_unmark(picked[prios + 1 >= self.prio_max])
                     buckets.add(dev, picked[prios + 1 < self.prio_max])
                 yield None
             picked = yield from buckets.all_steps()
             complete = True
         finally:
             if not complete:
-                _release_marks(dev, buckets.all())
-        self.slots = picked  # type: ignore[assignment]
+                dev.pp_unmark(buckets.all())
+        self.slots = picked
         self.total = len(picked)
         self.selected = True
         yield None
@@ -456,7 +397,7 @@ class RecompressJob:
         at a time (a zstd attempt costs tens of µs), yielding between chunks."""
         if not self.selected:
             yield from self.select_steps()
-        flags = self.dev.table.flags  # type: ignore[union-attr]
+        dev = self.dev
         try:
             while self.pos < len(self.slots) and self.budget:
                 end = min(self.pos + chunk, len(self.slots))
@@ -464,14 +405,12 @@ class RecompressJob:
                     if not self.budget:
                         break
                     self.pos += 1
-                    if flags[i] & PP_SLOT:
-                        flags[i] &= ~PP_SLOT
-                        if self.dev.recompress_slot(i, self.prio, self.prio_max, self.threshold):
-                            self.budget -= 1
+                    if dev.pp_take(i) and dev.recompress_slot(i, self.prio, self.prio_max, self.threshold):
+                        self.budget -= 1
                 yield None
             yield from _release_steps(self)
         finally:  # what was selected but not processed is released (release_pp_ctl)
-            _release_marks(self.dev, self.slots[self.pos :])
+            dev.pp_unmark(self.slots[self.pos :])
             self.pos = len(self.slots)
 
     def run(self) -> None:

@@ -25,7 +25,9 @@ than fault in memory on the storing thread. When the daemon's memory is
 locked (``locked``), a frame is munlocked before ``MADV_DONTNEED`` (which
 refuses locked pages) and locked again (on fault) when reused.
 
-Not thread-safe: one owner thread (see DESIGN.md, invariant 1).
+Not thread-safe: one thread owns the pool (the device's owner thread), and
+nothing here locks. Views of objects (``view``) stay valid only until the
+next mutation; ``pin`` keeps one in place across mutations.
 """
 
 from __future__ import annotations
@@ -222,14 +224,6 @@ class ZsPool:
         """``zs_get_total_pages``: pages owned by zspages."""
         return self.pages_allocated
 
-    @property
-    def total_bytes(self) -> int:
-        return self.pages_allocated * PAGE_SIZE
-
-    # -- handles -----------------------------------------------------------
-
-    # -- zspages -------------------------------------------------------------
-
     # -- reserve -------------------------------------------------------------
 
     def reserve_short(self) -> bool:
@@ -296,9 +290,9 @@ class ZsPool:
             if feed is not None:
                 self._ask_feed()
             return frame
-        frames = self._frames.get(ppz)
-        if frames:
-            chunk, base = frames.pop()
+        released = self._frames.get(ppz)
+        if released:
+            chunk, base = released.pop()
             if self.locked:
                 chunk.relock(base, ppz * PAGE_SIZE)
             return chunk, base
@@ -450,29 +444,30 @@ class ZsPool:
         loc = self._loc
         where = loc[h]
         zs = self._zspages[where >> 16]
+        assert zs is not None, "a handle into a freed zspage"
         loc[h] = self._hfree
         self._hfree = h
         self.objects -= 1
-        if zs.pins:  # type: ignore[union-attr]
-            if zs.deferred is None:  # type: ignore[union-attr]
-                zs.deferred = []  # type: ignore[union-attr]
-            zs.deferred.append(where & 0xFFFF)  # type: ignore[union-attr]
+        if zs.pins:
+            if zs.deferred is None:
+                zs.deferred = []
+            zs.deferred.append(where & 0xFFFF)
             return
-        cls = zs.cls  # type: ignore[union-attr]
-        if zs.hdr:  # type: ignore[union-attr]
+        cls = zs.cls
+        if zs.hdr:
             idx = where & 0xFFFF
-            zs.q[(zs.base + idx * zs.size) >> 3] = zs.free_head << 1  # type: ignore[union-attr]
-            zs.free_head = idx + 1  # type: ignore[union-attr]
+            zs.q[(zs.base + idx * zs.size) >> 3] = zs.free_head << 1
+            zs.free_head = idx + 1
         else:
-            zs.huge_handle = 0  # type: ignore[union-attr]
-        inuse = zs.inuse - 1  # type: ignore[union-attr]
-        zs.inuse = inuse  # type: ignore[union-attr]
+            zs.huge_handle = 0
+        inuse = zs.inuse - 1
+        zs.inuse = inuse
         cls.obj_used -= 1
         if inuse == 0:
-            self._free_zspage(zs)  # type: ignore[arg-type]
+            self._free_zspage(zs)
             return
-        if cls.fg_of[inuse] != zs.fg:  # type: ignore[union-attr]
-            self._regroup(zs)  # type: ignore[arg-type]
+        if cls.fg_of[inuse] != zs.fg:
+            self._regroup(zs)
 
     # -- object access -----------------------------------------------------------
 
@@ -481,15 +476,9 @@ class ZsPool:
         pool mutation: copy or consume it before anything else runs."""
         loc = self._loc[h]
         zs = self._zspages[loc >> 16]
-        off = zs.base + (loc & 0xFFFF) * zs.size + zs.hdr  # type: ignore[union-attr]
-        return zs.mv[off : off + length]  # type: ignore[union-attr]
-
-    def write(self, h: int, data: bytes | memoryview) -> None:
-        """``zs_obj_write``: copy ``data`` into the object."""
-        loc = self._loc[h]
-        zs = self._zspages[loc >> 16]
-        off = zs.base + (loc & 0xFFFF) * zs.size + zs.hdr  # type: ignore[union-attr]
-        zs.mv[off : off + len(data)] = data  # type: ignore[union-attr]
+        assert zs is not None, "a handle into a freed zspage"
+        off = zs.base + (loc & 0xFFFF) * zs.size + zs.hdr
+        return zs.mv[off : off + length]
 
     def pin(self, h: int) -> ZsPage:
         """Keep the object in place (compaction skips its zspage, and frees in

@@ -1,0 +1,249 @@
+"""The read path: ``zram_read_page`` and the block reads built on it.
+
+Every read of a slot marks it accessed (clears IDLE and PP_SLOT, sets
+``ac_time``). Same-filled slots are expanded from their word, in-RAM
+objects decompressed by the priority that made them, huge ones copied, and
+written-back ones read from the backing store: at once, or (with
+``async_backing_reads``) deferred as a :class:`PendingRead` whose blocks
+stay pinned until ``finish_read``.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+from typing import cast
+
+import numpy as np
+
+from .disk import SECTOR_SHIFT, ZERO_PAGE, DeviceState, Disk, oserror
+from .sizeclass import PAGE_SHIFT, PAGE_SIZE
+from .slots import ACCESS_CLEAR, ALLOCATED, HUGE, SAME, SIZE_MASK, SPECIAL, WB
+
+Chunks = list[bytes | None]   # one page per slot; None: a deferred backing read
+
+
+class Extent(enum.Enum):
+    """How a stretch of the device reads, for block status."""
+
+    DATA = "data"                 # stored contents
+    ZERO = "zero"                 # a stored page of zeros (same-filled, word 0)
+    UNALLOCATED = "unallocated"   # never written or freed: reads as zeros
+
+
+_EXTENTS = (Extent.DATA, Extent.ZERO, Extent.UNALLOCATED)
+
+
+def _trim(chunks: list[bytes], offset: int, length: int) -> list[bytes]:
+    """Cut the first and last page of a read to the requested bytes."""
+    head = offset & (PAGE_SIZE - 1)
+    if head or length < PAGE_SIZE:
+        chunks[0] = chunks[0][head : head + length]
+    tail = (offset + length) & (PAGE_SIZE - 1)
+    if tail and len(chunks) > 1:
+        chunks[-1] = chunks[-1][:tail]
+    return chunks
+
+
+class PendingRead:
+    """A read waiting for backing-store blocks, which stay pinned meanwhile.
+
+    Read ``blocks`` (``BackingStore.read_blocks``, any thread), then pass the
+    results to ``ZramDevice.finish_read`` on the owner thread.
+    """
+
+    __slots__ = ("dev", "chunks", "items", "offset", "length")
+
+    def __init__(self, dev: ReadPath, chunks: Chunks, items: list[tuple[int, int]], offset: int, length: int) -> None:
+        self.dev = dev
+        self.chunks = chunks
+        self.items = items      # (block, slot flags at the time of the read)
+        self.offset = offset
+        self.length = length
+
+    @property
+    def blocks(self) -> list[int]:
+        return [b for b, _ in self.items]
+
+
+class ReadPath(DeviceState):
+    def _read_page(self, disk: Disk, i: int, now: int, defer: list[tuple[int, int]] | None = None) -> bytes | None:
+        """``zram_read_page`` + ``mark_slot_accessed``; returns the 4 KiB page.
+
+        A written-back slot is read from the backing store at once, or, given
+        ``defer``, its block is pinned, recorded there, and None returned.
+        """
+        table = disk.table
+        flags = table.flags
+        f = flags[i]
+        if not f & ALLOCATED:
+            return ZERO_PAGE
+        flags[i] = f & ACCESS_CLEAR
+        table.ac_time[i] = now
+        if f & SPECIAL:
+            return self._read_special(disk, i, f, defer)
+        return self.decompress(disk.decompress0, disk.pool.view(table.handle[i], f & SIZE_MASK))
+
+    def _read_run(self, disk: Disk, first: int, stop: int, now: int, defer: list[tuple[int, int]] | None) -> Chunks:
+        """``_read_page`` over [first, stop), inlined for multi-page requests."""
+        table = disk.table
+        flags, handles, ac = table.flags, table.handle, table.ac_time
+        view = disk.pool.view
+        decompress, decompress0 = self.decompress, disk.decompress0
+        out: Chunks = []
+        append = out.append
+        for i in range(first, stop):
+            f = flags[i]
+            if not f & ALLOCATED:
+                append(ZERO_PAGE)
+                continue
+            flags[i] = f & ACCESS_CLEAR
+            ac[i] = now
+            if f & SPECIAL:
+                append(self._read_special(disk, i, f, defer))
+                continue
+            append(decompress(decompress0, view(handles[i], f & SIZE_MASK)))
+        return out
+
+    def _read_special(self, disk: Disk, i: int, f: int, defer: list[tuple[int, int]] | None) -> bytes | None:
+        """Same-filled, written-back, huge and recompressed slots."""
+        handle = disk.table.handle[i]
+        if f & SAME:
+            return ZERO_PAGE if handle == 0 else handle.to_bytes(8, "little") * (PAGE_SIZE // 8)
+        if f & WB:
+            backing = self.settings.backing
+            assert backing is not None, "a written-back slot without a backing store"
+            backing.pin(handle)
+            if defer is not None:
+                defer.append((handle, f))
+                return None
+            try:
+                res = backing.read_blocks([handle])[0]
+            finally:
+                backing.unpin(handle)
+            return self._decode_block(disk, res, f)
+        size = f & SIZE_MASK
+        obj = disk.pool.view(handle, size)
+        if size == PAGE_SIZE:
+            return bytes(obj)
+        return self.decompress(disk.codec_for(f), obj)
+
+    def _decode_block(self, disk: Disk, res: bytes | OSError, f: int) -> bytes:
+        """A backing block's page: as written, or decompressed (compressed writeback)."""
+        if isinstance(res, OSError):
+            raise oserror(errno.EIO, f"{self.name}: backing_dev read failed: {res.strerror}")
+        self.stats.bd_reads += 1
+        size = f & SIZE_MASK
+        if size and not f & HUGE:
+            return self.decompress(disk.codec_for(f), memoryview(res)[:size])
+        return res
+
+    # -- block I/O ----------------------------------------------------------------------
+
+    def read_chunks(self, offset: int, length: int) -> list[bytes] | PendingRead:
+        """Read ``length`` bytes at ``offset`` as a list of buffers (one per page
+        touched, the first and last trimmed), or a PendingRead when written-back
+        pages must be read off this thread. The NBD fast path."""
+        disk = self.disk
+        st = self.stats
+        if disk is not None and length == PAGE_SIZE and not offset & (PAGE_SIZE - 1) and 0 <= offset < disk.disksize:
+            st.read_ios += 1
+            st.read_sectors += PAGE_SIZE >> SECTOR_SHIFT
+            defer: list[tuple[int, int]] | None = [] if self.async_backing_reads else None
+            try:
+                page = self._read_page(disk, offset >> PAGE_SHIFT, self.clock(), defer)
+            except OSError:
+                st.failed_reads += 1
+                raise
+            if page is None:
+                assert defer is not None
+                return PendingRead(self, [None], defer, offset, length)
+            return [page]
+        disk = self.check_range(offset, length, False)
+        st.read_ios += 1
+        st.read_sectors += (length + 511) >> SECTOR_SHIFT
+        if disk is None or not length:
+            return []
+        first = offset >> PAGE_SHIFT
+        last = (offset + length - 1) >> PAGE_SHIFT
+        defer = [] if self.async_backing_reads else None
+        try:
+            chunks = self._read_run(disk, first, last + 1, self.clock(), defer)
+        except OSError:
+            st.failed_reads += 1
+            if defer:
+                self._unpin(defer)
+            raise
+        if defer:
+            return PendingRead(self, chunks, defer, offset, length)
+        return _trim(cast(list[bytes], chunks), offset, length)  # no None without defer
+
+    def _unpin(self, items: list[tuple[int, int]]) -> None:
+        backing = self.settings.backing
+        assert backing is not None, "pinned blocks without a backing store"
+        for block, _ in items:
+            backing.unpin(block)
+        self.flush_backing()
+
+    def finish_read(self, pending: PendingRead, results: list[bytes | OSError]) -> list[bytes]:
+        """Complete a PendingRead with its blocks' contents (in ``pending.blocks`` order)."""
+        self._unpin(pending.items)
+        disk = self.disk
+        assert disk is not None, "reset while a read was pending"   # reset waits for openers
+        chunks = pending.chunks
+        k = 0
+        try:
+            for pos, chunk in enumerate(chunks):
+                if chunk is None:
+                    chunks[pos] = self._decode_block(disk, results[k], pending.items[k][1])
+                    k += 1
+        except OSError:
+            self.stats.failed_reads += 1
+            raise
+        return _trim(cast(list[bytes], chunks), pending.offset, pending.length)  # all filled now
+
+    def read(self, offset: int, length: int) -> bytes:
+        chunks = self.read_chunks(offset, length)
+        if isinstance(chunks, PendingRead):
+            assert self.settings.backing is not None
+            chunks = self.finish_read(chunks, self.settings.backing.read_blocks(chunks.blocks))
+        return b"".join(chunks)
+
+    def peek(self, offset: int, length: int) -> bytes:
+        """Read for inspection: no access is recorded (IDLE, PP_SLOT, access
+        times and I/O statistics stay as they were)."""
+        disk = self.check_range(offset, length, False)
+        if disk is None or not length:
+            return b""
+        first, last = offset >> PAGE_SHIFT, (offset + length - 1) >> PAGE_SHIFT
+        table = disk.table
+        flags = table.np_flags()[first : last + 1].copy()
+        ac = table.np_ac_time()[first : last + 1].copy()
+        saved = self.stats.snapshot()
+        try:
+            pages = [self._read_page(disk, i, 0) or ZERO_PAGE for i in range(first, last + 1)]
+            return b"".join(_trim(pages, offset, length))
+        finally:
+            table.np_flags()[first : last + 1] = flags
+            table.np_ac_time()[first : last + 1] = ac
+            self.stats.restore(saved)
+
+    def extents(self, offset: int, length: int) -> list[tuple[int, Extent]]:
+        """Extents (byte length, state) covering the range, for block status."""
+        disk = self.check_range(offset, length, False)
+        if disk is None or not length:
+            return []
+        first = offset >> PAGE_SHIFT
+        last = (offset + length - 1) >> PAGE_SHIFT
+        flags = disk.table.np_flags()[first : last + 1]
+        handle = disk.table.np_handle()[first : last + 1]
+        # index into _EXTENTS: 2 unallocated, 1 stored zero page, 0 data
+        state = np.where((flags & ALLOCATED) == 0, 2, np.where(((flags & SAME) != 0) & (handle == 0), 1, 0))
+        edges = np.flatnonzero(state[1:] != state[:-1]) + 1
+        bounds = [0, *edges.tolist(), len(state)]
+        extents = []
+        for a, b in zip(bounds, bounds[1:]):
+            start = max(offset, (first + a) << PAGE_SHIFT)
+            stop = min(offset + length, (first + b) << PAGE_SHIFT)
+            extents.append((stop - start, _EXTENTS[int(state[a])]))
+        return extents

@@ -1,0 +1,321 @@
+"""The write and free paths: ``zram_write_page``, read-modify-write of
+partial pages, discard and write-zeroes.
+
+A new object is stored (and the memory limit checked) before the slot's old
+contents are freed, so a failed write leaves the old contents. Work that
+grows with the request, and partial writes into written-back pages (whose
+block must be read off the owner thread), are also jobs (``*_steps``).
+"""
+
+from __future__ import annotations
+
+import errno
+
+import numpy as np
+
+from .disk import SECTOR_SHIFT, ZERO_PAGE, Disk, oserror
+from .jobs import Job, Offload, run
+from .readpath import ReadPath
+from .sizeclass import PAGE_SHIFT, PAGE_SIZE
+from .slots import ACCESS_CLEAR, ALLOCATED, HUGE, SAME, SIZE_MASK, SPECIAL, WB
+
+_SAME_CANDIDATE = 64  # every same-filled page compresses below this with any backend
+STEP_SCAN = 1 << 14    # slots scanned by one step of a job (numpy, well under 1 ms)
+STEP_FREE = 128        # allocated slots freed by one step of a job (~0.5 ms)
+
+Buffer = bytes | bytearray | memoryview
+
+
+class WritePath(ReadPath):
+    def _write_page(self, disk: Disk, i: int, page: memoryview, now: int) -> None:
+        """``zram_write_page`` + ``mark_slot_accessed`` for a full page.
+
+        Same-filled pages are found first as the kernel does, but the shifted
+        comparison only runs when the page compressed to almost nothing (every
+        same-filled page does), which spares it on every other page.
+        """
+        st = self.stats
+        if page == ZERO_PAGE:
+            self._store_same(disk, i, 0, now)
+            return
+        comp = disk.compress(page)
+        clen = len(comp)
+        if clen < _SAME_CANDIDATE and page[8:] == page[:-8]:
+            self._store_same(disk, i, int.from_bytes(page[:8], "little"), now)
+            return
+        pool = disk.pool
+        if clen >= self.huge_class_size:
+            h = pool.store(page)
+            new_flags = HUGE | PAGE_SIZE
+            clen = PAGE_SIZE
+            st.huge_pages += 1
+            st.huge_pages_since += 1
+        else:
+            h = pool.store(comp)
+            new_flags = clen
+        pages = pool.pages_allocated
+        if pages > st.max_used_pages:
+            st.max_used_pages = pages
+        limit = self.settings.limit_pages
+        if limit and pages > limit:
+            pool.free(h)
+            if new_flags & HUGE:
+                st.huge_pages -= 1
+                st.huge_pages_since -= 1
+            raise oserror(errno.ENOMEM, f"{self.name}: mem_limit reached ({limit << PAGE_SHIFT} bytes)")
+        table = disk.table
+        flags = table.flags
+        handles = table.handle
+        old = flags[i]
+        if old & ALLOCATED:
+            if old & SPECIAL:
+                self.slot_free(disk, i)
+                st.pages_stored += 1
+            else:  # the common overwrite: a plain compressed object
+                pool.free(handles[i])
+                st.compr_data_size -= old & SIZE_MASK
+        else:
+            st.pages_stored += 1
+        handles[i] = h
+        flags[i] = new_flags
+        table.ac_time[i] = now
+        st.compr_data_size += clen
+
+    def _store_same(self, disk: Disk, i: int, word: int, now: int) -> None:
+        table = disk.table
+        if table.flags[i] & ALLOCATED:
+            self.slot_free(disk, i)
+        table.handle[i] = word
+        table.flags[i] = SAME
+        table.ac_time[i] = now
+        self.stats.same_pages += 1
+        self.stats.pages_stored += 1
+
+    def write(self, offset: int, data: Buffer, fua: bool = False) -> None:
+        """Write ``data`` at ``offset``; any alignment (sub-page parts are
+        read-modify-written). ``data`` is consumed before this returns.
+        ``fua`` (NBD's force unit access) needs nothing: a stored page is stable."""
+        mv = data if type(data) is memoryview else memoryview(data)
+        if mv.format != "B" or mv.ndim != 1:
+            mv = mv.cast("B")
+        length = mv.nbytes
+        single = length == PAGE_SIZE and not offset & (PAGE_SIZE - 1)
+        disk = self.disk
+        if not (single and disk is not None and 0 <= offset < disk.disksize):
+            disk = self.check_range(offset, length, True)
+        st = self.stats
+        st.write_ios += 1
+        st.write_sectors += (length + 511) >> SECTOR_SHIFT
+        if disk is None or not length:
+            return
+        now = self.clock()
+        try:
+            if single:
+                self._write_page(disk, offset >> PAGE_SHIFT, mv, now)
+                return
+            pos = 0
+            i = offset >> PAGE_SHIFT
+            head = offset & (PAGE_SIZE - 1)
+            if head or length < PAGE_SIZE:
+                n = min(PAGE_SIZE - head, length)
+                self._patch_page(disk, i, head, mv[:n], now)
+                pos = n
+                i += 1
+            write_page = self._write_page
+            while length - pos >= PAGE_SIZE:
+                write_page(disk, i, mv[pos : pos + PAGE_SIZE], now)
+                pos += PAGE_SIZE
+                i += 1
+            if pos < length:
+                self._patch_page(disk, i, 0, mv[pos:], now)
+        except OSError:
+            st.failed_writes += 1
+            raise
+        finally:
+            if self.settings.backing is not None:
+                self.flush_backing()
+
+    def _patch_page(self, disk: Disk, i: int, start: int, part: memoryview, now: int) -> None:
+        old = self._read_page(disk, i, now)
+        assert old is not None, "a read without defer returns the page"
+        page = bytearray(old)
+        page[start : start + part.nbytes] = part
+        self._write_page(disk, i, memoryview(page), now)
+
+    def _patch_steps(self, disk: Disk, i: int, start: int, part: memoryview, now: int) -> Job[None]:
+        """``_patch_page`` whose read of a written-back slot is an Offload.
+
+        The block stays pinned during the read; the patch is applied only if
+        the slot still holds that block afterwards (otherwise it is retried
+        against the slot's newer contents), so it never mixes two states."""
+        flags, handles = disk.table.flags, disk.table.handle
+        backing = self.settings.backing
+        while True:
+            f = flags[i]
+            if backing is None or not f & WB:
+                self._patch_page(disk, i, start, part, now)
+                return
+            block = handles[i]
+            backing.pin(block)
+            try:
+                res = (yield Offload(backing.read_blocks, [block]))[0]
+            finally:
+                backing.unpin(block)
+                self.flush_backing()
+            if flags[i] & WB and handles[i] == block:  # pinned: not reused meanwhile
+                page = bytearray(self._decode_block(disk, res, f))
+                flags[i] &= ACCESS_CLEAR
+                page[start : start + part.nbytes] = part
+                self._write_page(disk, i, memoryview(page), now)
+                return
+
+    def write_needs_backing(self, offset: int, length: int) -> bool:
+        """Whether ``write`` would read-modify-write a written-back page (then
+        run ``write_steps`` instead, so that read happens off the loop)."""
+        disk = self.disk
+        if self.settings.backing is None or disk is None or not (offset | length) & (PAGE_SIZE - 1) or not length:
+            return False
+        if offset < 0 or offset + length > disk.disksize:
+            return False  # write() reports the error
+        flags = disk.table.flags
+        head, tail = offset >> PAGE_SHIFT, (offset + length - 1) >> PAGE_SHIFT
+        return bool(flags[head] & WB or flags[tail] & WB)
+
+    def write_steps(self, offset: int, data: bytes) -> Job[None]:
+        """``write`` as a job: sub-page parts of written-back pages read their
+        block through an Offload. ``data`` must be owned by the job."""
+        mv = memoryview(data).cast("B")
+        length = mv.nbytes
+        disk = self.check_range(offset, length, True)
+        st = self.stats
+        st.write_ios += 1
+        st.write_sectors += (length + 511) >> SECTOR_SHIFT
+        if disk is None or not length:
+            return
+        now = self.clock()
+        try:
+            pos = 0
+            i = offset >> PAGE_SHIFT
+            head = offset & (PAGE_SIZE - 1)
+            if head or length < PAGE_SIZE:
+                n = min(PAGE_SIZE - head, length)
+                yield from self._patch_steps(disk, i, head, mv[:n], now)
+                pos = n
+                i += 1
+            while length - pos >= PAGE_SIZE:
+                self._write_page(disk, i, mv[pos : pos + PAGE_SIZE], now)
+                pos += PAGE_SIZE
+                i += 1
+            if pos < length:
+                yield from self._patch_steps(disk, i, 0, mv[pos:], now)
+        except OSError:
+            st.failed_writes += 1
+            raise
+        finally:
+            self.flush_backing()
+
+    # -- freeing -----------------------------------------------------------------------
+
+    def _free_steps(self, disk: Disk, first: int, count: int, fill_zero: bool = False, now: int = 0) -> Job[None]:
+        """Free ``count`` whole pages from ``first``, at most STEP_FREE
+        allocated (or STEP_SCAN empty) slots per step; ``fill_zero`` stores
+        each freed stretch as same-filled zero pages in the same step."""
+        if count <= 64:
+            for i in range(first, first + count):
+                self.slot_free(disk, i)
+            if fill_zero:
+                self._fill_zero_pages(disk, first, count, now)
+            return
+        flags = disk.table.np_flags()
+        slot_free = self.slot_free
+        pos, end = first, first + count
+        while pos < end:
+            stop = min(end, pos + STEP_SCAN)
+            busy = np.flatnonzero(flags[pos:stop])
+            if len(busy) > STEP_FREE:
+                stop = pos + int(busy[STEP_FREE])
+                busy = busy[:STEP_FREE]
+            for j in busy.tolist():
+                slot_free(disk, pos + j)
+            if fill_zero:
+                self._fill_zero_pages(disk, pos, stop - pos, now)
+            pos = stop
+            yield None
+
+    def _fill_zero_pages(self, disk: Disk, first: int, count: int, now: int) -> None:
+        """Store ``count`` free slots from ``first`` as same-filled zero pages."""
+        t = disk.table
+        t.np_flags()[first : first + count] = SAME
+        t.np_handle()[first : first + count] = 0
+        t.np_ac_time()[first : first + count] = now
+        self.stats.same_pages += count
+        self.stats.pages_stored += count
+
+    def discard(self, offset: int, length: int) -> None:
+        """``zram_bio_discard``: free whole pages; a partial head or tail page
+        is left alone (its contents are then unspecified, as for TRIM)."""
+        run(self.discard_steps(offset, length))
+
+    def discard_steps(self, offset: int, length: int) -> Job[None]:
+        """``discard`` as a job. Each slot is freed whole within one step, so
+        concurrent requests see it before or after, never half-freed."""
+        disk = self.check_range(offset, length, True)
+        st = self.stats
+        st.discard_ios += 1
+        st.discard_sectors += length >> SECTOR_SHIFT
+        first = offset >> PAGE_SHIFT
+        head = offset & (PAGE_SIZE - 1)
+        if head:
+            if length <= PAGE_SIZE - head:
+                return
+            length -= PAGE_SIZE - head
+            first += 1
+        count = length >> PAGE_SHIFT
+        st.notify_free += count
+        if disk is None:
+            return
+        try:
+            yield from self._free_steps(disk, first, count)
+        finally:
+            self.flush_backing()
+
+    def write_zeroes(self, offset: int, length: int, unmap: bool = True) -> None:
+        """Make the range read as zeros. Whole pages are freed (``unmap``) or
+        stored as same-filled zero pages (still no pool memory); partial head
+        and tail pages are zeroed by read-modify-write."""
+        run(self.write_zeroes_steps(offset, length, unmap))
+
+    def write_zeroes_steps(self, offset: int, length: int, unmap: bool = True) -> Job[None]:
+        """``write_zeroes`` as a job (see ``discard_steps``)."""
+        disk = self.check_range(offset, length, True)
+        st = self.stats
+        st.write_ios += 1
+        st.write_sectors += length >> SECTOR_SHIFT
+        if disk is None or not length:
+            return
+        now = self.clock()
+        end = offset + length
+        first = -(-offset // PAGE_SIZE)
+        last = end >> PAGE_SHIFT  # exclusive
+        try:
+            if first > last:  # inside a single page
+                zeros = memoryview(bytes(length))
+                yield from self._patch_steps(disk, offset >> PAGE_SHIFT, offset & (PAGE_SIZE - 1), zeros, now)
+                return
+            if offset & (PAGE_SIZE - 1):
+                head = offset & (PAGE_SIZE - 1)
+                yield from self._patch_steps(disk, first - 1, head, memoryview(bytes(PAGE_SIZE - head)), now)
+            if end & (PAGE_SIZE - 1):
+                yield from self._patch_steps(disk, last, 0, memoryview(bytes(end & (PAGE_SIZE - 1))), now)
+            if unmap:
+                st.notify_free += last - first
+            yield from self._free_steps(disk, first, last - first, not unmap, now)
+        except OSError:
+            st.failed_writes += 1
+            raise
+        finally:
+            self.flush_backing()
+
+    def flush(self) -> None:
+        """Data is stable once a write returns; count the request only."""
+        self.stats.flush_ios += 1
