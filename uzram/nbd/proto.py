@@ -31,6 +31,7 @@ from typing import Final
 
 from . import constants as C
 from .export import BlockExport, ExportRegistry
+from .ordering import MUTATING, Request
 
 __all__ = [
     "Handshake",
@@ -191,7 +192,11 @@ class Handshake:
             self._option(opt, data)
         except _OptionError as e:
             self._reply(opt, e.reply, e.message.encode())
-        if self.state is HandshakeState.STARTTLS and buf:
+        return self._may_continue()
+
+    def _may_continue(self) -> bool:
+        """After an option: whether to go on with the next one."""
+        if self.state is HandshakeState.STARTTLS and self._in:
             # bytes sent after STARTTLS but before the TLS handshake could be
             # injected by anyone on the path: never act on them
             raise ProtocolError("data after STARTTLS before the TLS handshake")
@@ -384,9 +389,6 @@ class Handshake:
 
 # --- transmission ------------------------------------------------------------------
 
-Request = tuple[int, int, int, int, int, int]
-"""``(cmd, flags, cookie, offset, length, error)``; error 0 = valid."""
-
 _REQ = struct.Struct(">IHHQQI")
 _SIMPLE = struct.Struct(">IIQ")
 _SR_HDR = struct.Struct(">IHHQI")
@@ -399,7 +401,6 @@ _KNOWN_CMD_FLAGS = (
 _RANGE_CMDS = frozenset(
     {C.CMD_READ, C.CMD_WRITE, C.CMD_TRIM, C.CMD_CACHE, C.CMD_WRITE_ZEROES, C.CMD_BLOCK_STATUS}
 )
-_MUTATING_CMDS = frozenset({C.CMD_WRITE, C.CMD_TRIM, C.CMD_WRITE_ZEROES})
 
 
 def simple_reply(cookie: int, error: int = 0) -> bytes:
@@ -546,7 +547,7 @@ class Transmission:
         """NBD errno for a request (0 if valid); same checks and order as nbdkit."""
         if cmd == C.CMD_DISC:
             return 0
-        if self.read_only and cmd in _MUTATING_CMDS:
+        if self.read_only and cmd in MUTATING:
             return C.EPERM
         if cmd in _RANGE_CMDS:
             if length == 0:
