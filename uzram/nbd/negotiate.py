@@ -8,7 +8,8 @@ import logging
 import trio
 
 from .channel import Channel
-from .proto import Handshake, HandshakeState, ProtocolError
+from .handshake import Handshake, HandshakeState
+from .proto import ProtocolError
 from .tls import TLSSettings, TLSStream
 
 __all__ = ["negotiate"]

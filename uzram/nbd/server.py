@@ -26,7 +26,8 @@ from .dispatch import Dispatcher
 from .export import ExportRegistry
 from .listen import accept_retrying
 from .negotiate import negotiate
-from .proto import Handshake, Negotiated, Transmission
+from .handshake import Handshake
+from .proto import Negotiated, Transmission
 from .ring import receive
 
 __all__ = ["NBDServer", "ServerConfig", "default_max_connections", "serve_connection", "serve_listener"]
