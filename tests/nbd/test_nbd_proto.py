@@ -11,9 +11,8 @@ from hypothesis import strategies as st
 
 from uzram.nbd import constants as C
 from uzram.nbd.export import StaticRegistry
+from uzram.nbd.handshake import Handshake, HandshakeState, transmission_flags
 from uzram.nbd.proto import (
-    Handshake,
-    HandshakeState,
     ProtocolError,
     Transmission,
     block_status_chunk,
@@ -22,7 +21,6 @@ from uzram.nbd.proto import (
     hole_chunk,
     read_chunk_header,
     simple_reply,
-    transmission_flags,
     wire_error,
 )
 

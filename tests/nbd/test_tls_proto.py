@@ -9,7 +9,8 @@ import pytest
 
 from uzram.nbd import constants as C
 from uzram.nbd.export import StaticRegistry
-from uzram.nbd.proto import Handshake, HandshakeState, ProtocolError
+from uzram.nbd.handshake import Handshake, HandshakeState
+from uzram.nbd.proto import ProtocolError
 from uzram.nbd.tls import TLSError, TLSSettings, settings
 
 from .memexport import MemExport

@@ -1,5 +1,6 @@
-"""NBD protocol layer: a sans-I/O core (proto), a trio transport (server) and the
-block-export interface it serves (export).  Knows nothing of zram."""
+"""NBD protocol layer: a sans-I/O core (handshake, proto), a trio transport
+(server, with channel, negotiate, ring and dispatch) and the block-export
+interface it serves (export).  Knows nothing of zram."""
 
 from .export import BlockExport, ExportRegistry, StaticRegistry
 from .server import NBDServer, ServerConfig, serve_connection, serve_listener

@@ -22,7 +22,7 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import trio
 
@@ -219,7 +219,7 @@ class TLSStream:
         size = len(view)
         while True:
             try:
-                n = s.read(size, view)
+                n = _read_into(s, size, view)
                 break
             except ssl.SSLWantReadError:
                 if self._out.pending:
@@ -233,7 +233,7 @@ class TLSStream:
         # one read returns one record (16 KiB at most): take the others received
         while 0 < n < size and self._in.pending:
             try:
-                m = s.read(size - n, view[n:])
+                m = _read_into(s, size - n, view[n:])
             except (ssl.SSLWantReadError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
                 break
             if m == 0:
@@ -276,3 +276,9 @@ class TLSStream:
                 self.sock.send(self._out.read(), _MSG_NOSIGNAL)
         except OSError:
             pass
+
+
+def _read_into(s: ssl.SSLObject, size: int, view: memoryview) -> int:
+    """``SSLObject.read`` into a buffer: it returns the byte count (typeshed
+    declares ``bytes`` whatever the arguments)."""
+    return cast(int, s.read(size, view))

@@ -1,0 +1,183 @@
+"""The receive ring: one reader per connection ``recv_into``s a preallocated
+ring and hands every complete request in it to the
+:class:`~.dispatch.Dispatcher`; replies of a batch go out together.
+
+Reading pauses while too many requests are outstanding or too many bytes
+are held (see :mod:`.budget`); sending never pauses.  On stop, the requests
+already received are answered (a WRITE cut short gets ESHUTDOWN).
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import struct
+from typing import Final
+
+import trio
+
+from . import constants as C
+from .channel import Channel
+from .config import ServerConfig
+from .dispatch import Dispatcher
+from .proto import REQUEST_SIZE, ProtocolError, simple_reply
+
+__all__ = ["receive"]
+
+log = logging.getLogger("uzram.nbd")
+
+_PIECE_ALIGN: Final = -C.PREFERRED_BLOCK_SIZE   # streamed WRITE pieces end on these boundaries
+_LEN = struct.Struct(">I")
+_COOKIE = struct.Struct(">Q")
+
+
+def _new_ring(cfg: ServerConfig) -> mmap.mmap:
+    # private anonymous memory: pages the traffic never reaches stay uncommitted
+    ring = mmap.mmap(-1, cfg.ring_size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if cfg.prefault_ring:   # by touch: MAP_POPULATE is ignored under mlockall(MCL_ONFAULT)
+        for i in range(0, cfg.ring_size, 4096):
+            ring[i] = 0
+    return ring
+
+
+async def receive(chan: Channel, disp: Dispatcher, cfg: ServerConfig, trailing: bytes) -> None:
+    """Read and dispatch requests until DISC, EOF, an error or a stop."""
+    size = cfg.ring_size
+    ring = _new_ring(cfg)
+    view = memoryview(ring)
+    end = len(trailing)
+    ring[:end] = trailing
+    pos = 0
+    process = disp.process
+    while True:
+        if end > pos and not disp.paused():
+            try:
+                pos = process(ring, view, pos, end)
+            except ProtocolError as e:
+                log.debug("NBD: dropping client: %s", e)
+                return
+        if chan.out:
+            await chan.flush()
+        if disp.disc or chan.broken:
+            return
+        if disp.pending_read is not None:
+            req, disp.pending_read = disp.pending_read, None
+            await disp.stream_read(req)
+            continue
+        if disp.limited or disp.paused():
+            # a bound was hit: wait for room, then resume parsing
+            disp.limited = False
+            if disp.paused():
+                await chan.wait_for_room()
+                chan.yielded = True
+            continue
+        if chan.stopping:
+            _answer_cut_short(chan, ring, pos, end)
+            return
+        if not chan.yielded:
+            await trio.lowlevel.checkpoint()  # stay fair under sustained load
+        chan.yielded = False
+        # make room for what comes next
+        if pos == end:
+            pos = end = 0
+        elif disp.skip == 0:
+            need = _bytes_needed(ring, pos, end)
+            if need > size - REQUEST_SIZE and end - pos >= REQUEST_SIZE:
+                pos, end = await _stream_write(chan, disp, ring, view, pos, end)
+                if pos < 0:
+                    return
+                continue
+            if pos + need > size or size - end < cfg.compact_below:
+                n = end - pos
+                ring[:n] = view[pos:end]
+                pos, end = 0, n
+        try:
+            if disp.skip:
+                # discard the rest of a rejected WRITE payload (ring is empty)
+                n = await chan.recv_timed(view[: min(disp.skip, size)], True)
+                if n == 0:
+                    log.debug("NBD: EOF inside a rejected WRITE payload")
+                    return
+                disp.skip -= n
+                continue
+            n = await chan.recv_timed(view[end:], end > pos)
+        except OSError as e:
+            log.debug("NBD: receive failed: %s", e)
+            return
+        if n == 0:
+            if chan.stopping:
+                _answer_cut_short(chan, ring, pos, end)
+            elif end > pos:
+                log.debug("NBD: EOF in the middle of a request")
+            return
+        end += n
+
+
+def _bytes_needed(ring: mmap.mmap, pos: int, end: int) -> int:
+    """Size of the (incomplete) request at ``pos``."""
+    if end - pos < REQUEST_SIZE:
+        return REQUEST_SIZE
+    length: int = _LEN.unpack_from(ring, pos + 24)[0]
+    return REQUEST_SIZE + length  # only an incomplete WRITE stops the parser here
+
+
+def _answer_cut_short(chan: Channel, ring: mmap.mmap, pos: int, end: int) -> None:
+    """On stop: ESHUTDOWN for a request whose header arrived but not its payload."""
+    if end - pos >= REQUEST_SIZE:
+        cookie: int = _COOKIE.unpack_from(ring, pos + 8)[0]
+        chan.queue(simple_reply(cookie, C.ESHUTDOWN))
+
+
+async def _stream_write(chan: Channel, disp: Dispatcher, ring: mmap.mmap, view: memoryview,
+                        pos: int, end: int) -> tuple[int, int]:
+    """A WRITE larger than the ring: its payload is applied piece by piece
+    as it arrives (pieces end on 4 KiB boundaries of the device), so no
+    buffer is allocated ahead of the bytes received.  Returns the ring's
+    new (pos, end), or (-1, -1) when the connection ends.
+
+    Requests after it are parsed only once it has been applied whole.
+    Until its reply, the range holds a mix of old and new data, as a
+    block device's does during a large write."""
+    req = disp.tx.parse(view, pos, end)
+    assert req is not None and req[0] == C.CMD_WRITE and req[5] == 0
+    _, flags, cookie, offset, length, _ = req
+    fua = bool(flags & C.CMD_FLAG_FUA)
+    write = disp.export.write
+    await disp.wait_unordered(req)
+    size = len(ring)
+    start = pos + REQUEST_SIZE
+    done = 0            # payload bytes applied (or, after an error, dropped)
+    error: Exception | None = None
+    while True:
+        have = end - start
+        last = done + have == length
+        cut = have if last else ((offset + done + have) & _PIECE_ALIGN) - (offset + done)
+        if cut > 0:
+            if error is None:
+                try:
+                    r = write(offset + done, view[start : start + cut], fua)
+                    if r is not None:
+                        await r
+                except Exception as e:
+                    error = e
+            done += cut
+            start += cut
+        if last:
+            break
+        n = end - start
+        ring[:n] = view[start:end]
+        start, end = 0, n
+        try:
+            got = await chan.recv_timed(view[end : min(size, end + length - done - n)], True)
+        except OSError as e:
+            log.debug("NBD: receive failed: %s", e)
+            return -1, -1
+        if got == 0:
+            if chan.stopping:
+                chan.queue(simple_reply(cookie, C.ESHUTDOWN))
+            else:
+                log.debug("NBD: EOF in the middle of a WRITE payload")
+            return -1, -1
+        end += got
+    chan.queue(simple_reply(cookie) if error is None else disp.failure(req, error))
+    return 0, 0
