@@ -82,9 +82,9 @@ async def run(cfg: config_mod.Config, quiet: bool = False, reserve_setting: int 
     # ExportRegistry/BlockExport declare name and description as settable and
     # read() as returning list[Buffer] (invariant): the exports' read-only
     # properties and list[bytes] are what the server needs, but do not match.
-    exports = (metrics.MeteredRegistry(registry)  # type: ignore[arg-type]
+    exports = (metrics.MeteredRegistry(registry)
                if cfg.metrics is not None else registry)
-    nbd = NBDServer(exports, ServerConfig(  # type: ignore[arg-type]
+    nbd = NBDServer(exports, ServerConfig(
         max_buffer_memory=limits.max_buffer_memory, idle_timeout=limits.idle_timeout,
         max_connections=limits.max_connections or None, tls=tls,
         prefault_ring=bool(hardening.STATE.get("locked"))))

@@ -31,7 +31,7 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Protocol, TypeAlias, runtime_checkable
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
@@ -42,10 +42,17 @@ __all__ = ["BlockExport", "Buffer", "ExportRegistry", "StaticRegistry"]
 
 @runtime_checkable
 class BlockExport(Protocol):
-    name: str
-    description: str
-    read_only: bool
-    ordering_granularity: int
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def description(self) -> str: ...
+
+    @property
+    def read_only(self) -> bool: ...
+
+    @property
+    def ordering_granularity(self) -> int: ...
 
     def size(self) -> int:
         """Size in bytes; may change between connections (read at GO time)."""
@@ -55,7 +62,7 @@ class BlockExport(Protocol):
 
     def detach(self) -> None: ...
 
-    def read(self, offset: int, length: int) -> list[Buffer] | Awaitable[list[Buffer]]: ...
+    def read(self, offset: int, length: int) -> Sequence[Buffer] | Awaitable[Sequence[Buffer]]: ...
 
     def write(self, offset: int, data: memoryview, fua: bool) -> None | Awaitable[None]: ...
 
