@@ -21,6 +21,14 @@ def _pyplot() -> Any:
     return plt
 
 
+def _save(plt: Any, fig: Any, path: Path, title: str | None = None) -> None:
+    if title is not None:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _subtitle(r: dict[str, Any]) -> str:
     load = r.get("loadavg")
     busy = f"; load average {load[0]:.1f} at the start, {load[-1]:.1f} at the end" if load else ""
@@ -43,10 +51,7 @@ def throughput(r: dict[str, Any], path: Path) -> None:
         ax.set_xticks(range(len(jobs)), list(jobs))
         ax.set_ylabel(unit)
         ax.legend(fontsize=8)
-    fig.suptitle("uzram against nbdkit's memory plugin and the kernel's zram\n" + _subtitle(r), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path, "uzram against nbdkit's memory plugin and the kernel's zram\n" + _subtitle(r))
 
 
 def latency_cdf(r: dict[str, Any], path: Path) -> None:
@@ -66,10 +71,7 @@ def latency_cdf(r: dict[str, Any], path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     axes[0].set_ylabel("fraction of requests")
-    fig.suptitle("Latency CDF of 4 KiB requests\n" + _subtitle(r), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path, "Latency CDF of 4 KiB requests\n" + _subtitle(r))
 
 
 def compression(r: dict[str, Any], path: Path) -> None:
@@ -87,9 +89,7 @@ def compression(r: dict[str, Any], path: Path) -> None:
     ax.legend(fontsize=8)
     ax.set_title(f"Compression ratio on the {r['corpus']['bytes'] >> 20} MiB swap-like corpus "
                  "(kernel: n/a where the host's zram lacks the algorithm)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def write_all(r: dict[str, Any], directory: Path) -> list[Path]:
