@@ -31,6 +31,7 @@ TARGETS = (
 )
 MEMORY_SLACK = 32 * MiB   # uzramd's RSS may exceed the kernel's mem_used_total by this much
 SERVERS = ("uzram", "kernel zram", "nbdkit")
+BASELINE = "uzram baseline"   # --baseline: another checkout's uzram, measured in the same rounds
 
 
 def _value(row: dict[str, Any] | None, key: str) -> float | None:
@@ -138,4 +139,23 @@ def markdown(r: dict[str, Any]) -> str:
                             ("same-filled pages", "same_pages", "{}"), ("huge pages", "huge_pages", "{}")):
         lines.append(f"| {label} | {fmt.format(u[key])} | " + (fmt.format(k[key]) if k else "n/a") + " |")
     lines.append(f"| daemon RSS, RssAnon (MiB) | {u['rss'] / MiB:.1f}, {u['rss_anon'] / MiB:.1f} | |")
+    lines += baseline_table(r)
     return "\n".join(lines)
+
+
+def baseline_table(r: dict[str, Any]) -> list[str]:
+    """With --baseline: this uzram against the other checkout's, job by job."""
+    if not r.get("baseline"):
+        return []
+    lines = ["", f"This uzram against the baseline ({r['baseline']}), same rounds:", "",
+             "| job | uzram | baseline | ratio |", "|---|---|---|---|"]
+    for job, servers in r["fio"].items():
+        new, old = servers.get("uzram"), servers.get(BASELINE)
+        if not new or not old:
+            continue
+        key = "mbps" if job.startswith("128k") else "iops"
+        lines.append(f"| {job} | {_fmt(new[key], key)} | {_fmt(old[key], key)} | {new[key] / max(old[key], 1e-9):.2f}× |")
+        if "lat_pct_us" in new and "lat_pct_us" in old and job.endswith("QD1"):
+            n99, o99 = _value(new, "p99"), _value(old, "p99")
+            lines.append(f"| {job} p99 | {_fmt(n99, 'p99')} | {_fmt(o99, 'p99')} | {(n99 or 0) / max(o99 or 1e-9, 1e-9):.2f}× |")
+    return lines

@@ -64,6 +64,16 @@ def machine() -> dict[str, Any]:
                       "nbdkit": version("nbdkit", "--version")}}
 
 
+def baseline_label(tree: Path | None) -> str | None:
+    """``tree``'s commit, as the report names the baseline."""
+    if tree is None:
+        return None
+    if not (tree / "uzram" / "daemon").is_dir():
+        sys.exit(f"bench: --baseline {tree}: no uzram package there")
+    r = subprocess.run(["git", "-C", str(tree), "log", "-1", "--format=%h, %cs"], capture_output=True, text=True)
+    return r.stdout.strip() or tree.name
+
+
 def mm_stat(ctl: Path, device: str = "zram0") -> list[int]:
     with Client(ctl) as c:
         return [int(x) for x in c.show(device, "mm_stat").split()]
@@ -107,10 +117,15 @@ def measure(args: argparse.Namespace, img: Path, nbytes: int, work: Path, kernel
     seconds, ramp = args.seconds, args.ramp
     kit = Server("nbdkit", ["nbdkit", "-f", "-U", str(work / "kit.sock"), "memory", str(nbytes)], work / "kit.sock")
     uz = uzramd(work, "uz", [f"zram{i}:comp_algorithm={args.algorithm},disksize={nbytes}" for i in (0, 1)])
+    base = (uzramd(work, "base", [f"zram0:comp_algorithm={args.algorithm},disksize={nbytes}"], tree=args.baseline)
+            if args.baseline else None)
     try:
         dev = Path("/dev") / KERNEL_SYSFS.name
         fio_opts = {"uzram": nbd_fio(uz.uri("zram0")), "nbdkit": nbd_fio(kit.uri())}
         copy = {"uzram": nbdcopy_cmd(img, uz.uri("zram0")), "nbdkit": nbdcopy_cmd(img, kit.uri())}
+        if base is not None:
+            fio_opts[report.BASELINE] = nbd_fio(base.uri("zram0"))
+            copy[report.BASELINE] = nbdcopy_cmd(img, base.uri("zram0"))
         if kernel:
             fio_opts["kernel zram"] = kernel_fio()
             copy["kernel zram"] = dd_cmd(img, dev)
@@ -154,6 +169,8 @@ def measure(args: argparse.Namespace, img: Path, nbytes: int, work: Path, kernel
     finally:
         uz.stop()
         kit.stop()
+        if base is not None:
+            base.stop()
     return {"fio": {job: {s: medians(v) for s, v in per.items()} for job, per in raw.items()},
             "multi": {job: {k: medians(v) for k, v in per.items()} for job, per in multi.items()},
             "raw": {"fio": raw, "multi": multi}}
@@ -168,6 +185,9 @@ def main() -> int:
     ap.add_argument("--corpus-mib", type=int, default=256)
     ap.add_argument("--algorithm", default="lz4")
     ap.add_argument("--no-kernel", action="store_true", help="leave the host's zram0 alone")
+    ap.add_argument("--baseline", type=Path, metavar="TREE",
+                    help="also measure the uzram of another checkout (e.g. a git worktree of an older commit) "
+                         "in the same interleaved rounds, and report new/old ratios")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--plots", type=Path, nargs="?", const=HERE.parent / "docs", metavar="DIR",
                     help="also measure the compression ratio per algorithm and write PNG plots to DIR (docs/)")
@@ -187,7 +207,8 @@ def main() -> int:
     results: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(), "load": {"start": list(os.getloadavg())}, "algorithm": args.algorithm,
-        "rounds": args.rounds, "seconds": args.seconds, "quick": args.quick, "kernel": unavailable}
+        "rounds": args.rounds, "seconds": args.seconds, "quick": args.quick, "kernel": unavailable,
+        "baseline": baseline_label(args.baseline)}
     work = Path(tempfile.mkdtemp(prefix="uzram-bench-"))
     kernel = unavailable is None
     try:

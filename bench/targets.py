@@ -49,10 +49,11 @@ def rss(pid: int, field: str = "VmRSS") -> int:
 class Server:
     """An NBD server child process listening on a UNIX socket."""
 
-    def __init__(self, name: str, cmd: list[str], sock: Path, extra: Sequence[Path] = ()) -> None:
+    def __init__(self, name: str, cmd: list[str], sock: Path, extra: Sequence[Path] = (),
+                 env: dict[str, str] | None = None) -> None:
         self.name = name
         self.sock = sock
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         for p in [sock, *extra]:
             wait_for(p, self.proc, name)
 
@@ -71,13 +72,16 @@ class Server:
             self.proc.wait()
 
 
-def uzramd(work: Path, name: str, devices: Sequence[str]) -> Server:
-    """A uzramd child with its own NBD and control sockets in ``work``."""
+def uzramd(work: Path, name: str, devices: Sequence[str], tree: Path | None = None) -> Server:
+    """A uzramd child with its own NBD and control sockets in ``work``; with
+    ``tree``, the uzram package of that checkout (say, an older commit's
+    ``git worktree``) instead of this one."""
     cmd = [sys.executable, "-m", "uzram.daemon", "-q", "--listen", f"unix:{work / (name + '.sock')}",
            "--control", str(work / (name + ".ctl"))]
     for d in devices:
         cmd += ["--device", d]
-    return Server("uzramd", cmd, work / (name + ".sock"), [work / (name + ".ctl")])
+    env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree.resolve())}
+    return Server("uzramd", cmd, work / (name + ".sock"), [work / (name + ".ctl")], env=env)
 
 
 # -- the host kernel's zram0
