@@ -11,7 +11,7 @@
    by mincore), glibc's mallinfo2 and the Python objects by type, beside
    mm_stat's mem_used_total (what the kernel's zram would hold).
 
-    python bench/rss.py [--corpus-mib 256] [--settle 5] [--swap] [--json OUT]
+    python bench/rss.py [--corpus-mib 256] [--settle 5] [--swap] [--lazy numpy] [--json OUT]
 """
 
 from __future__ import annotations
@@ -115,10 +115,10 @@ def probe(pid: int, out: Path) -> dict[str, Any]:
     return snap
 
 
-def with_data(img: Path, nbytes: int, work: Path, settle: float, swap: bool) -> dict[str, Any]:
+def with_data(img: Path, nbytes: int, work: Path, settle: float, swap: bool, lazy: str) -> dict[str, Any]:
     sock, ctl, out = work / "rss.sock", work / "rss.ctl", work / "rss.probe.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE / "probe"), str(HERE.parent)]),
-           "UZRAM_PROBE": str(out)}
+           "UZRAM_PROBE": str(out), "UZRAM_PROBE_LAZY": lazy}
     cmd = [sys.executable, "-m", "uzram.daemon", "-q", "--listen", f"unix:{sock}", "--control", str(ctl),
            "--device", f"zram0:comp_algorithm=lz4,disksize={nbytes}", *(["--swap"] if swap else [])]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
@@ -127,6 +127,7 @@ def with_data(img: Path, nbytes: int, work: Path, settle: float, swap: bool) -> 
             wait_for(p, proc, "uzramd")
         time.sleep(0.5)
         res: dict[str, Any] = {"fresh": status(proc.pid), "fresh_smaps": smaps(proc.pid)}
+        res["fresh_probe"] = probe(proc.pid, out)     # its full collection comes before the copy
         subprocess.run(nbdcopy_cmd(img, f"nbd+unix:///zram0?socket={sock}"), check=True, capture_output=True)
         res["after_copy"] = status(proc.pid)
         time.sleep(settle)
@@ -168,6 +169,8 @@ def report(imp: list[tuple[str, dict[str, int]]], data: dict[str, Any]) -> str:
     p = data["probe"]
     pools = p["pools"]
     mall = p.get("malloc", {})
+    f = data["fresh_probe"]
+    fm = f.get("malloc", {})
     anon = data["smaps"].get("anonymous", {}).get("rss", 0)
     chunks, table = pools.get("pool_chunk_resident_bytes", 0), pools.get("slot_table_resident_bytes", 0)
     lines.append(f"| anonymous: pool chunks (mincore) | | | {m(chunks)} | |")
@@ -183,11 +186,17 @@ def report(imp: list[tuple[str, dict[str, int]]], data: dict[str, Any]) -> str:
               f"glibc malloc: heap {m(mall.get('arena', 0))} MiB, in use {m(mall.get('uordblks', 0))}, free "
               f"(kept) {m(mall.get('fordblks', 0))}, mmapped blocks {m(mall.get('hblkhd', 0))}; "
               f"Python: {p['allocated_blocks']:,} allocated blocks, {p['gc_tracked']:,} objects tracked by gc; "
-              f"a full collection takes {p['full_collection_ms']:.0f} ms",
-              "", "| type (gc-tracked) | objects | MiB (getsizeof) |", "|---|---|---|"]
-    counts = dict(p["by_type"])
+              f"a full collection takes {p['full_collection_ms']:.0f} ms, then malloc_trim(0) frees "
+              f"{m(p['malloc_trim_freed'])} MiB; modules: "
+              + ", ".join(f"{k} {v}" for k, v in p.get("modules", {}).items()),
+              f"Growth with the corpus: {p['allocated_blocks'] - f['allocated_blocks']:,} allocated blocks, "
+              f"heap in use +{m(mall.get('uordblks', 0) - fm.get('uordblks', 0))} MiB",
+              "", "| type (gc-tracked) | objects | MiB (getsizeof) | objects fresh | MiB fresh |",
+              "|---|---|---|---|---|"]
+    counts, fcounts, fsizes = dict(p["by_type"]), dict(f["by_type"]), dict(f["bytes_by_type"])
     for name, size in p["bytes_by_type"][:12]:
-        lines.append(f"| {name} | {counts.get(name, 0):,} | {size / MiB:.2f} |")
+        lines.append(f"| {name} | {counts.get(name, 0):,} | {size / MiB:.2f} | {fcounts.get(name, 0):,} | "
+                     f"{fsizes.get(name, 0) / MiB:.2f} |")
     return "\n".join(lines)
 
 
@@ -196,6 +205,8 @@ def main() -> int:
     ap.add_argument("--corpus-mib", type=int, default=256)
     ap.add_argument("--settle", type=float, default=5, help="seconds after the copy before the breakdown")
     ap.add_argument("--swap", action="store_true", help="run the daemon with --swap")
+    ap.add_argument("--lazy", default="", metavar="MODULES",
+                    help="import these modules lazily in the daemon (comma-separated, e.g. numpy)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     need("nbdcopy")
@@ -204,7 +215,7 @@ def main() -> int:
         imp = imports()
         img = work / "corpus.img"
         nbytes = corpus.build(img, args.corpus_mib) * corpus.PAGE
-        data = with_data(img, nbytes, work, args.settle, args.swap)
+        data = with_data(img, nbytes, work, args.settle, args.swap, args.lazy)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(report(imp, data))

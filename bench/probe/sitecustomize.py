@@ -15,7 +15,12 @@ daemon:
   objects the collector tracks by type (the 25 most numerous, and the 25
   taking most bytes by ``sys.getsizeof``), and the pools' and slot tables'
   own counters (found among those objects, so nothing in uzram is changed),
-  and, last, how long a full collection takes.
+  and, last, how long a full collection takes and what ``malloc_trim(0)``
+  then gives back (RssAnon before - after): the snapshot changes the heap.
+
+With ``UZRAM_PROBE_LAZY`` (module names, comma-separated) those modules
+are imported lazily, loaded only when first used: what making an import
+lazy would save. The snapshot says whether they were loaded.
 
 The handlers run in the daemon's main thread between two bytecodes, as any
 Python signal handler: a snapshot stalls the daemon while it walks the heap.
@@ -26,16 +31,21 @@ from __future__ import annotations
 import collections
 import ctypes
 import gc
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import json
 import os
 import signal
 import sys
 import time
+import types
 from types import FrameType
 from typing import Any
 
 OUT = os.environ.get("UZRAM_PROBE", "")
 GC_MODE = os.environ.get("UZRAM_PROBE_GC", "")
+LAZY = [n for n in os.environ.get("UZRAM_PROBE_LAZY", "").split(",") if n]
 
 _collections: list[tuple[int, float, float]] = []   # generation, start, seconds
 _started: list[float] = [0.0]
@@ -105,6 +115,14 @@ def _mallinfo() -> dict[str, int]:
     return {f[0]: int(getattr(info, f[0])) for f in _MallInfo2._fields_}
 
 
+def _rss_anon() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def _snapshot(signum: int, frame: FrameType | None) -> None:
     t0 = time.perf_counter()
     objs = gc.get_objects()
@@ -124,11 +142,15 @@ def _snapshot(signum: int, frame: FrameType | None) -> None:
         "gc_threshold": gc.get_threshold(),
         "frozen": gc.get_freeze_count(),
         "pools": _pools(),
+        "modules": {name: _loaded(name) for name in ("numpy", *LAZY)},
     }
     snap["snapshot_seconds"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     gc.collect()
     snap["full_collection_ms"] = (time.perf_counter() - t0) * 1e3
+    before = _rss_anon()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    snap["malloc_trim_freed"] = before - _rss_anon()
     tmp = OUT + ".tmp"
     with open(tmp, "w") as f:
         json.dump(snap, f)
@@ -144,7 +166,61 @@ def _window(signum: int, frame: FrameType | None) -> None:
     _collections.clear()
 
 
+class _Deferred(importlib.abc.Loader):
+    """A module whose real import waits for its first missing attribute
+    (a module ``__getattr__``): importing it again, or reading ``__spec__``,
+    does not load it (as importlib.util.LazyLoader would in Python 3.11)."""
+
+    def __init__(self, finder: _LazyFinder) -> None:
+        self.finder = finder
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
+        return None
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        name = module.__name__
+
+        def load(attr: str) -> Any:
+            del module.__dict__["__getattr__"]
+            del sys.modules[name]
+            self.finder.busy.add(name)
+            try:
+                real = importlib.import_module(name)
+            finally:
+                self.finder.busy.discard(name)
+            module.__dict__.update(real.__dict__)
+            sys.modules[name] = module
+            _used.add(name)
+            return getattr(real, attr)
+        module.__dict__["__getattr__"] = load
+
+
+class _LazyFinder(importlib.abc.MetaPathFinder):
+    """Imports the modules named in ``UZRAM_PROBE_LAZY`` lazily."""
+
+    def __init__(self, names: set[str]) -> None:
+        self.names = names
+        self.busy: set[str] = set()
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in self.names or fullname in self.busy:
+            return None
+        return importlib.machinery.ModuleSpec(fullname, _Deferred(self))
+
+
+_used: set[str] = set()
+
+
+def _loaded(name: str) -> str:
+    """``name``'s state: not imported, lazy (imported, never used) or loaded."""
+    if name not in sys.modules:
+        return "not imported"
+    return "loaded" if name in _used or name not in LAZY else "lazy, never used"
+
+
 if OUT:
+    if LAZY:
+        sys.meta_path.insert(0, _LazyFinder(set(LAZY)))
     gc.callbacks.append(_on_gc)
     signal.signal(signal.SIGUSR1, _snapshot)
     signal.signal(signal.SIGUSR2, _window)
