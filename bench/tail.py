@@ -11,7 +11,9 @@ that the machine's noise hits them alike. The servers:
 - ``uzramd`` variants: ``default``; ``swap`` (``--swap``); ``freeze`` (a
   full collection then ``gc.freeze()`` before each measure); ``nogc``
   (``gc.disable()``); ``fifo`` (the default daemon under ``chrt -f 1``:
-  never preempted by ordinary processes); ``nice`` (``nice -n -10``).
+  never preempted by ordinary processes); ``nice`` (``nice -n -10``);
+  ``slice`` (SCHED_OTHER asking for a 0.1 ms time slice with
+  sched_setattr, Linux 6.12+: an earlier EEVDF deadline after each wakeup).
   Each uzramd carries bench/probe/sitecustomize.py, which times every
   garbage collection during the measure.
 
@@ -55,10 +57,27 @@ UZRAMD_VARIANTS: dict[str, tuple[list[str], list[str], str]] = {   # name: prefi
     "nogc": ([], [], "disable"),
     "fifo": (FIFO, [], ""),
     "nice": (["nice", "-n", "-10"], [], ""),
+    "slice": ([sys.executable, __file__, "--exec-with-slice", "100000", "--"], [], ""),
 }
 SERVERS = ("nbdkit", "echo", "nbdkit-fifo", "echo-fifo", *UZRAMD_VARIANTS)
 PCTS = (50, 90, 99, 99.9)
 CLIENT_PREFIX: list[str] = []   # before fio's command: FIFO with --fifo-client
+
+
+def exec_with_slice(slice_ns: int, cmd: list[str]) -> None:
+    """sched_setattr(SCHED_OTHER, sched_runtime=slice_ns) on this process, then exec ``cmd``."""
+    import ctypes
+
+    class SchedAttr(ctypes.Structure):
+        _fields_ = [("size", ctypes.c_uint32), ("policy", ctypes.c_uint32), ("flags", ctypes.c_uint64),
+                    ("nice", ctypes.c_int32), ("priority", ctypes.c_uint32), ("runtime", ctypes.c_uint64),
+                    ("deadline", ctypes.c_uint64), ("period", ctypes.c_uint64),
+                    ("util_min", ctypes.c_uint32), ("util_max", ctypes.c_uint32)]
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = SchedAttr(size=ctypes.sizeof(SchedAttr), policy=0, runtime=slice_ns, nice=os.getpriority(os.PRIO_PROCESS, 0))
+    if libc.syscall(314, 0, ctypes.byref(attr), 0) != 0:   # SYS_sched_setattr on x86-64
+        sys.exit(f"sched_setattr: {os.strerror(ctypes.get_errno())}")
+    os.execvp(cmd[0], cmd)
 
 
 def task_stats(pid: int) -> dict[str, int]:
@@ -209,7 +228,11 @@ def main() -> int:
     ap.add_argument("--corpus-mib", type=int, default=256)
     ap.add_argument("--fifo-client", action="store_true", help="run fio under chrt -f 1 too")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--exec-with-slice", type=int, metavar="NS", help=argparse.SUPPRESS)
+    ap.add_argument("cmd", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.exec_with_slice:
+        exec_with_slice(args.exec_with_slice, args.cmd)
     if args.fifo_client:
         CLIENT_PREFIX[:] = FIFO
     names = args.servers.split(",")
