@@ -85,11 +85,12 @@ class ReadPath(DeviceState):
         return self.decompress(disk.decompress0, disk.pool.view(table.handle[i], f & SIZE_MASK))
 
     def _read_run(self, disk: Disk, first: int, stop: int, now: int, defer: list[tuple[int, int]] | None) -> Chunks:
-        """``_read_page`` over [first, stop), inlined for multi-page requests."""
+        """``_read_page`` over [first, stop), inlined for multi-page requests
+        (the decompress-and-check too, its error path taken only on failure)."""
         table = disk.table
         flags, handles, ac = table.flags, table.handle, table.ac_time
         view = disk.pool.view
-        decompress, decompress0 = self.decompress, disk.decompress0
+        decompress0 = disk.decompress0
         out: Chunks = []
         append = out.append
         for i in range(first, stop):
@@ -102,7 +103,14 @@ class ReadPath(DeviceState):
             if f & SPECIAL:
                 append(self._read_special(disk, i, f, defer))
                 continue
-            append(decompress(decompress0, view(handles[i], f & SIZE_MASK)))
+            obj = view(handles[i], f & SIZE_MASK)
+            try:
+                page = decompress0(obj, PAGE_SIZE)
+            except Exception:
+                page = b""   # the checked call below raises EIO
+            if len(page) != PAGE_SIZE:
+                page = self.decompress(decompress0, obj)
+            append(page)
         return out
 
     def _read_special(self, disk: Disk, i: int, f: int, defer: list[tuple[int, int]] | None) -> bytes | None:
