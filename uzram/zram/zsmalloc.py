@@ -138,7 +138,8 @@ class SizeClass:
         self.obj_used = 0
         self.fg_of = [self.fullness(n) for n in range(self.opz + 1)]
         # the zspage the next store picks, while known: the last one of the
-        # fullest non-empty group below 100%. Any group change forgets it.
+        # fullest non-empty group below 100% (zsmalloc's pick). _regroup
+        # keeps it exact; a move of the target itself down forgets it.
         self.hot: ZsPage | None = None
 
     def fullness(self, inuse: int) -> int:
@@ -367,7 +368,8 @@ class ZsPool:
         if zs.fg == _ISOLATED:
             return
         cls = zs.cls
-        cls.hot = None
+        if cls.hot is zs:
+            cls.hot = None
         group = cls.groups[zs.fg]
         del group[zs]
         if not group:
@@ -383,6 +385,9 @@ class ZsPool:
         cls.groups[fg][zs] = None
         cls.mask |= 1 << fg
         zs.fg = fg
+        hot = cls.hot
+        if hot is not None and hot.fg <= fg < INUSE_RATIO_100:
+            cls.hot = zs   # now the last of the fullest allocatable group
 
     # -- allocation ------------------------------------------------------------
 
