@@ -94,10 +94,11 @@ class ReadPath(DeviceState):
 
     def _read_run(self, disk: Disk, first: int, stop: int, now: int, defer: list[tuple[int, int]] | None) -> Chunks:
         """``_read_page`` over [first, stop), inlined for multi-page requests
-        (the decompress-and-check too, its error path taken only on failure)."""
+        (the pool's ``view`` and the decompress-and-check too, the check's
+        error path taken only on failure)."""
         table = disk.table
         flags, handles, ac = table.flags, table.handle, table.ac_time
-        view = disk.pool.view
+        loc, zspages = disk.pool.locator()
         decompress0 = disk.decompress0
         out: Chunks = []
         append = out.append
@@ -111,7 +112,11 @@ class ReadPath(DeviceState):
             if f & SPECIAL:
                 append(self._read_special(disk, i, f, defer))
                 continue
-            obj = view(handles[i], f & SIZE_MASK)
+            where = loc[handles[i]]   # ZsPool.view, inlined
+            zs = zspages[where >> 16]
+            assert zs is not None, "a handle into a freed zspage"
+            start = zs.base + (where & 0xFFFF) * zs.size + zs.hdr
+            obj = zs.mv[start : start + (f & SIZE_MASK)]
             try:
                 page = decompress0(obj, PAGE_SIZE)
             except Exception:

@@ -515,6 +515,13 @@ class ZsPool:
         off = zs.base + (loc & 0xFFFF) * zs.size + zs.hdr
         return zs.mv[off : off + length]
 
+    def locator(self) -> tuple[array[int], list[ZsPage | None]]:
+        """The handle table and the zspages, for a reader that looks up many
+        objects at once (``view`` inlined): handle ``h`` lies in zspage
+        ``zspages[loc[h] >> 16]``, object ``loc[h] & 0xFFFF``, at
+        ``zs.base + index * zs.size + zs.hdr``. Valid until the next mutation."""
+        return self._loc, self._zspages
+
     def pin(self, h: int) -> ZsPage:
         """Keep the object in place (compaction skips its zspage, and frees in
         that zspage wait) until ``unpin`` of the returned token."""
