@@ -128,7 +128,7 @@ class WritePath(ReadPath):
         now = self.clock()
         try:
             if single:
-                self._write_page(disk, offset >> PAGE_SHIFT, mv, now)
+                self._write_run(disk, offset >> PAGE_SHIFT, mv, 1, now)
                 return
             pos = 0
             i = offset >> PAGE_SHIFT
@@ -219,10 +219,11 @@ class WritePath(ReadPath):
                 yield from self._patch_steps(disk, i, head, mv[:n], now)
                 pos = n
                 i += 1
-            while length - pos >= PAGE_SIZE:
-                self._write_page(disk, i, mv[pos : pos + PAGE_SIZE], now)
-                pos += PAGE_SIZE
-                i += 1
+            whole = (length - pos) >> PAGE_SHIFT
+            if whole:
+                self._write_run(disk, i, mv[pos : pos + (whole << PAGE_SHIFT)], whole, now)
+                pos += whole << PAGE_SHIFT
+                i += whole
             if pos < length:
                 yield from self._patch_steps(disk, i, 0, mv[pos:], now)
         except OSError:
