@@ -110,7 +110,11 @@ class ReadPath(DeviceState):
             flags[i] = f & ACCESS_CLEAR
             ac[i] = now
             if f & SPECIAL:
-                append(self._read_special(disk, i, f, defer))
+                if f & SAME:   # as _read_special does, without the call
+                    word = handles[i]
+                    append(word.to_bytes(8, "little") * (PAGE_SIZE // 8) if word else ZERO_PAGE)
+                else:
+                    append(self._read_special(disk, i, f, defer))
                 continue
             where = loc[handles[i]]   # ZsPool.view, inlined
             zs = zspages[where >> 16]
