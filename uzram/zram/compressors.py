@@ -57,6 +57,21 @@ class Codec:
         self.decompress = decompress  # (data, original length) -> bytes
 
 
+def _lz4_positional() -> bool:
+    """Whether python-lz4 takes ``store_size`` as the third positional
+    argument of ``compress`` (its keyword parsing costs about a microsecond
+    a page; the documented order differs between versions, so it is probed)."""
+    probe = bytes(range(256)) * 16
+    try:
+        return bool(lz4.block.compress(probe, "default", False) == lz4.block.compress(probe, store_size=False)
+                    and lz4.block.decompress(lz4.block.compress(probe, store_size=False), len(probe)) == probe)
+    except (TypeError, ValueError, lz4.block.LZ4BlockError):
+        return False
+
+
+_LZ4_POSITIONAL = _lz4_positional()
+
+
 def _lz4(params: CompParams, hc: bool) -> Codec:
     d = params.dict_data or b""
     compress_raw: Callable[..., bytes] = lz4.block.compress
@@ -64,6 +79,9 @@ def _lz4(params: CompParams, hc: bool) -> Codec:
         level = 9 if params.level is None else params.level
         def compress(src: bytes | memoryview) -> bytes:
             return compress_raw(src, mode="high_compression", compression=level, store_size=False, dict=d)
+    elif params.level is None and not d and _LZ4_POSITIONAL:
+        def compress(src: bytes | memoryview) -> bytes:
+            return compress_raw(src, "default", False)
     elif params.level is None and not d:
         def compress(src: bytes | memoryview) -> bytes:
             return compress_raw(src, store_size=False)
@@ -75,6 +93,9 @@ def _lz4(params: CompParams, hc: bool) -> Codec:
     if d:
         def decompress(src: bytes | memoryview, size: int) -> bytes:
             return decompress_raw(src, uncompressed_size=size, dict=d)
+    elif _LZ4_POSITIONAL:
+        def decompress(src: bytes | memoryview, size: int) -> bytes:
+            return decompress_raw(src, size)
     else:
         def decompress(src: bytes | memoryview, size: int) -> bytes:
             return decompress_raw(src, uncompressed_size=size)

@@ -28,8 +28,12 @@ ZERO_PAGE = bytes(PAGE_SIZE)
 Decompress = Callable[[bytes | memoryview, int], bytes]
 
 
+_clock_gettime = time.clock_gettime
+_CLOCK_BOOTTIME = time.CLOCK_BOOTTIME
+
+
 def boottime() -> int:
-    return int(time.clock_gettime(time.CLOCK_BOOTTIME))
+    return int(_clock_gettime(_CLOCK_BOOTTIME))
 
 
 def oserror(code: int, message: str) -> OSError:

@@ -28,58 +28,75 @@ Buffer = bytes | bytearray | memoryview
 
 class WritePath(ReadPath):
     def _write_page(self, disk: Disk, i: int, page: memoryview, now: int) -> None:
-        """``zram_write_page`` + ``mark_slot_accessed`` for a full page.
+        """``zram_write_page`` + ``mark_slot_accessed`` for a full page."""
+        self._write_run(disk, i, page, 1, now)
 
-        Same-filled pages are found first as the kernel does, but the shifted
-        comparison only runs when the page compressed to almost nothing (every
-        same-filled page does), which spares it on every other page.
+    def _write_run(self, disk: Disk, first: int, data: memoryview, count: int, now: int) -> None:
+        """``_write_page`` for ``count`` whole pages of ``data`` from slot
+        ``first``, page after page (a failure leaves the pages before it
+        written), with the lookups hoisted out of the loop.
+
+        Same-filled pages are found as the kernel finds them, but cheaply:
+        a zero page by one ``memcmp`` (``bytes.startswith`` takes the view
+        as it is; a memoryview ``==`` compares item by item, ~10 µs a page),
+        and the shifted comparison for other words only when the page
+        compressed to almost nothing (every same-filled page does).
         """
         st = self.stats
-        if page == ZERO_PAGE:
-            self._store_same(disk, i, 0, now)
-            return
-        comp = disk.compress(page)
-        clen = len(comp)
-        if clen < _SAME_CANDIDATE and page[8:] == page[:-8]:
-            self._store_same(disk, i, int.from_bytes(page[:8], "little"), now)
-            return
-        pool = disk.pool
-        if clen >= self.huge_class_size:
-            h = pool.store(page)
-            new_flags = HUGE | PAGE_SIZE
-            clen = PAGE_SIZE
-            st.huge_pages += 1
-            st.huge_pages_since += 1
-        else:
-            h = pool.store(comp)
-            new_flags = clen
-        pages = pool.pages_allocated
-        if pages > st.max_used_pages:
-            st.max_used_pages = pages
-        limit = self.settings.limit_pages
-        if limit and pages > limit:
-            pool.free(h)
-            if new_flags & HUGE:
-                st.huge_pages -= 1
-                st.huge_pages_since -= 1
-            raise oserror(errno.ENOMEM, f"{self.name}: mem_limit reached ({limit << PAGE_SHIFT} bytes)")
         table = disk.table
-        flags = table.flags
-        handles = table.handle
-        old = flags[i]
-        if old & ALLOCATED:
-            if old & SPECIAL:
-                self.slot_free(disk, i)
+        flags, handles, ac_time = table.flags, table.handle, table.ac_time
+        pool = disk.pool
+        store, pool_free = pool.store, pool.free
+        compress = disk.compress
+        is_zero = ZERO_PAGE.startswith
+        huge_class_size = self.huge_class_size
+        limit = self.settings.limit_pages
+        pos = 0
+        for i in range(first, first + count):
+            page = data[pos : pos + PAGE_SIZE] if count > 1 else data
+            pos += PAGE_SIZE
+            if is_zero(page):
+                self._store_same(disk, i, 0, now)
+                continue
+            comp = compress(page)
+            clen = len(comp)
+            if clen < _SAME_CANDIDATE:
+                whole = page.tobytes()
+                if whole.startswith(page[8:]):   # page[:-8] == page[8:]
+                    self._store_same(disk, i, int.from_bytes(whole[:8], "little"), now)
+                    continue
+            if clen >= huge_class_size:
+                h = store(page)
+                new_flags = HUGE | PAGE_SIZE
+                clen = PAGE_SIZE
+                st.huge_pages += 1
+                st.huge_pages_since += 1
+            else:
+                h = store(comp)
+                new_flags = clen
+            pages = pool.pages_allocated
+            if pages > st.max_used_pages:
+                st.max_used_pages = pages
+            if limit and pages > limit:
+                pool_free(h)
+                if new_flags & HUGE:
+                    st.huge_pages -= 1
+                    st.huge_pages_since -= 1
+                raise oserror(errno.ENOMEM, f"{self.name}: mem_limit reached ({limit << PAGE_SHIFT} bytes)")
+            old = flags[i]
+            if old & ALLOCATED:
+                if old & SPECIAL:
+                    self.slot_free(disk, i)
+                    st.pages_stored += 1
+                else:  # the common overwrite: a plain compressed object
+                    pool_free(handles[i])
+                    st.compr_data_size -= old & SIZE_MASK
+            else:
                 st.pages_stored += 1
-            else:  # the common overwrite: a plain compressed object
-                pool.free(handles[i])
-                st.compr_data_size -= old & SIZE_MASK
-        else:
-            st.pages_stored += 1
-        handles[i] = h
-        flags[i] = new_flags
-        table.ac_time[i] = now
-        st.compr_data_size += clen
+            handles[i] = h
+            flags[i] = new_flags
+            ac_time[i] = now
+            st.compr_data_size += clen
 
     def _store_same(self, disk: Disk, i: int, word: int, now: int) -> None:
         table = disk.table
@@ -111,7 +128,7 @@ class WritePath(ReadPath):
         now = self.clock()
         try:
             if single:
-                self._write_page(disk, offset >> PAGE_SHIFT, mv, now)
+                self._write_run(disk, offset >> PAGE_SHIFT, mv, 1, now)
                 return
             pos = 0
             i = offset >> PAGE_SHIFT
@@ -121,11 +138,11 @@ class WritePath(ReadPath):
                 self._patch_page(disk, i, head, mv[:n], now)
                 pos = n
                 i += 1
-            write_page = self._write_page
-            while length - pos >= PAGE_SIZE:
-                write_page(disk, i, mv[pos : pos + PAGE_SIZE], now)
-                pos += PAGE_SIZE
-                i += 1
+            whole = (length - pos) >> PAGE_SHIFT
+            if whole:
+                self._write_run(disk, i, mv[pos : pos + (whole << PAGE_SHIFT)], whole, now)
+                pos += whole << PAGE_SHIFT
+                i += whole
             if pos < length:
                 self._patch_page(disk, i, 0, mv[pos:], now)
         except OSError:
@@ -202,10 +219,11 @@ class WritePath(ReadPath):
                 yield from self._patch_steps(disk, i, head, mv[:n], now)
                 pos = n
                 i += 1
-            while length - pos >= PAGE_SIZE:
-                self._write_page(disk, i, mv[pos : pos + PAGE_SIZE], now)
-                pos += PAGE_SIZE
-                i += 1
+            whole = (length - pos) >> PAGE_SHIFT
+            if whole:
+                self._write_run(disk, i, mv[pos : pos + (whole << PAGE_SHIFT)], whole, now)
+                pos += whole << PAGE_SHIFT
+                i += whole
             if pos < length:
                 yield from self._patch_steps(disk, i, 0, mv[pos:], now)
         except OSError:

@@ -66,6 +66,10 @@ _MADV_POPULATE_WRITE = 23
 _MLOCK_ONFAULT = 1
 FEED_WAIT = 0.2
 """Seconds a store waits for the feed's next chunk before failing with ENOMEM."""
+RECENT_PAGES = 64
+"""Pages of freed frames kept resident for the next new zspages (without a
+reserve): a device overwriting pages frees and makes zspages all the time,
+and each ``MADV_DONTNEED`` costs a system call and a page fault per page later."""
 
 try:
     _libc: ctypes.CDLL | None = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -119,7 +123,7 @@ def prefaulted_chunk() -> _Chunk:
 
 
 class SizeClass:
-    __slots__ = ("spec", "size", "ppz", "opz", "huge", "groups", "mask", "obj_allocated", "obj_used", "fg_of")
+    __slots__ = ("spec", "size", "ppz", "opz", "huge", "groups", "mask", "obj_allocated", "obj_used", "fg_of", "hot")
 
     def __init__(self, spec: ClassSpec) -> None:
         self.spec = spec
@@ -133,6 +137,10 @@ class SizeClass:
         self.obj_allocated = 0
         self.obj_used = 0
         self.fg_of = [self.fullness(n) for n in range(self.opz + 1)]
+        # the zspage the next store picks, while known: the last one of the
+        # fullest non-empty group below 100% (zsmalloc's pick). _regroup
+        # keeps it exact; a move of the target itself down forgets it.
+        self.hot: ZsPage | None = None
 
     def fullness(self, inuse: int) -> int:
         if inuse == 0:
@@ -201,6 +209,8 @@ class ZsPool:
         self._free_zids: list[int] = []
         self._frames: dict[int, list[tuple[_Chunk, int]]] = {}   # not resident
         self._warm: dict[int, list[tuple[_Chunk, int]]] = {}     # resident, kept as reserve
+        self._recent: dict[int, list[tuple[_Chunk, int]]] = {}   # resident, freed lately (no feed)
+        self._recent_pages = 0
         self._spare: list[_Chunk] = []
         self._chunks: list[_Chunk] = []
         self.reserve_pages = 0
@@ -240,6 +250,11 @@ class ZsPool:
         if self.feed is not None:
             self.feed.close()
         self.feed = feed
+        if feed is not None:   # the reserve decides what stays resident from now on
+            recent, self._recent, self._recent_pages = self._recent, {}, 0
+            for ppz, frames in recent.items():
+                for chunk, base in frames:
+                    self._release_frame(chunk, base, ppz)
         self.reserve_pages = reserve_pages
         self._requested = 0
         self._ask_feed()
@@ -270,6 +285,11 @@ class ZsPool:
                 self._ask_feed()
             return warm.pop()
         feed = self.feed
+        if feed is None:
+            recent = self._recent.get(ppz)
+            if recent:
+                self._recent_pages -= ppz
+                return recent.pop()
         if feed is not None:
             self._ask_feed()
             if not self._spare:
@@ -308,6 +328,10 @@ class ZsPool:
             self._warm.setdefault(ppz, []).append((chunk, base))
             self.reserve_free += ppz
             return
+        if self.feed is None and self._recent_pages + ppz <= RECENT_PAGES:
+            self._recent.setdefault(ppz, []).append((chunk, base))
+            self._recent_pages += ppz
+            return
         length = ppz * PAGE_SIZE
         if self.locked:
             chunk.unlock(base, length)
@@ -343,10 +367,13 @@ class ZsPool:
     def _unlink(self, zs: ZsPage) -> None:
         if zs.fg == _ISOLATED:
             return
-        group = zs.cls.groups[zs.fg]
+        cls = zs.cls
+        if cls.hot is zs:
+            cls.hot = None
+        group = cls.groups[zs.fg]
         del group[zs]
         if not group:
-            zs.cls.mask &= ~(1 << zs.fg)
+            cls.mask &= ~(1 << zs.fg)
         zs.fg = _ISOLATED
 
     def _regroup(self, zs: ZsPage) -> None:
@@ -358,6 +385,9 @@ class ZsPool:
         cls.groups[fg][zs] = None
         cls.mask |= 1 << fg
         zs.fg = fg
+        hot = cls.hot
+        if hot is not None and hot.fg <= fg < INUSE_RATIO_100:
+            cls.hot = zs   # now the last of the fullest allocatable group
 
     # -- allocation ------------------------------------------------------------
 
@@ -400,11 +430,14 @@ class ZsPool:
         if data is not None:
             size = len(data)
         cls = self._by_size[size]
-        m = cls.mask & _ALLOC_GROUPS
-        if m:
-            zs = next(reversed(cls.groups[m.bit_length() - 1]))
-        else:
-            zs = self._new_zspage(cls)
+        zs = cls.hot
+        if zs is None:
+            m = cls.mask & _ALLOC_GROUPS
+            if m:
+                zs = next(reversed(cls.groups[m.bit_length() - 1]))
+            else:
+                zs = self._new_zspage(cls)
+            cls.hot = zs
         loc = self._loc
         h = self._hfree
         if h:
@@ -437,6 +470,8 @@ class ZsPool:
         self.objects += 1
         if cls.fg_of[inuse] != zs.fg:
             self._regroup(zs)
+            # moved up, to the end of the fullest group: still the pick unless full
+            cls.hot = zs if zs.fg != INUSE_RATIO_100 else None
         return h
 
     def free(self, h: int) -> None:
@@ -479,6 +514,13 @@ class ZsPool:
         assert zs is not None, "a handle into a freed zspage"
         off = zs.base + (loc & 0xFFFF) * zs.size + zs.hdr
         return zs.mv[off : off + length]
+
+    def locator(self) -> tuple[array[int], list[ZsPage | None]]:
+        """The handle table and the zspages, for a reader that looks up many
+        objects at once (``view`` inlined): handle ``h`` lies in zspage
+        ``zspages[loc[h] >> 16]``, object ``loc[h] & 0xFFFF``, at
+        ``zs.base + index * zs.size + zs.hdr``. Valid until the next mutation."""
+        return self._loc, self._zspages
 
     def pin(self, h: int) -> ZsPage:
         """Keep the object in place (compaction skips its zspage, and frees in
@@ -569,6 +611,7 @@ class ZsPool:
         seconds). The pool is empty and unusable afterwards (reset drops it)."""
         zspages, self._zspages = self._zspages, []
         for cls in self.classes:
+            cls.hot = None
             for g in cls.groups:
                 g.clear()        # the list above still holds each zspage
                 yield None
@@ -576,6 +619,7 @@ class ZsPool:
             del zspages[-per_step:]
             yield None
         frames, self._frames = self._frames, {}
+        self._recent, self._recent_pages = {}, 0
         for lst in frames.values():
             while lst:
                 del lst[-per_step:]
@@ -647,6 +691,9 @@ class ZsPool:
                                     assert self._loc[header >> 1] == zs.zid << 16 | idx, "handle points elsewhere"
                         assert tagged == zs.inuse, "header tags disagree with the in-use count"
             assert used == cls.obj_used and allocated == cls.obj_allocated
+            if cls.hot is not None:
+                m = cls.mask & _ALLOC_GROUPS
+                assert m and cls.hot is next(reversed(cls.groups[m.bit_length() - 1])), "stale hot zspage"
             live += used
         assert pages == self.pages_allocated
         assert live - sum(len(z.deferred or ()) for z in self._zspages if z) == self.objects
