@@ -51,8 +51,6 @@ _DISC: Final = C.CMD_DISC
 _FUA: Final = C.CMD_FLAG_FUA
 _OK_MAGIC: Final = C.SIMPLE_REPLY_MAGIC
 _SIMPLE = struct.Struct(">IIQ")
-_READ_CHARGE: Final = 32
-"""Reply bytes charged for a READ besides its data (the larger header)."""
 
 
 class Dispatcher:
@@ -222,9 +220,10 @@ class Dispatcher:
             if fixed is None:
                 return self._queue_error((_READ, 0, cookie, offset, length, 0), C.EIO, "short read")
             bufs = fixed
-        self._append(self._read_header(cookie, offset, length))
+        header = self._read_header(cookie, offset, length)
+        self._append(header)
         self._extend(bufs)
-        return length + _READ_CHARGE
+        return length + len(header)
 
     def _other(self, req: Request) -> int:
         """Any command but READ, WRITE and DISC."""
