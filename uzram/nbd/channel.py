@@ -64,6 +64,8 @@ class Channel:
         """Receive at least one byte (0 = EOF).  Raises OSError on errors."""
         self.send_list: Callable[[list[Any]], Awaitable[None]] = self._send_list
         """Send every buffer (the list may be modified)."""
+        self.plain = True
+        """No TLS: the reply queue may be sent by the socket directly."""
 
     def close(self) -> None:
         if self.tls is not None:
@@ -76,6 +78,7 @@ class Channel:
         """From now on all I/O goes through a TLS stream."""
         self.recv_into = recv_into
         self.send_list = send_list
+        self.plain = False
 
     def stop(self) -> None:
         """Stop reading: shut down the read side, so a blocked receive returns."""
@@ -166,6 +169,8 @@ class Channel:
     # --- the reply queue -----------------------------------------------------------
 
     def queue(self, reply: bytes) -> None:
+        """Queue a reply.  Whatever joins :attr:`out` is charged its exact
+        size in bytes, so :attr:`out_bytes` tells a complete send."""
         self.out.append(reply)
         self.charge(len(reply))
 
@@ -195,11 +200,23 @@ class Channel:
 
     async def _send_queued(self) -> None:
         out = self.out
-        bufs = out.copy()
-        out.clear()
         nbytes = self.out_bytes
-        if not self.broken:
-            await self.send_timed(bufs)
+        sent = 0
+        if self.plain and not self.broken and len(out) <= _IOV_MAX:
+            # the common case: the whole queue in one call, neither copied
+            # nor walked (``out_bytes`` is its exact size)
+            try:
+                sent = self.raw.sendmsg(out, (), _MSG_NOSIGNAL)
+            except BlockingIOError:
+                pass
+            except OSError as e:
+                self._send_failed(e)
+        if sent == nbytes or self.broken:
+            out.clear()
+        else:
+            bufs = out.copy()
+            out.clear()
+            await self.send_timed(_after(bufs, sent) if sent else bufs)
         self.out_bytes -= nbytes
         self.budget.release(nbytes)
         self.poke()
@@ -227,9 +244,12 @@ class Channel:
             self.broken = True
             self.shutdown_both()
         except OSError as e:
-            if not isinstance(e, _GONE):
-                log.debug("NBD: send failed: %s", e)
-            self.broken = True
+            self._send_failed(e)
+
+    def _send_failed(self, e: OSError) -> None:
+        if not isinstance(e, _GONE):
+            log.debug("NBD: send failed: %s", e)
+        self.broken = True
 
     # --- waiting for progress ----------------------------------------------------
 
@@ -253,3 +273,16 @@ class Channel:
             await self.wait_progress()
         finally:
             self.budget.forget(poke)
+
+
+def _after(bufs: list[Any], sent: int) -> list[Any]:
+    """What of ``bufs`` remains once their first ``sent`` bytes went out."""
+    for i, b in enumerate(bufs):
+        blen = b.nbytes if type(b) is memoryview else len(b)
+        if sent < blen:
+            rest = bufs[i:]
+            if sent:
+                rest[0] = memoryview(b).cast("B")[sent:]
+            return rest
+        sent -= blen
+    return []

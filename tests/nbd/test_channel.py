@@ -1,0 +1,54 @@
+"""The reply queue's send: a partial send resumes where it stopped."""
+
+from __future__ import annotations
+
+import array
+import socket
+
+import trio
+
+from uzram.nbd.budget import Budget
+from uzram.nbd.channel import Channel, _after
+
+
+def test_after_skips_whole_and_partial_buffers() -> None:
+    bufs: list[object] = [b"abcd", memoryview(b"efgh"), bytearray(b"ij")]
+    assert _after(list(bufs), 0) == bufs
+    rest = _after(list(bufs), 5)
+    assert [bytes(b) for b in rest] == [b"fgh", b"ij"] 
+    assert _after(list(bufs), 10) == []
+
+
+def test_after_counts_bytes_of_wide_views() -> None:
+    wide = memoryview(array.array("H", [1, 2, 3]))
+    rest = _after([wide, b"z"], 4)
+    assert [bytes(b) for b in rest] == [bytes(wide)[4:], b"z"]
+
+
+def test_queue_larger_than_the_socket_buffer_arrives_whole() -> None:
+    """The first sendmsg is partial; the rest follows, in order."""
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
+    replies = [bytes([i]) * 4096 for i in range(256)]
+    got = bytearray()
+
+    async def main() -> None:
+        chan = Channel(trio.socket.from_stdlib_socket(a), Budget(1 << 30), 60.0)
+        for r in replies:
+            chan.queue(r)
+
+        async def read_all() -> None:
+            peer = trio.socket.from_stdlib_socket(b)
+            while len(got) < 4096 * 256:
+                got.extend(await peer.recv(1 << 16))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            await chan.flush()
+        assert chan.out == [] and chan.out_bytes == 0 and chan.budget.used == 0
+        assert not chan.broken
+        chan.close()
+
+    trio.run(main)
+    b.close()
+    assert bytes(got) == b"".join(replies)
