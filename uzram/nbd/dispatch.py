@@ -50,7 +50,6 @@ _WRITE: Final = C.CMD_WRITE
 _DISC: Final = C.CMD_DISC
 _FUA: Final = C.CMD_FLAG_FUA
 _OK_MAGIC: Final = C.SIMPLE_REPLY_MAGIC
-_REQUEST_MAGIC: Final = C.REQUEST_MAGIC
 _SIMPLE = struct.Struct(">IIQ")
 
 
@@ -91,28 +90,12 @@ class Dispatcher:
         Stops early at DISC, at a READ for :meth:`stream_read`, and when a
         bound is reached (:attr:`limited`).  This is the hot path:
         everything it needs is bound to locals, and reply bytes are counted
-        locally and charged once.
-
-        A READ or WRITE that needs no checks beyond those of
-        :meth:`~.proto.Transmission.parse`'s fast path, while nothing is
-        deferred or awaited, is unpacked and run here without a request
-        tuple or a call per request besides the export's; anything else
-        takes the general path below it."""
+        locally and charged once."""
         chan = self.chan
-        tx = self.tx
         write = self._write
         read = self._read
         reject = self._queue_error
-        parse = tx.parse
-        unpack = tx.unpack
-        fast_mask = tx.fast_mask
-        size = tx.size
-        read_only = tx.read_only
-        export_write = self._export_write
-        export_read = self._export_read
-        queue_data = self._queue_data
-        append = self._append
-        pack_ok = self._pack_ok
+        parse = self.tx.parse
         max_outstanding = self.max_outstanding
         budget = chan.budget
         order = self.order
@@ -126,52 +109,6 @@ class Dispatcher:
         out_bytes = chan.out_bytes
         try:
             while True:
-                if end - pos < REQUEST_SIZE:
-                    return pos
-                magic, flags, cmd, cookie, offset, length = unpack(ring, pos)
-                if (magic == _REQUEST_MAGIC and cmd <= 1 and not flags & fast_mask
-                        and 0 < length <= PIECE and offset + length <= size
-                        and (cmd == 0 or not read_only) and not barriers and not deferred):
-                    if cmd:   # WRITE
-                        start = pos + REQUEST_SIZE
-                        stop = start + length
-                        if stop > end:
-                            return pos   # wait for the whole payload
-                        pos = stop
-                        try:
-                            w = export_write(offset, view[start:stop], flags & _FUA != 0)
-                        except Exception as e:
-                            out_bytes += self._queue_failure((cmd, flags, cookie, offset, length, 0), e)
-                            continue
-                        if w is None:
-                            append(pack_ok(_OK_MAGIC, 0, cookie))
-                            out_bytes += 16
-                            continue
-                        self._start_async(w, (cmd, flags, cookie, offset, length, 0))
-                        if (self.outstanding >= max_outstanding
-                                or out_bytes + chan.held_extra - held_at_entry >= room):
-                            self.limited = True
-                            return pos
-                        continue
-                    else:     # READ
-                        pos += REQUEST_SIZE
-                        try:
-                            r = export_read(offset, length)
-                        except Exception as e:
-                            out_bytes += self._queue_failure((cmd, flags, cookie, offset, length, 0), e)
-                            continue
-                        if type(r) is list:
-                            out_bytes += queue_data(cookie, offset, length, r)
-                            if out_bytes >= room:
-                                self.limited = True
-                                return pos
-                            continue
-                        self._start_async(cast(Awaitable[Any], r), (cmd, flags, cookie, offset, length, 0))
-                        if (self.outstanding >= max_outstanding
-                                or out_bytes + chan.held_extra - held_at_entry >= room):
-                            self.limited = True
-                            return pos
-                        continue
                 req = parse(ring, pos, end)
                 if req is None:
                     return pos

@@ -169,8 +169,8 @@ class Transmission:
         "structured",
         "meta_context_id",
         "read_only",
-        "fast_mask",
-        "unpack",
+        "_fast_mask",
+        "_unpack",
     )
 
     def __init__(self, negotiated: Negotiated) -> None:
@@ -179,10 +179,9 @@ class Transmission:
         self.structured = negotiated.structured_replies
         self.meta_context_id = negotiated.meta_context_id
         self.read_only = bool(self.flags & C.FLAG_READ_ONLY)
-        self.fast_mask = 0xFFFF & ~C.CMD_FLAG_FUA if self.flags & C.FLAG_SEND_FUA else 0xFFFF
-        """Flag bits that force the full validation of a READ or WRITE."""
-        self.unpack = _REQ.unpack_from
-        """Unpacks a request header: (magic, flags, cmd, cookie, offset, length)."""
+        # flag bits that force the slow validation path for READ/WRITE
+        self._fast_mask = 0xFFFF & ~C.CMD_FLAG_FUA if self.flags & C.FLAG_SEND_FUA else 0xFFFF
+        self._unpack = _REQ.unpack_from
 
     def parse(self, buf: bytes | bytearray | memoryview | mmap.mmap, pos: int, end: int) -> Request | None:
         """The request whose header starts at ``buf[pos]``, or None if < 28 bytes.
@@ -191,11 +190,11 @@ class Transmission:
         """
         if end - pos < 28:
             return None
-        magic, flags, cmd, cookie, offset, length = self.unpack(buf, pos)
+        magic, flags, cmd, cookie, offset, length = self._unpack(buf, pos)
         if (
             magic == 0x25609513
             and cmd <= 1
-            and not flags & self.fast_mask
+            and not flags & self._fast_mask
             and 0 < length <= 0x4000000
             and offset + length <= self.size
             and (cmd == 0 or not self.read_only)
