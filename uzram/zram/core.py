@@ -97,7 +97,7 @@ class ZramCore(WritePath):
             raise oserror(errno.EBUSY, f"{self.name} is in use by {self.openers} client(s)")
         backing, disk = self.settings.backing, self.disk
         if backing is not None and backing.pending_punches and self.release_hook is None:
-            backing.flush_releases()
+            backing.apply_releases()
         self.disk = None
         self.disksize = 0
         self.stats = Stats()

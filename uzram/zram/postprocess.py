@@ -286,7 +286,7 @@ class WritebackJob:
             dev.wb_done(i, block, kept, err)
             if err is not None:
                 self.error = err
-        dev.flush_backing()
+        dev.apply_backing_releases()
 
     def _stop(self, error: OSError) -> None:
         self.error = error
@@ -297,7 +297,7 @@ class WritebackJob:
         self.dev.pp_unmark(self.slots[self.pos :])
         self.done += len(self.slots) - self.pos
         self.pos = len(self.slots)
-        self.dev.flush_backing()
+        self.dev.apply_backing_releases()
         return self.error
 
 

@@ -214,7 +214,7 @@ class ReadPath(DeviceState):
         assert backing is not None, "pinned blocks without a backing store"
         for block, _ in items:
             backing.unpin(block)
-        self.flush_backing()
+        self.apply_backing_releases()
 
     def finish_read(self, pending: PendingRead, results: list[bytes | OSError]) -> list[bytes]:
         """Complete a PendingRead with its blocks' contents (in ``pending.blocks`` order)."""

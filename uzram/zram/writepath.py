@@ -150,7 +150,7 @@ class WritePath(ReadPath):
             raise
         finally:
             if self.settings.backing is not None:
-                self.flush_backing()
+                self.apply_backing_releases()
 
     def _patch_page(self, disk: Disk, i: int, start: int, part: memoryview, now: int) -> None:
         old = self._read_page(disk, i, now)
@@ -178,7 +178,7 @@ class WritePath(ReadPath):
                 res = (yield Offload(backing.read_blocks, [block]))[0]
             finally:
                 backing.unpin(block)
-                self.flush_backing()
+                self.apply_backing_releases()
             if flags[i] & WB and handles[i] == block:  # pinned: not reused meanwhile
                 page = bytearray(self._decode_block(disk, res, f))
                 flags[i] &= ACCESS_CLEAR
@@ -230,7 +230,7 @@ class WritePath(ReadPath):
             st.failed_writes += 1
             raise
         finally:
-            self.flush_backing()
+            self.apply_backing_releases()
 
     # -- freeing -----------------------------------------------------------------------
 
@@ -294,7 +294,7 @@ class WritePath(ReadPath):
         try:
             yield from self._free_steps(disk, first, count)
         finally:
-            self.flush_backing()
+            self.apply_backing_releases()
 
     def write_zeroes(self, offset: int, length: int, unmap: bool = True) -> None:
         """Make the range read as zeros. Whole pages are freed (``unmap``) or
@@ -331,7 +331,7 @@ class WritePath(ReadPath):
             st.failed_writes += 1
             raise
         finally:
-            self.flush_backing()
+            self.apply_backing_releases()
 
     def flush(self) -> None:
         """Data is stable once a write returns; count the request only."""
