@@ -11,7 +11,7 @@
    by mincore), glibc's mallinfo2 and the Python objects by type, beside
    mm_stat's mem_used_total (what the kernel's zram would hold).
 
-    python bench/rss.py [--corpus-mib 256] [--settle 5] [--swap] [--lazy numpy] [--json OUT]
+    python bench/rss.py [--corpus-mib 256] [--settle 5] [--swap] [--lazy MODULES] [--json OUT]
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from bench.targets import nbdcopy_cmd, need, wait_for  # noqa: E402
 from uzram.ctl.client import Client  # noqa: E402
 
 MiB = 1 << 20
-IMPORTS = ("trio", "numpy", "zstandard", "lz4.block", "lz4.frame", "ssl", "uzram.zram", "uzram.nbd.server",
+IMPORTS = ("trio", "zstandard", "lz4.block", "lz4.frame", "ssl", "uzram.zram", "uzram.nbd.server",
            "uzram.daemon.metrics", "uzram.daemon.main", "pyfuse3", "uzram.daemon.fusefs")
 
 IMPORT_PROBE = r"""
@@ -80,7 +80,7 @@ def smaps(pid: int) -> dict[str, dict[str, int]]:
     """Rss, size and mapping count per kind: the heap (glibc's main arena),
     files (code and data of the interpreter and its .so), stacks, and the
     other anonymous mappings (the kernel merges adjacent ones, so pool
-    chunks, the slot table, pymalloc's arenas and numpy's buffers share
+    chunks, the slot table, pymalloc's arenas and library buffers share
     VMAs: the probe's mincore counts tell them apart)."""
     groups: dict[str, dict[str, int]] = defaultdict(lambda: {"rss": 0, "maps": 0, "size": 0})
     kind = ""
@@ -206,7 +206,7 @@ def main() -> int:
     ap.add_argument("--settle", type=float, default=5, help="seconds after the copy before the breakdown")
     ap.add_argument("--swap", action="store_true", help="run the daemon with --swap")
     ap.add_argument("--lazy", default="", metavar="MODULES",
-                    help="import these modules lazily in the daemon (comma-separated, e.g. numpy)")
+                    help="import these modules lazily in the daemon (comma-separated, e.g. zstandard)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     need("nbdcopy")

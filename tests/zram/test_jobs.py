@@ -126,8 +126,12 @@ def test_mark_idle_is_stepwise():
     assert dev.slot_state(0)[1] & IDLE
 
 
+def _np_flags(dev):
+    return np.frombuffer(dev.table.flags_col, dtype=np.uint32, count=dev.table.nr_pages)
+
+
 def _lexsort_order(dev, picked):
-    sizes = dev.table.np_flags()[picked] & SIZE_MASK
+    sizes = _np_flags(dev)[picked] & SIZE_MASK
     return picked[np.lexsort((picked, -(sizes // PP_BUCKET_SIZE).astype(np.int64)))].tolist()
 
 
@@ -139,10 +143,10 @@ def test_writeback_selection_is_stepwise_and_orders_as_the_kernel(tmp_path):
     dev.store("idle", "all")
     job = WritebackJob.parse(dev, "idle")
     assert checkpoints(job.select_steps()) > 1
-    marked = np.flatnonzero(dev.table.np_flags() & PP_SLOT)
+    marked = np.flatnonzero(_np_flags(dev) & PP_SLOT)
     assert list(job.slots) == _lexsort_order(dev, marked)
     job.finish()
-    assert not (dev.table.np_flags() & PP_SLOT).any()
+    assert not (_np_flags(dev) & PP_SLOT).any()
 
 
 def test_selection_stopped_midway_releases_its_marks(tmp_path):
@@ -151,7 +155,7 @@ def test_selection_stopped_midway_releases_its_marks(tmp_path):
     steps = job.steps()
     assert next(steps) is None
     steps.close()
-    assert not (dev.table.np_flags() & PP_SLOT).any()
+    assert not (_np_flags(dev) & PP_SLOT).any()
 
 
 def test_compaction_is_a_job_of_the_attribute():

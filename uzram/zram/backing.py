@@ -244,7 +244,7 @@ class BackingStore:
             if first < self._low:
                 self._low = first
 
-    def flush_releases(self) -> None:
+    def apply_releases(self) -> None:
         """Punch and free every released block now, on the calling thread."""
         if self._to_punch:
             runs = self.take_punches()

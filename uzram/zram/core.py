@@ -13,11 +13,11 @@ jobs to completion.
 from __future__ import annotations
 
 import errno
+import functools
 from collections.abc import Callable, Sequence
+from itertools import compress
 
-import numpy as np
-import numpy.typing as npt
-
+from . import lanes
 from .backing import BackingStore
 from .compressors import CompParams
 from .disk import Disk, Settings, Stats, oserror
@@ -30,8 +30,35 @@ from .slots import (
 from .writepath import STEP_SCAN, WritePath
 from .zsmalloc import ZsPool
 
-Indexes = npt.NDArray[np.intp]
-_NOT_PP = ~np.uint32(PP_SLOT)
+PP_BUCKET_SHIFT = 6   # pp_select reports each object's size >> PP_BUCKET_SHIFT
+_NOT_PP = ~PP_SLOT & 0xFFFFFFFF
+
+# The flags' bytes (see slots.py): byte 0 the size's low bits; byte 1 the
+# size's high bits, SAME, WB, PP_SLOT; byte 2 HUGE, IDLE, INCOMPRESSIBLE and
+# the priority. Lane tables for the scans below.
+assert SIZE_MASK == 0x1FFF and (SAME | WB | PP_SLOT) == 0xE000 and PRIO_SHIFT == 19
+_SIZE_HI = lanes.table(lambda x: (x & 0x1F) != 0)           # byte 1: size >= 256
+_UNMARKED = lanes.table(lambda x: not x & 0xE0)             # byte 1: no SAME, WB, PP_SLOT
+_IN_RAM = lanes.table(lambda x: not x & 0x60)               # byte 1: no SAME, WB
+_BUCKET_LO = lanes.table(lambda x: x >> PP_BUCKET_SHIFT)    # byte 0's share of size >> 6
+_BUCKET_HI = lanes.table(lambda x: (x & 0x1F) << (8 - PP_BUCKET_SHIFT))
+
+
+@functools.lru_cache(maxsize=64)
+def _byte2_test(need: int, skip: int, below_prio: int) -> bytes:
+    """Byte-2 table: every bit of ``need``, none of ``skip``, priority below ``below_prio``."""
+    assert not (need | skip) & 0xFFFF
+    n2, s2 = need >> 16, skip >> 16
+    return lanes.table(lambda x: (x & n2) == n2 and not x & s2 and (x >> (PRIO_SHIFT - 16)) & 3 < below_prio)
+
+
+def _in_ram_lanes(table: SlotTable, lo: int, hi: int) -> tuple[bytes, bytes, int]:
+    """Bytes 0 and 1 of the flags in [lo, hi), and as a ``vec`` 1 for the
+    slots holding a pool object (size set, neither SAME nor WB)."""
+    b0 = lanes.lane(table.flags_col, 4, 0, lo, hi)
+    b1 = lanes.lane(table.flags_col, 4, 1, lo, hi)
+    sized = lanes.vec(b0.translate(lanes.NONZERO)) | lanes.vec(b1.translate(_SIZE_HI))
+    return b0, b1, sized & lanes.vec(b1.translate(_IN_RAM))
 
 
 class ZramCore(WritePath):
@@ -70,7 +97,7 @@ class ZramCore(WritePath):
             raise oserror(errno.EBUSY, f"{self.name} is in use by {self.openers} client(s)")
         backing, disk = self.settings.backing, self.disk
         if backing is not None and backing.pending_punches and self.release_hook is None:
-            backing.flush_releases()
+            backing.apply_releases()
         self.disk = None
         self.disksize = 0
         self.stats = Stats()
@@ -162,21 +189,29 @@ class ZramCore(WritePath):
 
     # -- post-processing primitives (the PP_SLOT protocol, see slots.py) ---------------------
 
-    def pp_select(self, lo: int, hi: int, need: int, skip: int = 0) -> Indexes:
+    def pp_select(self, lo: int, hi: int, need: int, skip: int = 0, below_prio: int = 4) -> tuple[list[int], bytes]:
         """Mark PP_SLOT on the in-RAM objects in [lo, hi) that have every flag
-        of ``need``, none of ``skip`` and no mark yet; returns their indexes."""
-        flags = self.require_disk().table.np_flags()[lo:hi]
-        ok = ((flags & SIZE_MASK) != 0) & ((flags & (WB | SAME | PP_SLOT | skip)) == 0)
-        if need:
-            ok &= (flags & need) == need
-        picked = np.flatnonzero(ok)
-        flags[picked] |= PP_SLOT
-        return picked + lo
+        of ``need``, none of ``skip``, a priority below ``below_prio`` and no
+        mark yet; returns their indexes and their stored sizes >>
+        PP_BUCKET_SHIFT (one byte each)."""
+        table = self.require_disk().table
+        n = hi - lo
+        b0, b1, in_ram = _in_ram_lanes(table, lo, hi)
+        b2 = lanes.lane(table.flags_col, 4, 2, lo, hi)
+        ok = in_ram & lanes.vec(b1.translate(_UNMARKED)) & lanes.vec(b2.translate(_byte2_test(need, skip, below_prio)))
+        if not ok:
+            return [], b""
+        picked = lanes.unvec(ok, n)
+        lanes.put_lane(table.flags_col, 4, 1, lo, lanes.unvec(lanes.vec(b1) | ok << 7, n))   # PP_SLOT is bit 7 of byte 1
+        buckets = lanes.unvec(lanes.vec(b0.translate(_BUCKET_LO)) | lanes.vec(b1.translate(_BUCKET_HI)), n)
+        return list(compress(range(lo, hi), picked)), bytes(compress(buckets, picked))
 
-    def pp_unmark(self, slots: Sequence[int] | Indexes) -> None:
+    def pp_unmark(self, slots: Sequence[int]) -> None:
         """Give up marked slots (nothing to do after a reset)."""
-        if self.disk is not None and len(slots):
-            self.disk.table.np_flags()[np.asarray(slots, dtype=np.int64)] &= _NOT_PP
+        if self.disk is not None:
+            flags = self.disk.table.flags
+            for i in slots:
+                flags[i] &= _NOT_PP
 
     def pp_marked(self, i: int) -> bool:
         """Whether slot ``i`` is still marked (untouched since the scan)."""
@@ -190,12 +225,6 @@ class ZramCore(WritePath):
             return False
         flags[i] &= ~PP_SLOT
         return True
-
-    def slot_sizes(self, slots: Indexes) -> Indexes:
-        return (self.require_disk().table.np_flags()[slots] & SIZE_MASK).astype(np.intp)
-
-    def slot_priorities(self, slots: Indexes) -> Indexes:
-        return ((self.require_disk().table.np_flags()[slots] & PRIO_MASK) >> PRIO_SHIFT).astype(np.intp)
 
     def wb_budget_exhausted(self) -> bool:
         s = self.settings
@@ -300,19 +329,20 @@ class ZramCore(WritePath):
     def mark_idle_steps(self, cutoff: int | None) -> Job[None]:
         """``mark_idle`` as a job, STEP_SCAN slots per step."""
         disk = self.require_disk()
-        flags = disk.table.np_flags()
-        ac = disk.table.np_ac_time()
+        table = disk.table
         for start in range(0, disk.nr_pages, STEP_SCAN):
             if self.disk is not disk:
                 return  # reset meanwhile
-            f = flags[start : start + STEP_SCAN]
-            eligible = ((f & SIZE_MASK) != 0) & ((f & (WB | SAME)) == 0)
-            if cutoff is not None:
-                old = ac[start : start + STEP_SCAN] < max(cutoff, 0)
-                f[eligible & old] |= IDLE
-                f[eligible & ~old] &= ~np.uint32(IDLE)
+            stop = min(disk.nr_pages, start + STEP_SCAN)
+            n = stop - start
+            eligible = _in_ram_lanes(table, start, stop)[2] << 1   # IDLE is bit 1 of byte 2
+            b2 = lanes.vec(lanes.lane(table.flags_col, 4, 2, start, stop))
+            if cutoff is None:
+                b2 |= eligible
             else:
-                f[eligible] |= IDLE
+                old = eligible & ~(_not_before(table, start, stop, max(cutoff, 0)) << 1)
+                b2 = (b2 & ~eligible) | old
+            lanes.put_lane(table.flags_col, 4, 2, start, lanes.unvec(b2, n))
             yield None
 
     def compact(self) -> int:
@@ -329,12 +359,31 @@ class ZramCore(WritePath):
     def block_state(self) -> str:
         """debugfs ``block_state``: one line per allocated slot."""
         table = self.require_disk().table
-        flags = table.np_flags()
+        flags = table.flags
         lines = []
-        for i in np.flatnonzero(flags & ALLOCATED).tolist():
-            f = int(flags[i])
+        for i in compress(range(table.nr_pages), lanes.nonzero_slots(table.flags_col, 4, 0, table.nr_pages)):
+            f = flags[i]
+            if not f & ALLOCATED:
+                continue
             marks = "".join(c if f & bit else "." for c, bit in (("s", SAME), ("w", WB), ("h", HUGE), ("i", IDLE)))
             marks += "r" if f & PRIO_MASK else "."
             marks += "n" if f & INCOMPRESSIBLE else "."
             lines.append("%12d %12d.000000 %s\n" % (i, table.ac_time[i], marks))
         return "".join(lines)
+
+
+def _not_before(table: SlotTable, lo: int, hi: int, cutoff: int) -> int:
+    """As a ``vec``, 1 for the slots in [lo, hi) accessed at or after
+    ``cutoff``: each u32 ``ac_time`` widened to a u64 lane, plus 2**32 -
+    cutoff, carries into bit 32 exactly when ``ac_time >= cutoff``."""
+    n = hi - lo
+    if cutoff <= 0:
+        return lanes.vec(b"\x01" * n)
+    if cutoff > 0xFFFFFFFF:
+        return 0
+    wide = bytearray(8 * n)
+    for k in range(4):
+        wide[k::8] = lanes.lane(table.ac_col, 4, k, lo, hi)
+    ones = lanes.vec(b"\x01\0\0\0\0\0\0\0" * n)
+    total = lanes.vec(wide) + ones * ((1 << 32) - cutoff)
+    return lanes.vec(lanes.unvec(total, 8 * n)[4::8])

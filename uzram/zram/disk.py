@@ -215,7 +215,7 @@ class DeviceState:
         table.flags[i] = 0
         table.handle[i] = 0
 
-    def flush_backing(self) -> None:
+    def apply_backing_releases(self) -> None:
         """Punch out and free the backing blocks released by the last operation
         (or have ``release_hook`` arrange it off this thread)."""
         b = self.settings.backing
@@ -223,4 +223,4 @@ class DeviceState:
             if self.release_hook is not None:
                 self.release_hook()
             else:
-                b.flush_releases()
+                b.apply_releases()

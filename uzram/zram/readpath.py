@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import enum
 import errno
+from itertools import compress
 from typing import cast
 
-import numpy as np
-
+from . import lanes
 from .disk import SECTOR_SHIFT, ZERO_PAGE, DeviceState, Disk, oserror
 from .sizeclass import PAGE_SHIFT, PAGE_SIZE
 from .slots import ACCESS_CLEAR, ALLOCATED, HUGE, SAME, SIZE_MASK, SPECIAL, WB
@@ -32,6 +32,12 @@ class Extent(enum.Enum):
 
 
 _EXTENTS = (Extent.DATA, Extent.ZERO, Extent.UNALLOCATED)
+# Per-slot extent codes (indexes into _EXTENTS) from the flags' two low bytes:
+# ALLOCATED is bits 0..14, SAME bit 13.
+assert ALLOCATED == 0x7FFF and SAME == 0x2000
+_ALLOC_HI = lanes.table(lambda x: (x & 0x7F) != 0)
+_SAME_HI = lanes.table(lambda x: (x & 0x20) != 0)
+_UNALLOCATED_CODE = lanes.table(lambda x: 0 if x else 2)
 
 
 def _trim(chunks: list[bytes], offset: int, length: int) -> list[bytes]:
@@ -208,7 +214,7 @@ class ReadPath(DeviceState):
         assert backing is not None, "pinned blocks without a backing store"
         for block, _ in items:
             backing.unpin(block)
-        self.flush_backing()
+        self.apply_backing_releases()
 
     def finish_read(self, pending: PendingRead, results: list[bytes | OSError]) -> list[bytes]:
         """Complete a PendingRead with its blocks' contents (in ``pending.blocks`` order)."""
@@ -242,15 +248,15 @@ class ReadPath(DeviceState):
             return b""
         first, last = offset >> PAGE_SHIFT, (offset + length - 1) >> PAGE_SHIFT
         table = disk.table
-        flags = table.np_flags()[first : last + 1].copy()
-        ac = table.np_ac_time()[first : last + 1].copy()
+        flags = table.flags_col[first * 4 : (last + 1) * 4]
+        ac = table.ac_col[first * 4 : (last + 1) * 4]
         saved = self.stats.snapshot()
         try:
             pages = [self._read_page(disk, i, 0) or ZERO_PAGE for i in range(first, last + 1)]
             return b"".join(_trim(pages, offset, length))
         finally:
-            table.np_flags()[first : last + 1] = flags
-            table.np_ac_time()[first : last + 1] = ac
+            table.flags_col[first * 4 : (last + 1) * 4] = flags
+            table.ac_col[first * 4 : (last + 1) * 4] = ac
             self.stats.restore(saved)
 
     def extents(self, offset: int, length: int) -> list[tuple[int, Extent]]:
@@ -260,15 +266,35 @@ class ReadPath(DeviceState):
             return []
         first = offset >> PAGE_SHIFT
         last = (offset + length - 1) >> PAGE_SHIFT
-        flags = disk.table.np_flags()[first : last + 1]
-        handle = disk.table.np_handle()[first : last + 1]
-        # index into _EXTENTS: 2 unallocated, 1 stored zero page, 0 data
-        state = np.where((flags & ALLOCATED) == 0, 2, np.where(((flags & SAME) != 0) & (handle == 0), 1, 0))
-        edges = np.flatnonzero(state[1:] != state[:-1]) + 1
-        bounds = [0, *edges.tolist(), len(state)]
-        extents = []
-        for a, b in zip(bounds, bounds[1:]):
-            start = max(offset, (first + a) << PAGE_SHIFT)
-            stop = min(offset + length, (first + b) << PAGE_SHIFT)
-            extents.append((stop - start, _EXTENTS[int(state[a])]))
+        codes = _extent_codes(disk, first, last + 1)
+        n = len(codes)
+        changes = lanes.vec(codes[1:]) ^ lanes.vec(codes[:-1])   # nonzero where slot k+1 differs from k
+        if changes:
+            starts = [0, *compress(range(1, n), lanes.unvec(changes, n - 1))]
+        else:
+            starts = [0]
+        extents = [((b - a) << PAGE_SHIFT, _EXTENTS[codes[a]]) for a, b in zip(starts, [*starts[1:], n])]
+        head = offset - (first << PAGE_SHIFT)
+        tail = ((last + 1) << PAGE_SHIFT) - (offset + length)
+        if head or tail:
+            extents[0] = (extents[0][0] - head, extents[0][1])
+            extents[-1] = (extents[-1][0] - tail, extents[-1][1])
         return extents
+
+
+def _extent_codes(disk: Disk, lo: int, hi: int) -> bytes:
+    """One byte per slot in [lo, hi): 2 unallocated, 1 stored zero page
+    (SAME with word 0), 0 data."""
+    table, n = disk.table, hi - lo
+    if lanes.is_zero(table.flags_col, 4, lo, hi):
+        return b"\x02" * n
+    low = lanes.lane(table.flags_col, 4, 0, lo, hi)
+    high = lanes.lane(table.flags_col, 4, 1, lo, hi)
+    allocated = lanes.vec(low.translate(lanes.NONZERO)) | lanes.vec(high.translate(_ALLOC_HI))
+    codes = lanes.unvec(allocated, n).translate(_UNALLOCATED_CODE)
+    same = high.translate(_SAME_HI)
+    if same.find(1) < 0:
+        return codes
+    s = lanes.vec(same)
+    zero_word = s ^ (s & lanes.vec(lanes.nonzero_slots(table.handle_col, 8, lo, hi)))
+    return lanes.unvec(lanes.vec(codes) | zero_word, n)

@@ -76,8 +76,6 @@ from __future__ import annotations
 import enum
 import mmap
 
-import numpy as np
-
 ZRAM_FLAG_SHIFT = 13
 SIZE_MASK = (1 << ZRAM_FLAG_SHIFT) - 1   # stored object size (0 for EMPTY, SAME)
 SAME = 1 << 13            # ZRAM_SAME: handle is the fill word
@@ -130,20 +128,16 @@ def in_ram_object(flags: int) -> bool:
 
 
 class SlotTable:
-    __slots__ = ("nr_pages", "_maps", "handle", "flags", "ac_time")
+    """The three columns, as typed views (``handle``, ``flags``, ``ac_time``,
+    for one slot at a time) and as the mmaps themselves (``*_col``, for
+    whole-window byte operations, see ``lanes.py``)."""
+
+    __slots__ = ("nr_pages", "_maps", "handle", "flags", "ac_time", "handle_col", "flags_col", "ac_col")
 
     def __init__(self, nr_pages: int) -> None:
         self.nr_pages = nr_pages
         self._maps = [mmap.mmap(-1, max(nr_pages, 1) * width, flags=_MAP_FLAGS) for width in (8, 4, 4)]
+        self.handle_col, self.flags_col, self.ac_col = self._maps
         self.handle = memoryview(self._maps[0]).cast("Q")
         self.flags = memoryview(self._maps[1]).cast("I")
         self.ac_time = memoryview(self._maps[2]).cast("I")
-
-    def np_handle(self) -> np.ndarray:
-        return np.frombuffer(self._maps[0], dtype=np.uint64, count=self.nr_pages)
-
-    def np_flags(self) -> np.ndarray:
-        return np.frombuffer(self._maps[1], dtype=np.uint32, count=self.nr_pages)
-
-    def np_ac_time(self) -> np.ndarray:
-        return np.frombuffer(self._maps[2], dtype=np.uint32, count=self.nr_pages)

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import errno
 
-import numpy as np
 
 from .disk import SECTOR_SHIFT, ZERO_PAGE, Disk, oserror
+from . import lanes
 from .jobs import Job, Offload, run
 from .readpath import ReadPath
 from .sizeclass import PAGE_SHIFT, PAGE_SIZE
 from .slots import ACCESS_CLEAR, ALLOCATED, HUGE, SAME, SIZE_MASK, SPECIAL, WB
 
 _SAME_CANDIDATE = 64  # every same-filled page compresses below this with any backend
-STEP_SCAN = 1 << 14    # slots scanned by one step of a job (numpy, well under 1 ms)
+STEP_SCAN = 1 << 14    # slots scanned by one step of a job (a few byte scans, well under 1 ms)
 STEP_FREE = 128        # allocated slots freed by one step of a job (~0.5 ms)
 
 Buffer = bytes | bytearray | memoryview
@@ -150,7 +150,7 @@ class WritePath(ReadPath):
             raise
         finally:
             if self.settings.backing is not None:
-                self.flush_backing()
+                self.apply_backing_releases()
 
     def _patch_page(self, disk: Disk, i: int, start: int, part: memoryview, now: int) -> None:
         old = self._read_page(disk, i, now)
@@ -178,7 +178,7 @@ class WritePath(ReadPath):
                 res = (yield Offload(backing.read_blocks, [block]))[0]
             finally:
                 backing.unpin(block)
-                self.flush_backing()
+                self.apply_backing_releases()
             if flags[i] & WB and handles[i] == block:  # pinned: not reused meanwhile
                 page = bytearray(self._decode_block(disk, res, f))
                 flags[i] &= ACCESS_CLEAR
@@ -230,7 +230,7 @@ class WritePath(ReadPath):
             st.failed_writes += 1
             raise
         finally:
-            self.flush_backing()
+            self.apply_backing_releases()
 
     # -- freeing -----------------------------------------------------------------------
 
@@ -244,17 +244,16 @@ class WritePath(ReadPath):
             if fill_zero:
                 self._fill_zero_pages(disk, first, count, now)
             return
-        flags = disk.table.np_flags()
+        col = disk.table.flags_col
         slot_free = self.slot_free
         pos, end = first, first + count
         while pos < end:
             stop = min(end, pos + STEP_SCAN)
-            busy = np.flatnonzero(flags[pos:stop])
+            busy = lanes.nonzero_indexes(col, 4, pos, stop, STEP_FREE + 1)
             if len(busy) > STEP_FREE:
-                stop = pos + int(busy[STEP_FREE])
-                busy = busy[:STEP_FREE]
-            for j in busy.tolist():
-                slot_free(disk, pos + j)
+                stop = busy.pop()
+            for i in busy:
+                slot_free(disk, i)
             if fill_zero:
                 self._fill_zero_pages(disk, pos, stop - pos, now)
             pos = stop
@@ -263,9 +262,9 @@ class WritePath(ReadPath):
     def _fill_zero_pages(self, disk: Disk, first: int, count: int, now: int) -> None:
         """Store ``count`` free slots from ``first`` as same-filled zero pages."""
         t = disk.table
-        t.np_flags()[first : first + count] = SAME
-        t.np_handle()[first : first + count] = 0
-        t.np_ac_time()[first : first + count] = now
+        t.flags_col[first * 4 : (first + count) * 4] = SAME.to_bytes(4, "little") * count
+        t.handle_col[first * 8 : (first + count) * 8] = bytes(count * 8)
+        t.ac_col[first * 4 : (first + count) * 4] = now.to_bytes(4, "little") * count
         self.stats.same_pages += count
         self.stats.pages_stored += count
 
@@ -295,7 +294,7 @@ class WritePath(ReadPath):
         try:
             yield from self._free_steps(disk, first, count)
         finally:
-            self.flush_backing()
+            self.apply_backing_releases()
 
     def write_zeroes(self, offset: int, length: int, unmap: bool = True) -> None:
         """Make the range read as zeros. Whole pages are freed (``unmap``) or
@@ -332,7 +331,7 @@ class WritePath(ReadPath):
             st.failed_writes += 1
             raise
         finally:
-            self.flush_backing()
+            self.apply_backing_releases()
 
     def flush(self) -> None:
         """Data is stable once a write returns; count the request only."""
