@@ -135,7 +135,7 @@ class Puncher:
         except RuntimeError:  # outside the event loop (start-up): punch here
             b = self.dev.backing
             if b is not None:
-                b.flush_releases()
+                b.apply_releases()
             return
         self.running = True
         self.idle = trio.Event()
