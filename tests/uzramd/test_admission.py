@@ -68,7 +68,9 @@ def test_low_reserve_sheds_work_that_allocates_and_admits_writeback(tmp_path: Pa
                 c.pwrite(0, os.urandom(MiB))   # the pool takes the chunks its feed made when it stores
                 time.sleep(0.05)
             assert st["low_reserve"] is False and st["low_reserve_episodes"] == 0, st  # not while first filled
-            d.store("zram0", "writeback", "huge")   # a worker thread and the I/O path, used once
+            # a worker thread (trio keeps an idle one for 10 s: under the cap no
+            # new thread stack can be mapped) and the I/O path, used once
+            d.store("zram0", "writeback", "huge")
             resource.prlimit(pid, resource.RLIMIT_AS, (vm_size(pid) + HEADROOM, resource.RLIM_INFINITY))
             try:
                 refused = 0
