@@ -25,7 +25,16 @@ cmd            fields                                      reply fields
 ``debug``      ``device``, ``name`` (``block_state`` or     ``value``: text
                ``classes``: zram's and zsmalloc's debugfs)
 ``version``    –                                           ``version``
+``metrics``    –                                           ``value``: text
+``hardening``  –                                           ``hardening``: the
+                                                           memory measures in
+                                                           force and the pool
+                                                           reserves' state
 =============  ==========================================  ====================
+
+While a pool reserve runs low (memory pressure), requests for work that
+allocates (``store`` of ``compact``, ``recompress``, ``idle``, ``disksize``;
+``hot_add``) fail with EAGAIN; ``hardening`` reports ``low_reserve``.
 
 Errors carry the errno the kernel's sysfs would give.
 """

@@ -322,3 +322,15 @@ def test_debug_files(daemon, ctl):
     assert out.rc == 1 and "Invalid argument" in out.err
     out = ctl("--debug", "nope", "zram0")
     assert out.rc == 1 and "No such file" in out.err
+
+
+def test_hardening_shows_the_measures_and_the_reserve(ctl_ro):
+    r = ctl_ro("--hardening")
+    assert r.rc == 0 and r.err == "", r.err
+    fields = dict(line.split(None, 1) for line in r.out.splitlines())
+    assert fields["locked"] == "no" and "--swap" in fields["not_locked"]
+    assert fields["low_reserve"] == "no" and fields["shed_requests"] == "0"
+    assert fields["reserve"] == "0B" and fields["heap_cushion"] == "0B"
+    assert dict(line.split(None, 1) for line in ctl_ro("--hardening", "-b").out.splitlines())["reserve"] == "0"
+    r = ctl_ro("--hardening", "zram0")
+    assert r.rc == 2 and "--hardening does not take a <device>" in r.err

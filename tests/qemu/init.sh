@@ -6,14 +6,16 @@
 #           talks to uzramd on the host.
 #   MODE=b  the host's / is mounted read-only over virtio-9p; uzramd runs from
 #           the host's venv inside the guest (chroot), the host's nbd-client
-#           attaches it to /dev/nbd0 and the guest swaps on that.
+#           attaches it to /dev/nbd0 and the guest swaps on that. With
+#           WRITEBACK_EVERY=SECONDS, zram0's backing device is the guest's
+#           virtio disk and idle pages are written back that often.
 # /bin/memhog fills more memory than it may use and holds it while the swap
 # counters are read (mode a: the host reads uzram's counters and answers on
 # the serial line; mode b: uzram is asked from here), then verifies it all.
 # Console protocol, one line each (parsed by vm.py):
 #   UZRAM-GUEST: LABEL key=value ...     guest counters (deltas since swapon)
 #   UZRAM-DEV: LABEL <17 fields of /sys/block/DEV/stat>
-#   UZRAM-SERVER: LABEL ATTR values...   mode b: uzram attributes
+#   UZRAM-SERVER: LABEL ATTR values...   mode b: uzram attributes (mm_stat, stat, bd_stat)
 #   UZRAM-HOLD                           mode a: host, read uzram now, then send a line
 #   UZRAM-TEST: PASS|FAIL details        last line before power-off
 
@@ -40,6 +42,7 @@ meminfo() { awk -v k="$1:" '$1 == k { print $2 }' /proc/meminfo; }
 
 MODE=a HOG_MB=192 HOG_PASSES=1 HOG_PATTERN=mixed HOG_MEMORY_HIGH="" DISCARD=pages
 ACK_TIMEOUT=120 SERVER_WAIT=180 SERVER_MEMORY_MIN=64M NBD_CLIENT_OPTS="-b 4096" SYSCTLS=""
+WRITEBACK_EVERY=""
 . /etc/uzram-test.conf || fail "no /etc/uzram-test.conf"
 say "kernel $(uname -r), mode $MODE, $(meminfo MemTotal) kB RAM, uptime $(uptime_s)s"
 
@@ -92,6 +95,13 @@ b)
     mkdir /sys/fs/cgroup/server &&
         echo 0 > /sys/fs/cgroup/server/memory.swap.max &&
         echo $SERVER_MEMORY_MIN > /sys/fs/cgroup/server/memory.min || fail "server cgroup"
+    if [ -n "$WRITEBACK_EVERY" ]; then   # zram0's backing_dev: the virtio disk
+        i=0
+        while [ ! -b /dev/vda ]; do
+            i=$((i + 1)); [ $i -gt 100 ] && fail "/dev/vda (the backing disk) did not appear"
+            usleep 100000
+        done
+    fi
     say "starting uzramd in the guest at $(uptime_s)s: $PY -m uzram.daemon $DAEMON_ARGS"
     in_cgroup server chroot $H env PYTHONDONTWRITEBYTECODE=1 PYTHONPATH=$REPO TMPDIR=/run/tmp \
         $PY -m uzram.daemon $DAEMON_ARGS </dev/null &
@@ -106,6 +116,14 @@ b)
     say "uzramd is up at $(uptime_s)s"
     in_cgroup server chroot $H nbd-client -unix $NBD_SOCK /dev/nbd0 -N zram0 $NBD_CLIENT_OPTS ||
         fail "nbd-client failed"
+    if [ -n "$WRITEBACK_EVERY" ]; then
+        # writeback under pressure: idle pages go to the backing disk every
+        # WRITEBACK_EVERY seconds while memhog runs (its lines are uzram-wb:)
+        in_cgroup server chroot $H env PYTHONDONTWRITEBYTECODE=1 PYTHONPATH=$REPO $PY \
+            $REPO/tests/qemu/guest_writeback.py $CTL_SOCK zram0 $WRITEBACK_EVERY </dev/null &
+        WB_PID=$!
+        say "writeback of idle pages every ${WRITEBACK_EVERY}s"
+    fi
     ;;
 *) fail "unknown MODE $MODE" ;;
 esac
@@ -158,19 +176,20 @@ if [ -e /tmp/memhog.hold ]; then
         echo "UZRAM-HOLD"
         read -t $ACK_TIMEOUT ack || say "no answer from the host in ${ACK_TIMEOUT}s"
     else
-        query hold mm_stat stat
+        query hold mm_stat stat bd_stat
     fi
     kill -USR1 $HOG_PID
 fi
 wait $HOG_PID
 HOG_RC=$?
+[ -n "$WB_PID" ] && { kill $WB_PID; wait $WB_PID; }
 # swapoff also waits for the discards of the clusters memhog freed
 swapoff /dev/$DEV || SWAPOFF_FAILED=1
 guest end
 RESULT="pswpout=$(($(vmstat pswpout) - OUT0)) pswpin=$(($(vmstat pswpin) - IN0))"
 
 if [ $MODE = b ]; then
-    query end mm_stat stat
+    query end mm_stat stat bd_stat
     chroot $H nbd-client -d /dev/nbd0 >/dev/null 2>&1 || say "nbd-client -d failed"
     kill -TERM $SERVER_PID
     i=0

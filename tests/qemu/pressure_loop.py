@@ -5,8 +5,9 @@ Not a test: a measuring tool for uzramd's memory measures. Each run boots a
 uzramd in the same guest (see ``test_swap.global_pressure``). Example::
 
     .venv/bin/python -m tests.qemu.pressure_loop -n 20
-    .venv/bin/python -m tests.qemu.pressure_loop -n 5 --device comp_algorithm=zstd,disksize=512M \\
+    .venv/bin/python -m tests.qemu.pressure_loop -n 5 --variant zstd \\
         --sysctls ""        # without the guest settings uzram-swap makes
+    .venv/bin/python -m tests.qemu.pressure_loop -n 5 --variant lz4-writeback
 
 Console logs are kept in ``--workdir`` (one folder per run).
 """
@@ -20,15 +21,18 @@ import time
 from pathlib import Path
 
 from .guestkernel import fetch
-from .test_swap import GLOBAL_TIMEOUT, PRODUCT_SYSCTLS, STALL, boot, check_guest_swap, global_pressure
-from .vm import CACHE, QemuAssets, build_memhog, ensure_packages, host_root_9p, static_busybox
+from .test_swap import (GLOBAL_TIMEOUT, GLOBAL_VARIANTS, PRODUCT_SYSCTLS, STALL, boot, check_guest_swap,
+                        global_pressure, global_pressure_devices)
+from .vm import CACHE, QemuAssets, build_memhog, ensure_packages, static_busybox
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="pressure_loop", description=__doc__.split("\n\n")[0])
     p.add_argument("-n", "--runs", type=int, default=20)
     p.add_argument("--daemon-options", default="--swap", help="uzramd options (default --swap)")
-    p.add_argument("--device", default="comp_algorithm=lz4,disksize=512M", help="zram0's attributes")
+    p.add_argument("--variant", choices=GLOBAL_VARIANTS, default="lz4",
+                   help="the stress test's variant: zram0's attributes and writeback (default lz4)")
+    p.add_argument("--device", help="zram0's attributes instead of the variant's")
     p.add_argument("--sysctls", default=PRODUCT_SYSCTLS,
                    help=f'guest sysctls (default, as systemd/uzram-swap: "{PRODUCT_SYSCTLS}"; "" for none)')
     p.add_argument("--stall", type=float, default=STALL, help="seconds without progress = hang")
@@ -41,19 +45,21 @@ def main(argv: list[str] | None = None) -> int:
     busybox = static_busybox()
     assert busybox is not None
     assets = QemuAssets(fetch(CACHE), build_memhog(CACHE), busybox, CACHE)
-    cfg = global_pressure(args.daemon_options, args.device, args.sysctls)
+    device, writeback_every = GLOBAL_VARIANTS[args.variant]
+    args.device = args.device or device
+    cfg = global_pressure(args.daemon_options, args.device, args.sysctls, writeback_every)
     counts = {"pass": 0, "fail": 0, "hang": 0}
     times: list[float] = []
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for i in range(1, args.runs + 1):
         work = args.workdir / f"{stamp}-{i:02d}"
         work.mkdir(parents=True, exist_ok=True)
-        run = boot(assets, cfg, host_root_9p(), work, timeout=args.timeout, stall=args.stall)
+        run = boot(assets, cfg, global_pressure_devices(cfg, work), work, timeout=args.timeout, stall=args.stall)
         if run.hung:
             outcome, why = "hang", f"no progress for {args.stall:.0f}s after: {run.last_progress}"
         else:
             try:
-                check_guest_swap(run)
+                check_guest_swap(run, writeback=bool(writeback_every))
                 outcome, why = "pass", run.result
                 times.append(run.seconds)
             except AssertionError as e:
@@ -68,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     spread = (f"; pass times {min(times):.0f}-{max(times):.0f}s, median {statistics.median(times):.0f}s"
               if times else "")
     print(f"{ran} runs: {counts['pass']} passed, {counts['fail']} failed, {counts['hang']} hung{spread}"
-          f" [device {args.device}; uzramd {args.daemon_options or '(defaults)'}; "
+          f" [variant {args.variant}, device {args.device}; uzramd {args.daemon_options or '(defaults)'}; "
           f"sysctls {args.sysctls or 'none'}]")
     return 0 if counts["pass"] == ran else 1
 

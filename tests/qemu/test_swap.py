@@ -30,8 +30,8 @@ import pytest
 
 from tests.daemon import uzramd
 
-from .vm import (GuestConfig, GuestRun, QemuAssets, Unavailable, build_initramfs, ensure_packages,
-                 host_root_9p, nbd_disk, qemu_command, run_guest)
+from .vm import (GuestConfig, GuestRun, QemuAssets, Unavailable, backing_disk, build_initramfs,
+                 ensure_packages, host_root_9p, nbd_disk, qemu_command, run_guest)
 
 pytestmark = pytest.mark.qemu
 
@@ -50,8 +50,12 @@ READ_IOS, READ_SECTORS, WRITE_IOS, WRITE_SECTORS, DISCARD_IOS, DISCARD_SECTORS =
 
 
 def check_swap(run: GuestRun, hold_mm: list[int], hold_stat: list[int],
-               end_mm: list[int], end_stat: list[int]) -> None:
-    """The guest passed, and uzram's counters show that its swap went through uzram."""
+               end_mm: list[int], end_stat: list[int], hold_written_back: int = 0,
+               end_written_back: int = 0) -> None:
+    """The guest passed, and uzram's counters show that its swap went through uzram
+    (``hold_written_back``, ``end_written_back``: pages on the backing device
+    then, which mm_stat no longer counts; the pool of a device that wrote
+    most of its pages back may hold more than the rest, until compaction)."""
     ctx = (f"\nuzram mm_stat hold {hold_mm} end {end_mm}\nuzram stat hold {hold_stat} end {end_stat}"
            f"\nguest {run.guest}\nguest device stat {run.dev}\n{run.tail()}")
     assert not run.hung, f"the guest hung (no progress for {STALL}s){ctx}\n{run.tail(400)}"
@@ -68,9 +72,10 @@ def check_swap(run: GuestRun, hold_mm: list[int], hold_stat: list[int],
     # compressed (same-filled pages are kept as just their word)
     swap_used = int(hold["swap_used_kb"]) * 1024
     assert swap_used >= 32 * MiB, f"guest swap in use only {swap_used} bytes{ctx}"
-    assert hold_mm[ORIG] >= 0.8 * swap_used, f"uzram stores less than the guest has in swap{ctx}"
+    stored = hold_mm[ORIG] + hold_written_back * 4096
+    assert stored >= 0.8 * swap_used, f"uzram stores less than the guest has in swap{ctx}"
     assert 0 < hold_mm[COMPR] and hold_mm[ORIG] / hold_mm[COMPR] > MIN_RATIO, f"compression ratio{ctx}"
-    assert 0 < hold_mm[MEM_USED] < hold_mm[ORIG], f"pool size{ctx}"
+    assert 0 < hold_mm[MEM_USED] and (hold_written_back or hold_mm[MEM_USED] < hold_mm[ORIG]), f"pool size{ctx}"
     assert hold_mm[SAME] > 0, f"memhog's same-filled pages not detected{ctx}"
 
     # uzram saw every sector the guest's block device moved: a request the
@@ -92,7 +97,7 @@ def check_swap(run: GuestRun, hold_mm: list[int], hold_stat: list[int],
     # uzram dropped those pages
     assert end["discard_sectors"] > 0, f"the guest issued no discards (swapon -d){ctx}"
     assert end_stat[DISCARD_IOS] > 0, ctx
-    assert end_mm[ORIG] < hold_mm[ORIG] // 2, f"discards did not free uzram's pages{ctx}"
+    assert end_mm[ORIG] + end_written_back * 4096 < stored // 2, f"discards did not free uzram's pages{ctx}"
     print(f"uzram at hold: {hold_mm[ORIG] >> 20} MiB stored in {hold_mm[COMPR] >> 20} MiB "
           f"(ratio {hold_mm[ORIG] / hold_mm[COMPR]:.2f}, {hold_mm[SAME]} same-filled pages); "
           f"sectors read/written/discarded: {end_stat[READ_SECTORS]}/{end_stat[WRITE_SECTORS]}/"
@@ -113,8 +118,10 @@ def boot(assets: QemuAssets, cfg: GuestConfig, devices: list[str], workdir: Path
 
 def guest_uzramd(mem_mb: int, hog_mb: int, hog_passes: int, hog_memory_high: str,
                  daemon_options: str = "", device: str = "comp_algorithm=lz4,disksize=512M",
-                 sysctls: str = "", nbd_client_opts: str = "-b 4096") -> GuestConfig:
-    """Mode B: uzramd in the guest (from this checkout and its venv), nbd.ko attached."""
+                 sysctls: str = "", nbd_client_opts: str = "-b 4096", writeback_every: int = 0) -> GuestConfig:
+    """Mode B: uzramd in the guest (from this checkout and its venv), nbd.ko attached.
+    With ``writeback_every``, zram0 writes back to the guest's virtio disk
+    (``backing_disk``) and idle pages are written back that often (seconds)."""
     repo = Path(__file__).resolve().parents[2]
     nbd_sock, ctl_sock = "/run/uzram/nbd.sock", "/run/uzram/control.sock"
     daemon_args = (f"-q --listen unix:{nbd_sock} --control {ctl_sock} "
@@ -123,24 +130,53 @@ def guest_uzramd(mem_mb: int, hog_mb: int, hog_passes: int, hog_memory_high: str
                        hog_memory_high=hog_memory_high, extra={
                            "PY": sys.executable, "REPO": str(repo), "DAEMON_ARGS": daemon_args,
                            "NBD_SOCK": nbd_sock, "CTL_SOCK": ctl_sock, "NBD_CLIENT_OPTS": nbd_client_opts,
-                           "SYSCTLS": sysctls})
+                           "SYSCTLS": sysctls,
+                           "WRITEBACK_EVERY": str(writeback_every) if writeback_every else ""},
+                       modules=("virtio_blk",) if writeback_every else ())
 
 
 PRODUCT_SYSCTLS = "vm.min_free_kbytes=16384 vm.watermark_scale_factor=500"   # as systemd/uzram-swap
+BACKING_DEV = "/dev/vda"      # the guest's first virtio disk (mode B has no other)
+BACKING_MB = 512
+WRITEBACK_EVERY = 10          # seconds between rounds of idle writeback in the guest
+
+# the global-pressure variants: zram0's algorithm, and writeback to a virtio disk
+GLOBAL_VARIANTS = {
+    "lz4": ("comp_algorithm=lz4,disksize=512M", 0),
+    "zstd": ("comp_algorithm=zstd,disksize=512M", 0),
+    "lz4-writeback": (f"backing_dev={BACKING_DEV},comp_algorithm=lz4,disksize=512M", WRITEBACK_EVERY),
+}
 
 
 def global_pressure(daemon_options: str = "--swap", device: str = "comp_algorithm=lz4,disksize=512M",
-                    sysctls: str = PRODUCT_SYSCTLS) -> GuestConfig:
+                    sysctls: str = PRODUCT_SYSCTLS, writeback_every: int = 0) -> GuestConfig:
     """384 MB guest, a 320 MB hog with no cgroup limit, two verify passes;
-    the guest settings are those systemd/uzram-swap makes."""
-    return guest_uzramd(384, 320, 2, "", daemon_options, device, sysctls, "-b 4096 -swap")
+    the guest settings are those systemd/uzram-swap makes. With
+    ``writeback_every``, ``device`` should name BACKING_DEV as backing_dev and
+    the guest gets that disk (:func:`global_pressure_devices`)."""
+    return guest_uzramd(384, 320, 2, "", daemon_options, device, sysctls, "-b 4096 -swap", writeback_every)
 
 
-def check_guest_swap(run: GuestRun) -> None:
+def global_pressure_devices(cfg: GuestConfig, workdir: Path) -> list[str]:
+    """QEMU's devices for a global-pressure guest: the host's / over 9p, and
+    the backing disk when the guest writes back."""
+    devices = host_root_9p()
+    if cfg.extra.get("WRITEBACK_EVERY"):
+        devices += backing_disk(workdir / "backing.img", BACKING_MB << 20)
+    return devices
+
+
+def check_guest_swap(run: GuestRun, writeback: bool = False) -> None:
     server = {k: run.server.get(k, []) for k in (("hold", "mm_stat"), ("hold", "stat"),
                                                  ("end", "mm_stat"), ("end", "stat"))}
-    check_swap(run, *server.values())
+    hold_bd = run.server.get(("hold", "bd_stat"), [0])
+    end_bd = run.server.get(("end", "bd_stat"), [0])
+    check_swap(run, *server.values(), hold_written_back=hold_bd[0] if writeback else 0,
+               end_written_back=end_bd[0] if writeback else 0)
     assert run.guest.get("server", {}).get("rc") == 0, "uzramd in the guest did not exit 0 on SIGTERM"
+    if writeback:
+        assert len(end_bd) == 3 and end_bd[2] > 0, f"no page was written back: bd_stat {end_bd}\n{run.tail()}"
+        print(f"written back: {end_bd[2]} pages, read back {end_bd[1]}; on the disk at hold {hold_bd[0]}")
 
 
 def test_swap_host_uzramd_qemu_nbd_client(qemu_assets: QemuAssets, short_tmp: Path, tmp_path: Path) -> None:
@@ -174,10 +210,16 @@ def test_swap_guest_uzramd_nbd_ko(qemu_assets: QemuAssets, tmp_path: Path) -> No
 
 
 @pytest.mark.stress
-def test_swap_guest_uzramd_global_pressure(qemu_assets: QemuAssets, tmp_path: Path) -> None:
-    """Mode B, the whole guest short of memory: uzramd must keep serving swap-outs."""
+@pytest.mark.parametrize("variant", GLOBAL_VARIANTS)
+def test_swap_guest_uzramd_global_pressure(qemu_assets: QemuAssets, tmp_path: Path, variant: str) -> None:
+    """Mode B, the whole guest short of memory: uzramd must keep serving
+    swap-outs, with lz4, with zstd, and with lz4 while idle pages are written
+    back to a virtio disk in the guest."""
     try:
         ensure_packages(["nbd-client"])
     except Unavailable as e:
         pytest.skip(str(e))
-    check_guest_swap(boot(qemu_assets, global_pressure(), host_root_9p(), tmp_path, timeout=GLOBAL_TIMEOUT))
+    device, writeback_every = GLOBAL_VARIANTS[variant]
+    cfg = global_pressure(device=device, writeback_every=writeback_every)
+    run = boot(qemu_assets, cfg, global_pressure_devices(cfg, tmp_path), tmp_path, timeout=GLOBAL_TIMEOUT)
+    check_guest_swap(run, writeback=bool(writeback_every))

@@ -127,6 +127,7 @@ class GuestConfig:
     hog_memory_high: str = ""       # cgroup memory.high for memhog; "" = global pressure
     discard: str = "pages"          # swapon -d POLICY ("" = no discard)
     extra: dict[str, str] = field(default_factory=dict)   # more variables (mode b's server)
+    modules: tuple[str, ...] = ()   # kernel modules beyond the mode's (a backing disk's driver)
 
     def conf(self) -> str:
         items = {"MODE": self.mode, "HOG_MB": str(self.hog_mb), "HOG_PASSES": str(self.hog_passes),
@@ -148,7 +149,7 @@ def build_initramfs(kernel: GuestKernel, cfg: GuestConfig, memhog: Path, busybox
     img.symlink("bin/sh", "busybox")
     img.copy("init", HERE / "init.sh", 0o755)
     img.copy("bin/memhog", memhog, 0o755)
-    order = kernel.load_order(MODULES[cfg.mode])
+    order = kernel.load_order(MODULES[cfg.mode] + list(cfg.modules))
     for name in order:
         img.copy(f"lib/modules/{name}.ko", kernel.module_path(name), 0o644)
     img.file("etc/modules.list", "".join(n + "\n" for n in order).encode())
@@ -220,6 +221,16 @@ def nbd_disk(socket_path: Path, export: str = "zram0") -> list[str]:
     return ["-blockdev", f"driver=nbd,node-name=swap0,server.type=unix,server.path={path},"
             f"export={export},discard=unmap",
             "-device", "virtio-blk-pci,drive=swap0"]
+
+
+def backing_disk(image: Path, size: int) -> list[str]:
+    """A virtio disk for the guest (its first, ``/dev/vda``, in mode B) over a
+    sparse raw image of ``size`` bytes: a real block device for writeback."""
+    with open(image, "wb") as f:
+        f.truncate(size)
+    path = str(image).replace(",", ",,")
+    return ["-drive", f"file={path},format=raw,if=none,id=backing0",
+            "-device", "virtio-blk-pci,drive=backing0"]
 
 
 def host_root_9p() -> list[str]:

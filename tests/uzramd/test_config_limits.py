@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from uzram.daemon.config import MAX_CONFIG_BYTES, ConfigError, build
+from uzram.daemon.config import AUTO_RESERVE, MAX_CONFIG_BYTES, ConfigError, build, swap_mode
 
 
 def test_limits_from_options_and_file(tmp_path: Path) -> None:
@@ -60,3 +60,38 @@ def test_uzramd_reports_a_bad_file_and_exits_2(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "uzram.daemon", "--config", str(f)],
                          capture_output=True, text=True, timeout=30)
     assert res.returncode == 2 and res.stderr.startswith("uzramd: ") and "Traceback" not in res.stderr
+
+
+def test_swap_and_reserve_from_file_and_options(tmp_path: Path) -> None:
+    """``swap = true`` means ``--swap``; ``reserve`` is ``--reserve``; the options win."""
+    assert swap_mode(build(None, [], None, []), False, None) == (False, 0)
+    assert swap_mode(build(None, [], None, []), True, None) == (True, AUTO_RESERVE)
+    f = tmp_path / "u.toml"
+    f.write_text("[uzramd]\nswap = true\n")
+    cfg = build(str(f), [], None, [])
+    assert swap_mode(cfg, False, None) == (True, AUTO_RESERVE)
+    assert swap_mode(cfg, False, "8M") == (True, 8 << 20)
+    f.write_text('[uzramd]\nswap = true\nreserve = "32M"\n')
+    assert swap_mode(build(str(f), [], None, []), False, None) == (True, 32 << 20)
+    assert swap_mode(build(str(f), [], None, []), False, "0") == (True, 0)
+    f.write_text("[uzramd]\nswap = false\nreserve = 1048576\n")
+    assert swap_mode(build(str(f), [], None, []), False, None) == (False, 1 << 20)
+    assert swap_mode(build(str(f), [], None, []), True, None) == (True, 1 << 20)
+    f.write_text('[uzramd]\nreserve = "auto"\n')
+    assert swap_mode(build(str(f), [], None, []), False, None) == (False, AUTO_RESERVE)
+
+
+@pytest.mark.parametrize("line", [
+    'swap = "yes"', "swap = 1", 'reserve = "lots"', "reserve = -1", 'reserve = "16Q"', "reserve = true",
+    'reserve = "' + "9" * 5000 + '"', "reserve = 2.5",
+])
+def test_bad_swap_keys_are_config_errors(tmp_path: Path, line: str) -> None:
+    f = tmp_path / "bad.toml"
+    f.write_text(f"[uzramd]\n{line}\n")
+    with pytest.raises(ConfigError, match=line.split()[0]):
+        build(str(f), [], None, [])
+
+
+def test_bad_reserve_option_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="reserve"):
+        swap_mode(build(None, [], None, []), True, "some")

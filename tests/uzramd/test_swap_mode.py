@@ -76,3 +76,18 @@ def test_writes_within_the_reserve_fault_in_nothing(tmp_path: Path) -> None:
         plain = burst_faults(d)
     assert plain > 1000, f"the burst faulted only {plain} pages in without --swap"
     assert locked < 100, f"with --swap the burst still faulted {locked} pages in (without: {plain})"
+
+
+def test_swap_key_in_the_config_file_means_swap_mode(tmp_path: Path) -> None:
+    """``swap = true`` in [uzramd] does what --swap does (malloc, lock, reserve)."""
+    conf = tmp_path / "uzramd.toml"
+    conf.write_text('[uzramd]\nswap = true\nreserve = "16M"\n[zram0]\ndisksize = "64M"\n')
+    with uzramd(tmp_path / "d", "--config", str(conf), devices=()) as d:
+        st = wait_ready(d)
+        deadline = time.monotonic() + 20
+        while st["reserve"] == 0 and time.monotonic() < deadline:   # the keeper gives the pool its reserve
+            time.sleep(0.05)
+            st = wait_ready(d)
+    assert st["pymalloc"] == "malloc" and st["reserve"] == 16 * MiB, st
+    if os.geteuid() == 0:
+        assert st["locked"] is True, st

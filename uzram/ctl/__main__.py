@@ -19,7 +19,7 @@ from .client import Client, ControlError, DaemonNotRunning
 from .devices import DeviceView, dev_path
 from .histogram import render as render_histogram
 from .progress import ProgressBar
-from .sizes import SizeError, parse_size
+from .sizes import SizeError, human_size, parse_size
 from .table import COLUMNS, DEFAULT_COLUMNS, UnknownColumn, parse_columns, render
 
 PROG = "uzramctl"
@@ -364,6 +364,28 @@ def do_metrics(client: Client, args: argparse.Namespace) -> None:
         raise Failure(f"metrics: {e.strerror} ({e.detail})") from None
 
 
+def _shown(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def do_hardening(client: Client, args: argparse.Namespace) -> None:
+    """The daemon's memory measures in force and its pool reserves' state,
+    one ``name value`` line each (sizes in bytes with --bytes)."""
+    try:
+        state = client.request("hardening")["hardening"]
+    except ControlError as e:
+        raise Failure(f"hardening: {e.strerror} ({e.detail})") from None
+    if not isinstance(state, dict):
+        raise ProtocolError("bad hardening reply from uzramd")
+    sizes = {"heap_cushion", "reserve", "reserve_free"}
+    width = max((len(k) for k in state), default=0)
+    for key, value in state.items():
+        text = human_size(value) if key in sizes and not args.bytes and isinstance(value, int) else _shown(value)
+        print(f"{key:<{width}}  {text}")
+
+
 @dataclass(frozen=True)
 class Action:
     """One thing uzramctl does: how it is asked for, what it runs."""
@@ -419,6 +441,9 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
         "--hot-remove", metavar="<id>", help="remove a device (N, zramN or /dev/zramN)")),
     Action("metrics", do_metrics, "none", "--metrics", _flag(
         "--metrics", help="print every device's statistics and the NBD request metrics in Prometheus' text format")),
+    Action("hardening", do_hardening, "none", "--hardening [--bytes]", _flag(
+        "--hardening", help="print uzramd's memory measures in force (--swap) and its pool reserves' state: "
+        "low_reserve while work that allocates is shed")),
 )}
 
 _EXTRA = tuple(a.dest for a in ACTIONS.values() if a.extra)

@@ -42,7 +42,9 @@ class Config:
     log_level: str = "warning"
     limits: Limits = field(default_factory=lambda: Limits())
     metrics: Listen | None = None  # Prometheus endpoint
-    swap: dict[str, dict[str, str]] = field(default_factory=dict)  # zram-generator's swap settings
+    swap_settings: dict[str, dict[str, str]] = field(default_factory=dict)  # zram-generator's, per device
+    swap: bool = False                       # serve swap on this machine (--swap)
+    reserve: int | None = None               # pool reserve per device (--reserve); None: by ``swap``
     warnings: list[str] = field(default_factory=list)
     tls: str | None = None                   # off, on, require; None: require with certificates
     tls_certificates: Path | None = None     # nbdkit layout: ca-cert.pem, server-cert.pem, server-key.pem
@@ -139,7 +141,7 @@ def load_zram_generator(path: Path, cfg: Config) -> None:
         plan = zramgen.read(zramgen.fragments_for(path))
         for dev in plan.devices:
             cfg.devices.append(DeviceSpec(dev.name, zramgen.device_attrs(dev, plan.warnings.append)))
-            cfg.swap[dev.name] = zramgen.swap_settings(dev)
+            cfg.swap_settings[dev.name] = zramgen.swap_settings(dev)
     except zramgen.ZramGenError as e:
         raise ConfigError(f"{path}: {e}") from e
     cfg.warnings.extend(plan.warnings)
@@ -201,6 +203,15 @@ def _apply_file(path: Path, data: dict[str, Any], cfg: Config) -> None:
                 raise ConfigError(f"{path}: [uzramd] {e}") from None
         elif key == "metrics":
             cfg.metrics = parse_listen(str(value))
+        elif key == "swap":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{path}: [uzramd] swap must be true or false")
+            cfg.swap = value
+        elif key == "reserve":
+            try:
+                cfg.reserve = parse_reserve(value)
+            except ConfigError as e:
+                raise ConfigError(f"{path}: [uzramd] {e}") from None
         else:
             raise ConfigError(f"{path}: unknown key {key!r} in [uzramd]")
     for name, table in data.items():
@@ -240,6 +251,37 @@ def _as_text(value: object) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
     return str(value)
+
+
+AUTO_RESERVE = -1
+"""The reserve sized from each device (see ``reserve.reserve_for``)."""
+
+
+def parse_reserve(value: object) -> int:
+    """``auto``, or a size: bytes as a number, or text such as ``16M``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number, ok = value, True
+    else:
+        text = str(value).strip()
+        if text.lower() == "auto":
+            return AUTO_RESERVE
+        number, used = memparse(text)
+        ok = bool(text) and used == len(text)
+    if not ok or isinstance(value, bool) or not 0 <= number <= 1 << 40:
+        raise ConfigError(f"reserve: bad value {str(value)[:40]!r}: auto, 0, or a size such as 16M")
+    return number
+
+
+def swap_mode(cfg: Config, swap_option: bool, reserve_option: str | None) -> tuple[bool, int]:
+    """Whether to serve swap on this machine and the pool reserve setting:
+    ``--swap`` or the file's ``swap = true``; ``--reserve``, else the
+    file's ``reserve``, else auto with swap and 0 without."""
+    swap = swap_option or cfg.swap
+    if reserve_option is not None:
+        return swap, parse_reserve(reserve_option)
+    if cfg.reserve is not None:
+        return swap, cfg.reserve
+    return swap, AUTO_RESERVE if swap else 0
 
 
 LIMIT_KEYS = ("max_buffer_memory", "max_connections", "idle_timeout", "shutdown_timeout")

@@ -115,7 +115,7 @@ async def _dispatch(daemon: Daemon, line: bytes, stream: trio.SocketStream) -> d
                                progress if req.get("progress") else None)
             return {"ok": True}
         if cmd == "hot_add":
-            return {"ok": True, "value": daemon.registry.hot_add()}
+            return {"ok": True, "value": daemon.hot_add()}
         if cmd == "hot_remove":
             await daemon.hot_remove(_field(req, "value"))
             return {"ok": True}
@@ -127,8 +127,8 @@ async def _dispatch(daemon: Daemon, line: bytes, stream: trio.SocketStream) -> d
             return {"ok": True, "value": render(daemon)}
         if cmd == "version":
             return {"ok": True, "version": __version__}
-        if cmd == "hardening":   # the memory measures in force (uzram/daemon/hardening.py)
-            return {"ok": True, "hardening": dict(hardening.STATE)}
+        if cmd == "hardening":   # the memory measures in force and the reserves' state
+            return {"ok": True, "hardening": {**hardening.STATE, **daemon.admission.state()}}
         return error_reply(OSError(errno.EINVAL, f"unknown command {cmd!r}"))
     except OSError as e:
         event(log, logging.DEBUG, "control request failed", cmd=cmd, errno=e.errno, error=e.strerror)

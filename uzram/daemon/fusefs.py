@@ -240,7 +240,7 @@ class SysfsTree(pyfuse3.Operations):
                 return await self._read_data(h.export, off, size)
             if h.text is None:
                 if kind == "hot_add":
-                    h.text = self.daemon.registry.hot_add().encode()
+                    h.text = self.daemon.hot_add().encode()
                 else:
                     h.text = self._device(dev_id).show(name).encode()
         except OSError as e:

@@ -146,6 +146,48 @@ def preload() -> None:
         dev.read_chunks(0, 128 << 10)
         dev.discard(0, 64 << 10)
         dev.reset()
+    try:
+        warm_jobs(page)
+    except (OSError, ValueError):   # best effort: the daemon serves without it
+        pass
+
+
+def warm_jobs(page: bytes) -> None:
+    """Run the jobs once (idle marking, recompression, compaction, writeback
+    to a scratch backing file in $TMPDIR and reading it back): their code (numpy's
+    too) is then resident and locked, so a writeback asked for under
+    pressure does not fault it in on the thread that serves NBD."""
+    import tempfile
+
+    from ..zram import ZramDevice
+    from ..zram.device import PendingRead
+    with tempfile.TemporaryDirectory(prefix="uzramd-warmup-") as tmp:
+        path = os.path.join(tmp, "backing")
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        try:
+            os.ftruncate(fd, 1 << 20)
+        finally:
+            os.close(fd)
+        dev = ZramDevice("warmup")
+        dev.store("backing_dev", path)
+        try:
+            dev.store("recomp_algorithm", "algo=zstd priority=1")
+        except OSError:
+            pass
+        dev.store("disksize", "1M")
+        noise = os.urandom(4096)
+        for i in range(32):
+            dev.write(i * 4096, (page, noise, bytes(4096))[i % 3], False)
+        for attr, value in (("idle", "all"), ("recompress", "type=huge"), ("compact", "1"),
+                            ("writeback", "huge"), ("writeback", "idle")):
+            try:
+                dev.store(attr, value)
+            except OSError:
+                pass
+        chunks = dev.read_chunks(0, 128 << 10)
+        if isinstance(chunks, PendingRead) and dev.backing is not None:
+            dev.finish_read(chunks, dev.backing.read_blocks(chunks.blocks))
+        dev.reset()
 
 
 def protect_from_oom() -> bool:

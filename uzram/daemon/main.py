@@ -17,7 +17,6 @@ from .. import __version__
 from ..control import default_control_path
 from ..nbd import tls as tls_mod
 from ..nbd.server import NBDServer, ServerConfig
-from ..zram.kparse import memparse
 from . import config as config_mod
 from . import control, gcpolicy, hardening, marker, metrics, reserve, sockets, systemd
 from .logs import event, setup
@@ -47,7 +46,7 @@ def write_swap_settings(cfg: config_mod.Config) -> list[str]:
     """zram-generator's swap-priority/options/fs-type for the swap unit
     (systemd/uzram-swap), as ``NAME.swap`` beside the control socket."""
     written = []
-    for name, settings in cfg.swap.items():
+    for name, settings in cfg.swap_settings.items():
         path = cfg.control.parent / f"{name}.swap"
         try:
             path.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in settings.items()))
@@ -142,7 +141,7 @@ async def run(cfg: config_mod.Config, quiet: bool = False, reserve_setting: int 
             nursery.start_soon(gcpolicy.collect_when_quiet, lambda: activity(registry, nbd, daemon))
             if reserve_setting:
                 nursery.start_soon(reserve.keep_reserves, registry, reserve_setting,
-                                   bool(hardening.STATE.get("locked")))
+                                   bool(hardening.STATE.get("locked")), daemon.admission)
             event(log, logging.INFO, "ready", listen=" ".join(names), control=str(cfg.control),
                   devices=" ".join(d.name for d in registry.devices()),
                   max_connections=nbd.max_connections, max_buffer_memory=limits.max_buffer_memory)
@@ -220,15 +219,6 @@ def tls_settings(cfg: config_mod.Config) -> tls_mod.TLSSettings:
         raise config_mod.ConfigError(str(e)) from None
 
 
-def parse_reserve(text: str) -> int:
-    if text.strip().lower() == "auto":
-        return reserve.AUTO
-    number, used = memparse(text.strip())
-    if not text.strip() or used != len(text.strip()) or not 0 <= number <= 1 << 40:
-        raise config_mod.ConfigError(f"reserve: bad value {text[:40]!r}: auto, 0, or a size such as 16M")
-    return number
-
-
 # uzramd's option groups: (title, ((option, metavar or None for a flag, help), ...))
 OPTION_GROUPS: tuple[tuple[str, tuple[tuple[str, str | None, str], ...]], ...] = (
     ("limits", (
@@ -240,9 +230,10 @@ OPTION_GROUPS: tuple[tuple[str, tuple[tuple[str, str | None, str], ...]], ...] =
     )),
     ("swap under memory pressure", (
         ("--swap", None, "serve swap on the same machine: lock the daemon's memory (CAP_IPC_LOCK), "
-         "prefault receive buffers, keep a pool reserve, never trim the heap"),
+         "prefault receive buffers, keep a pool reserve, never trim the heap "
+         "(the config file's swap = true)"),
         ("--reserve", "SIZE", "prefaulted pool memory kept per device for swap-outs under pressure "
-         "(default with --swap: auto, 1/8 of disksize within 16M..256M; else 0)"),
+         "(default with --swap: auto, 1/8 of disksize within 16M..256M; else 0; the config file's reserve)"),
     )),
 )
 
@@ -293,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.metrics = config_mod.parse_listen(args.metrics)
         config_mod.apply_tls(cfg, args.tls, args.tls_certificates, args.tls_verify_peer)
         tls_settings(cfg)  # certificate and policy errors before anything starts
-        reserve_setting = parse_reserve(args.reserve or ("auto" if args.swap else "0"))
+        swap, reserve_setting = config_mod.swap_mode(cfg, args.swap, args.reserve)
     except config_mod.ConfigError as e:
         print(f"uzramd: {e}", file=sys.stderr)
         return 2
@@ -305,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     setup(level)
     for warning in cfg.warnings:
         event(log, logging.WARNING, warning)
-    hardening.apply(lock=args.swap)
+    hardening.apply(lock=swap)
     try:
         return trio.run(run, cfg, args.quiet, reserve_setting)
     except config_mod.ConfigError as e:

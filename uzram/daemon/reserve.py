@@ -12,7 +12,8 @@ short of memory) stores fail with ENOMEM, counted in the pool's
 Under sustained global pressure the feed rarely wins a page (the process
 that fills memory takes every page a swap-out frees), so what the reserve
 holds when pressure starts is what the pool can grow by: size it for the
-swap-out of one pressure episode (``--reserve``).
+swap-out of one pressure episode (``--reserve``). While a reserve runs low
+the daemon sheds the work that would take from it (``admission.py``).
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ import trio
 from ..zram.chunkfeed import ChunkFeed
 from ..zram.slots import SlotTable
 from ..zram.zsmalloc import CHUNK_BYTES, ZsPool, populate_mapping, prefaulted_chunk
+from .admission import Admission
+from .config import AUTO_RESERVE
 from .logs import event
 from .registry import DeviceRegistry
 
 log = logging.getLogger("uzram.daemon")
 
-AUTO = -1
+AUTO = AUTO_RESERVE
 MIN_AUTO, MAX_AUTO = 16 << 20, 256 << 20
 MAX_TABLE_PREFAULT = 64 << 20       # slot tables larger than this fault in as used
 
@@ -52,8 +55,9 @@ def prefault_table(table: SlotTable) -> None:
 
 
 async def keep_reserves(registry: DeviceRegistry, setting: int, locked: bool,
-                        every: float = 0.1) -> None:
-    """Give each device's pool its feed and reserve; report refused stores."""
+                        admission: Admission | None = None, every: float = 0.1) -> None:
+    """Give each device's pool its feed and reserve; report refused stores
+    and (``admission``) entering and leaving the low-reserve state."""
     pools: dict[int, tuple[ZsPool, str, int]] = {}   # id -> pool, device, misses reported
     while True:
         live: set[int] = set()
@@ -82,4 +86,6 @@ async def keep_reserves(registry: DeviceRegistry, setting: int, locked: bool,
             if k not in live:
                 pool = pools.pop(k)[0]
                 pool.set_feed(None, 0)
+        if admission is not None:
+            admission.update()
         await trio.sleep(every)

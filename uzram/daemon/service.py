@@ -21,6 +21,7 @@ from ..zram import ZramDevice
 from ..zram import attrs
 from ..zram.kparse import kstrtoint
 from . import jobs
+from .admission import SHED_STORES, Admission
 from .registry import DeviceRegistry
 
 Progress = Callable[[int, int, str], Awaitable[None]]
@@ -35,6 +36,7 @@ class Daemon:
         self.nbd = nbd
         self._work: dict[str, jobs.DeviceWork] = {}
         self._nursery: trio.Nursery | None = None
+        self.admission = Admission(registry)
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Host device work until cancelled (which cancels what still runs;
@@ -88,6 +90,8 @@ class Daemon:
         service, all of them in the service's nursery."""
         if not value:
             return  # a zero-length write never reaches the attribute
+        if attr in SHED_STORES:
+            self.admission.admit(f"{attr} on {dev.name}")
         await self._in_service(self._store, dev, attr, value, progress)
 
     async def _store(self, dev: ZramDevice, attr: str, value: str, progress: Progress | None) -> None:
@@ -99,6 +103,11 @@ class Daemon:
             return
         job, status = attrs.store_job(dev, attr, value)
         await work.run(job, serialised=attr in attrs.SERIALISED, status=status, progress=progress)
+
+    def hot_add(self) -> str:
+        """zram-control's hot_add (refused while the pool reserve is low)."""
+        self.admission.admit("hot_add")
+        return self.registry.hot_add()
 
     async def _reset(self, dev: ZramDevice) -> None:
         """Refuse while clients are attached; otherwise block new opens, stop
