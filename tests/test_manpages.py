@@ -55,8 +55,14 @@ def test_config_page_keys_are_the_configs(pages, tmp_path):
     text = pages["uzramd.toml.5"]
     section = text[text.index("\n[uzramd]\n"):text.index("\n[zramN]\n")]
     keys = re.findall(r"^ {7}(\w+)", section, re.M)
-    assert set(keys) == {"listen", "control", "fuse", "metrics", "log_level"}
-    values = {"listen": '"tcp:1"', "control": '"/c"', "fuse": '"/f"', "metrics": '"tcp:2"', "log_level": '"info"'}
+    assert set(keys) == set(config.DAEMON_KEYS)
+    values = {"listen": '"unix:/l"', "control": '"/c"', "fuse": '"/f"', "metrics": '"tcp:2"', "log_level": '"info"',
+              "tls": '"off"', "tls_certificates": '"/t"', "tls_verify_peer": "false", "max_buffer_memory": '"64M"',
+              "max_connections": "8", "idle_timeout": "30", "shutdown_timeout": "5", "swap": "false",
+              "reserve": '"0"'}
+    # every key the file accepts is documented (dashed spellings are aliases)
+    accepted = {k for k in [*config._TLS_KEYS, *config.LIMIT_KEYS] if "-" not in k}
+    assert accepted <= set(keys)
     for key in keys:   # each key documented is one the file accepts
         f = tmp_path / "u.toml"
         f.write_text(f"[uzramd]\n{key} = {values[key]}\n")

@@ -147,12 +147,8 @@ device to create at start. Command-line options add to it (listeners,
 devices) or override it (control socket, FUSE directory, metrics).
 """)
     lines += [".SH [uzramd]"]
-    for key, what in (("listen", "a string or a list of strings: unix:PATH or tcp:[HOST:]PORT (a TCP "
-                                 "listener without a host binds loopback only)"),
-                      ("control", "the control socket's path"),
-                      ("fuse", "mount the attribute tree at this directory"),
-                      ("metrics", "serve Prometheus metrics at unix:PATH or tcp:[HOST:]PORT"),
-                      ("log_level", "warning (the default), info or debug")):
+    from .daemon.config import DAEMON_KEYS
+    for key, what in DAEMON_KEYS.items():
         lines += [".TP", f"\\fB{_esc(key)}\\fR", _esc(what)]
     lines += _text("[zramN]", """
 Each key is a zram attribute, stored in the order written, with the

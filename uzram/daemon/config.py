@@ -220,6 +220,24 @@ def _apply_file(path: Path, data: dict[str, Any], cfg: Config) -> None:
         cfg.devices.append(DeviceSpec(name, [(k, _as_text(v)) for k, v in table.items()]))
 
 
+DAEMON_KEYS = {   # every key of [uzramd], as uzramd.toml(5) documents it
+    "listen": "a string or a list of strings: unix:PATH or tcp:[HOST:]PORT (a TCP listener without a host "
+              "binds loopback only)",
+    "control": "the control socket's path",
+    "fuse": "mount the attribute tree at this directory",
+    "metrics": "serve Prometheus metrics at unix:PATH or tcp:[HOST:]PORT",
+    "log_level": "warning (the default), info or debug",
+    "tls": "off, on or require (--tls); a TCP listener needs on or require, or off said explicitly",
+    "tls_certificates": "the directory of server-cert.pem, server-key.pem and ca-cert.pem (--tls-certificates)",
+    "tls_verify_peer": "true: clients must present a certificate signed by ca-cert.pem",
+    "max_buffer_memory": "bytes held for requests in flight, all connections together (--max-buffer-memory)",
+    "max_connections": "NBD connections at once (--max-connections)",
+    "idle_timeout": "seconds a connection may stall mid-request or leave replies unread (--idle-timeout)",
+    "shutdown_timeout": "seconds given to requests in flight at SIGTERM (--shutdown-timeout)",
+    "swap": "true: serve swap on this machine (--swap): locked memory, a pool reserve, admission",
+    "reserve": "auto, 0 or a size: prefaulted pool memory per device under swap (--reserve)",
+}
+
 _TLS_KEYS = {"tls": "tls", "tls_certificates": "tls_certificates", "tls-certificates": "tls_certificates",
              "tls_verify_peer": "tls_verify_peer", "tls-verify-peer": "tls_verify_peer"}
 
