@@ -171,14 +171,19 @@ def test_compaction_is_a_job_of_the_attribute():
 
 # -- sub-page writes into written-back pages ------------------------------------------------------
 
-def test_subpage_write_into_written_back_page_reads_its_block_through_an_offload(tmp_path):
+def _device_with_backing(tmp_path):
+    """A 1 MiB device with a private 64-page backing file, and a compressible page."""
     backing = tmp_path / "backing"
     with open(os.open(backing, os.O_CREAT | os.O_WRONLY, 0o600), "wb") as f:   # private, as backing_dev requires
         f.truncate(64 * PAGE)
     dev = ZramDevice()
     dev.store("backing_dev", str(backing))
     dev.store("disksize", "1M")
-    page = pages.compressible(random.Random(5))
+    return dev, pages.compressible(random.Random(5))
+
+
+def test_subpage_write_into_written_back_page_reads_its_block_through_an_offload(tmp_path):
+    dev, page = _device_with_backing(tmp_path)
     dev.write(0, page)
     dev.store("writeback", "page_index=0")
     assert dev.slot_state(0)[1] & WB
@@ -197,13 +202,7 @@ def test_subpage_write_into_written_back_page_reads_its_block_through_an_offload
 
 
 def test_subpage_write_into_written_back_page_sync(tmp_path):
-    backing = tmp_path / "backing"
-    with open(os.open(backing, os.O_CREAT | os.O_WRONLY, 0o600), "wb") as f:   # private, as backing_dev requires
-        f.truncate(64 * PAGE)
-    dev = ZramDevice()
-    dev.store("backing_dev", str(backing))
-    dev.store("disksize", "1M")
-    page = pages.compressible(random.Random(5))
+    dev, page = _device_with_backing(tmp_path)
     dev.write(0, page + page)
     dev.store("writeback", "page_indexes=0-1")
     run(dev.write_steps(PAGE - 10, b"y" * 20))

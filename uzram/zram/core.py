@@ -24,7 +24,7 @@ from .disk import Disk, Settings, Stats, oserror
 from .jobs import Job, run
 from .sizeclass import CHAIN_SIZE_DEFAULT, PAGE_SIZE
 from .slots import (
-    ALLOCATED, HUGE, IDLE, INCOMPRESSIBLE, PP_SLOT, PRIO_MASK, PRIO_SHIFT, SAME, SIZE_MASK, WB,
+    ALLOCATED, HUGE, IDLE, INCOMPRESSIBLE, NUM_PRIOS, PP_SLOT, PRIO_MASK, PRIO_SHIFT, SAME, SIZE_MASK, WB,
     SlotState, SlotTable, in_ram_object, priority_of, state_of,
 )
 from .writepath import STEP_SCAN, WritePath
@@ -189,7 +189,7 @@ class ZramCore(WritePath):
 
     # -- post-processing primitives (the PP_SLOT protocol, see slots.py) ---------------------
 
-    def pp_select(self, lo: int, hi: int, need: int, skip: int = 0, below_prio: int = 4) -> tuple[list[int], bytes]:
+    def pp_select(self, lo: int, hi: int, need: int, skip: int = 0, below_prio: int = NUM_PRIOS) -> tuple[list[int], bytes]:
         """Mark PP_SLOT on the in-RAM objects in [lo, hi) that have every flag
         of ``need``, none of ``skip``, a priority below ``below_prio`` and no
         mark yet; returns their indexes and their stored sizes >>

@@ -67,20 +67,15 @@ def run(job: Job[T]) -> T:
             if isinstance(req, Ticket):
                 value, error = req.result, req.error
                 continue
+            result: Any = None
             try:
                 result = req.fn(*req.args)
             except Exception as e:
-                if req.background:
-                    ticket = Ticket()
-                    ticket.error, ticket.done = e, True
-                    value = ticket
-                else:
-                    error = e
-                continue
-            if req.background:
+                error = e
+            if req.background:   # a background request's outcome goes into its ticket
                 ticket = Ticket()
-                ticket.result, ticket.done = result, True
-                value = ticket
+                ticket.result, ticket.error, ticket.done = result, error, True
+                value, error = ticket, None
             else:
                 value = result
     except StopIteration as stop:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import errno
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from . import kparse
@@ -31,7 +31,7 @@ from .backing import BackingStore
 from .core import PP_BUCKET_SHIFT, ZramCore
 from .jobs import Job, Offload, Ticket, run
 from .sizeclass import PAGE_SIZE
-from .slots import HUGE, IDLE, INCOMPRESSIBLE
+from .slots import HUGE, IDLE, INCOMPRESSIBLE, NUM_PRIOS
 
 # A mode is the set of flags a slot must have to be picked.
 _WRITEBACK_MODES = {
@@ -79,6 +79,24 @@ class _Buckets:
                 yield None
         self.parts = [array("q") for _ in self.parts]
         return out
+
+
+def _select_steps(dev: ZramCore, windows: Iterable[tuple[int, int, int, int, int]]) -> Job[array[int]]:
+    """Mark what ``pp_select`` picks in each (lo, hi, need, skip, below_prio)
+    window, one window per step, and return the picked slots by size bucket;
+    stopped midway, the marks made so far are released."""
+    buckets = _Buckets()
+    complete = False
+    try:
+        for lo, hi, need, skip, below in windows:
+            buckets.add(*dev.pp_select(lo, hi, need, skip=skip, below_prio=below))
+            yield None
+        picked = yield from buckets.all_steps()
+        complete = True
+    finally:
+        if not complete:
+            dev.pp_unmark(buckets.all())
+    return picked
 
 
 def _release_steps(job: WritebackJob | RecompressJob) -> Job[None]:
@@ -183,19 +201,9 @@ class WritebackJob:
     def select_steps(self) -> Job[None]:
         """Scan and mark the slots, STEP_SCAN per step; on being stopped
         midway, the marks made so far are released."""
-        dev = self.dev
-        buckets = _Buckets()
-        complete = False
-        try:
-            for mode, lo, hi in self.scans:
-                for start in range(lo, hi, STEP_SCAN):
-                    buckets.add(*dev.pp_select(start, min(hi, start + STEP_SCAN), mode))
-                    yield None
-            picked = yield from buckets.all_steps()
-            complete = True
-        finally:
-            if not complete:
-                dev.pp_unmark(buckets.all())
+        windows = ((start, min(hi, start + STEP_SCAN), mode, 0, NUM_PRIOS)
+                   for mode, lo, hi in self.scans for start in range(lo, hi, STEP_SCAN))
+        picked = yield from _select_steps(self.dev, windows)
         self.scans = []
         self.slots = picked
         self.total = len(picked)
@@ -369,21 +377,11 @@ class RecompressJob:
 
     def select_steps(self) -> Job[None]:
         """Scan and mark candidates, STEP_SCAN slots per step."""
-        dev = self.dev
-        nr_pages = dev.require_disk().nr_pages
-        buckets = _Buckets()
-        complete = False
-        try:
-            for start in range(0, nr_pages, STEP_SCAN):
-                # slots already at or above the last usable priority are skipped
-                buckets.add(*dev.pp_select(start, min(nr_pages, start + STEP_SCAN), self.mode_bits,
-                                           skip=INCOMPRESSIBLE, below_prio=self.prio_max - 1))
-                yield None
-            picked = yield from buckets.all_steps()
-            complete = True
-        finally:
-            if not complete:
-                dev.pp_unmark(buckets.all())
+        nr_pages = self.dev.require_disk().nr_pages
+        # slots already at or above the last usable priority are skipped
+        windows = ((start, min(nr_pages, start + STEP_SCAN), self.mode_bits, INCOMPRESSIBLE, self.prio_max - 1)
+                   for start in range(0, nr_pages, STEP_SCAN))
+        picked = yield from _select_steps(self.dev, windows)
         self.slots = picked
         self.total = len(picked)
         self.selected = True

@@ -88,15 +88,7 @@ class ReadPath(DeviceState):
         table.ac_time[i] = now
         if f & SPECIAL:
             return self._read_special(disk, i, f, defer)
-        decompress0 = disk.decompress0
-        obj = disk.pool.view(table.handle[i], f & SIZE_MASK)
-        try:
-            page = decompress0(obj, PAGE_SIZE)
-        except Exception:
-            page = b""   # the checked call below raises EIO
-        if len(page) != PAGE_SIZE:
-            page = self.decompress(decompress0, obj)
-        return page
+        return self.decompress(disk.decompress0, disk.pool.view(table.handle[i], f & SIZE_MASK))
 
     def _read_run(self, disk: Disk, first: int, stop: int, now: int, defer: list[tuple[int, int]] | None) -> Chunks:
         """``_read_page`` over [first, stop), inlined for multi-page requests

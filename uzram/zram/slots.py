@@ -86,6 +86,7 @@ IDLE = 1 << 17            # ZRAM_IDLE
 INCOMPRESSIBLE = 1 << 18  # ZRAM_INCOMPRESSIBLE: no recompression helped
 PRIO_SHIFT = 19
 PRIO_MASK = 3 << PRIO_SHIFT   # ZRAM_COMP_PRIORITY: 0 primary, 1..3 recompressed
+NUM_PRIOS = 4   # priorities 0..3: a bound above every one of them
 ALLOCATED = SIZE_MASK | SAME | WB   # any of these bits set: the slot holds data
 ACCESS_CLEAR = ~(IDLE | PP_SLOT) & 0xFFFFFFFF   # what any access leaves of the flags
 SPECIAL = SAME | WB | HUGE | PRIO_MASK  # slots the primary decompressor does not read

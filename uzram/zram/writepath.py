@@ -108,6 +108,12 @@ class WritePath(ReadPath):
         self.stats.same_pages += 1
         self.stats.pages_stored += 1
 
+    def _count_write(self, length: int) -> None:
+        """io_stat's and stat's view of a write request (a failing one included)."""
+        st = self.stats
+        st.write_ios += 1
+        st.write_sectors += (length + 511) >> SECTOR_SHIFT
+
     def write(self, offset: int, data: Buffer, fua: bool = False) -> None:
         """Write ``data`` at ``offset``; any alignment (sub-page parts are
         read-modify-written). ``data`` is consumed before this returns.
@@ -120,33 +126,17 @@ class WritePath(ReadPath):
         disk = self.disk
         if not (single and disk is not None and 0 <= offset < disk.disksize):
             disk = self.check_range(offset, length, True)
-        st = self.stats
-        st.write_ios += 1
-        st.write_sectors += (length + 511) >> SECTOR_SHIFT
+        self._count_write(length)
         if disk is None or not length:
             return
         now = self.clock()
+        if not single:
+            run(self._write_parts(disk, offset, mv, now))
+            return
         try:
-            if single:
-                self._write_run(disk, offset >> PAGE_SHIFT, mv, 1, now)
-                return
-            pos = 0
-            i = offset >> PAGE_SHIFT
-            head = offset & (PAGE_SIZE - 1)
-            if head or length < PAGE_SIZE:
-                n = min(PAGE_SIZE - head, length)
-                self._patch_page(disk, i, head, mv[:n], now)
-                pos = n
-                i += 1
-            whole = (length - pos) >> PAGE_SHIFT
-            if whole:
-                self._write_run(disk, i, mv[pos : pos + (whole << PAGE_SHIFT)], whole, now)
-                pos += whole << PAGE_SHIFT
-                i += whole
-            if pos < length:
-                self._patch_page(disk, i, 0, mv[pos:], now)
+            self._write_run(disk, offset >> PAGE_SHIFT, mv, 1, now)
         except OSError:
-            st.failed_writes += 1
+            self.stats.failed_writes += 1
             raise
         finally:
             if self.settings.backing is not None:
@@ -204,12 +194,16 @@ class WritePath(ReadPath):
         mv = memoryview(data).cast("B")
         length = mv.nbytes
         disk = self.check_range(offset, length, True)
-        st = self.stats
-        st.write_ios += 1
-        st.write_sectors += (length + 511) >> SECTOR_SHIFT
+        self._count_write(length)
         if disk is None or not length:
             return
-        now = self.clock()
+        yield from self._write_parts(disk, offset, mv, self.clock())
+
+    def _write_parts(self, disk: Disk, offset: int, mv: memoryview, now: int) -> Job[None]:
+        """The pages of a write: a sub-page head, whole pages, a sub-page tail
+        (the sub-page parts read-modify-write, through an Offload where the
+        page is written back)."""
+        length = mv.nbytes
         try:
             pos = 0
             i = offset >> PAGE_SHIFT
@@ -227,7 +221,7 @@ class WritePath(ReadPath):
             if pos < length:
                 yield from self._patch_steps(disk, i, 0, mv[pos:], now)
         except OSError:
-            st.failed_writes += 1
+            self.stats.failed_writes += 1
             raise
         finally:
             self.apply_backing_releases()
@@ -328,7 +322,7 @@ class WritePath(ReadPath):
                 st.notify_free += last - first
             yield from self._free_steps(disk, first, last - first, not unmap, now)
         except OSError:
-            st.failed_writes += 1
+            self.stats.failed_writes += 1
             raise
         finally:
             self.apply_backing_releases()
