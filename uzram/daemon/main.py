@@ -21,9 +21,10 @@ from . import control, gcpolicy, hardening, marker, metrics, procmode, reserve, 
 from .logs import event, setup
 from .registry import DeviceRegistry
 from .service import Daemon
-from .startup import attach_hint, configure_devices, describe, trim_heap_after_load, write_swap_settings
+from .startup import (activity, attach_hint, configure_devices, describe, trim_heap_after_load,
+                      write_swap_settings)
 
-__all__ = ["attach_hint", "configure_devices", "describe", "main", "parser", "run", "trim_heap_after_load",
+__all__ = ["activity", "attach_hint", "configure_devices", "describe", "main", "parser", "run", "trim_heap_after_load",
            "write_swap_settings"]
 
 log = logging.getLogger("uzram.daemon")
@@ -134,15 +135,6 @@ async def run(cfg: config_mod.Config, quiet: bool = False, reserve_setting: int 
                 pass
     event(log, logging.INFO, "stopped")
     return 0
-
-
-def activity(registry: DeviceRegistry, nbd: NBDServer, daemon: Daemon) -> int:
-    """A number that changes whenever a client is being served or a job runs."""
-    served = 0
-    for dev in registry.devices():
-        st = dev.stats
-        served += st.read_ios + st.write_ios + st.discard_ios + st.flush_ios
-    return served + nbd.budget.used + nbd.connection_count + daemon.jobs_running()
 
 
 def tls_settings(cfg: config_mod.Config) -> tls_mod.TLSSettings:

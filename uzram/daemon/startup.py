@@ -15,6 +15,7 @@ from . import config as config_mod
 from . import hardening
 from .logs import event
 from .registry import DeviceRegistry, parse_device_name
+from .service import Daemon
 
 log = logging.getLogger("uzram.daemon")
 
@@ -87,3 +88,12 @@ async def trim_heap_after_load(nbd: NBDServer, every: float = 2.0) -> None:
 
 
 TRIM_AFTER = 8 << 20
+
+
+def activity(registry: DeviceRegistry, nbd: NBDServer, daemon: Daemon) -> int:
+    """A number that changes whenever a client is being served or a job runs."""
+    served = 0
+    for dev in registry.devices():
+        st = dev.stats
+        served += st.read_ios + st.write_ios + st.discard_ios + st.flush_ios
+    return served + nbd.budget.used + nbd.connection_count + daemon.jobs_running()

@@ -27,9 +27,9 @@ import trio
 from ..nbd.handover import Handover, receive_message, send_message
 from ..nbd.server import NBDServer, ServerConfig
 from . import config as config_mod
-from . import control, hardening, marker, reserve, sockets
+from . import control, gcpolicy, hardening, marker, reserve, sockets
 from .logs import event, setup
-from .startup import configure_devices, trim_heap_after_load
+from .startup import activity, configure_devices, trim_heap_after_load
 from .registry import DeviceRegistry
 from .service import Daemon
 
@@ -92,6 +92,8 @@ async def run(spec: WorkerSpec) -> int:
             await nursery.start(daemon.serve)
             await nursery.start(control.serve, control_sock, daemon)
             nursery.start_soon(trim_heap_after_load, nbd)
+            gcpolicy.take_over()
+            nursery.start_soon(gcpolicy.collect_when_quiet, lambda: activity(registry, nbd, daemon))
             if spec.reserve:
                 nursery.start_soon(reserve.keep_reserves, registry, spec.reserve,
                                    bool(hardening.STATE.get("locked")), daemon.admission)

@@ -147,7 +147,11 @@ class NBDServer:
     async def serve_negotiated(self, sock: trio.socket.SocketType, state: Handover, trailing: bytes) -> None:
         """Serve a connection whose handshake another process ran, from the
         transmission phase on: the export named in ``state`` is attached
-        here (a refusal closes the connection), then it is served as any."""
+        here (a refusal closes the connection), then it is served as any.
+        The connection limit applies as to accepted connections."""
+        if len(self._connections) >= self.max_connections:
+            self._refuse(sock)
+            return
         await self.serve_connection(sock, (state, trailing))
 
 
