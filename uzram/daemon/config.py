@@ -49,6 +49,7 @@ class Config:
     tls: str | None = None                   # off, on, require; None: require with certificates
     tls_certificates: Path | None = None     # nbdkit layout: ca-cert.pem, server-cert.pem, server-key.pem
     tls_verify_peer: bool = False
+    process_per_device: bool = False         # each device in a worker process of its own
 
 
 @dataclass
@@ -207,6 +208,10 @@ def _apply_file(path: Path, data: dict[str, Any], cfg: Config) -> None:
             if not isinstance(value, bool):
                 raise ConfigError(f"{path}: [uzramd] swap must be true or false")
             cfg.swap = value
+        elif key == "process_per_device":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{path}: [uzramd] process_per_device must be true or false")
+            cfg.process_per_device = value
         elif key == "reserve":
             try:
                 cfg.reserve = parse_reserve(value)
@@ -236,6 +241,8 @@ DAEMON_KEYS = {   # every key of [uzramd], as uzramd.toml(5) documents it
     "shutdown_timeout": "seconds given to requests in flight at SIGTERM (--shutdown-timeout)",
     "swap": "true: serve swap on this machine (--swap): locked memory, a pool reserve, admission",
     "reserve": "auto, 0 or a size: prefaulted pool memory per device under swap (--reserve)",
+    "process_per_device": "true: serve each device from a worker process of its own, so devices use "
+                          "separate cores (--process-per-device); not with TLS, fuse or metrics",
 }
 
 _TLS_KEYS = {"tls": "tls", "tls_certificates": "tls_certificates", "tls-certificates": "tls_certificates",

@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import struct
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -26,6 +27,9 @@ log = logging.getLogger("uzram.control")
 
 MAX_REQUEST = 1 << 20  # requests are small; a longer line is refused before parsing
 
+Handler = Callable[[bytes, trio.SocketStream], Awaitable[dict[str, Any]]]
+"""Answers one request line; may send progress lines on the stream first."""
+
 
 def peer_uid(sock: trio.socket.SocketType) -> int:
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -33,8 +37,16 @@ def peer_uid(sock: trio.socket.SocketType) -> int:
     return int(uid)
 
 
-async def serve(listen_sock: trio.socket.SocketType, daemon: Daemon, *,
-                task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+async def serve(listen_sock: trio.socket.SocketType, daemon: Daemon | None, *,
+                handler: Handler | None = None, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve control clients: requests go to ``handler``, by default the
+    daemon's own dispatch."""
+    if handler is None:
+        assert daemon is not None
+        served = daemon
+
+        async def handler(line: bytes, stream: trio.SocketStream) -> dict[str, Any]:
+            return await _dispatch(served, line, stream)
     async with trio.open_nursery() as nursery:
         task_status.started()
         while True:
@@ -48,10 +60,10 @@ async def serve(listen_sock: trio.socket.SocketType, daemon: Daemon, *,
                 event(log, logging.WARNING, "refused control client", uid=uid)
                 sock.close()
                 continue
-            nursery.start_soon(_client, sock, daemon)
+            nursery.start_soon(_client, sock, handler)
 
 
-async def _client(sock: trio.socket.SocketType, daemon: Daemon) -> None:
+async def _client(sock: trio.socket.SocketType, handler: Handler) -> None:
     """One control client: requests are answered in turn; a failure ends
     this client only."""
     stream = trio.SocketStream(sock)
@@ -66,7 +78,7 @@ async def _client(sock: trio.socket.SocketType, daemon: Daemon) -> None:
                 while (nl := buf.find(b"\n")) >= 0:
                     line = bytes(buf[:nl])
                     del buf[: nl + 1]
-                    reply = await _dispatch(daemon, line, stream)
+                    reply = await handler(line, stream)
                     await stream.send_all(encode(reply))
                 if len(buf) > MAX_REQUEST:
                     await stream.send_all(encode(error_reply(OSError(errno.E2BIG, "request too long"))))
@@ -77,7 +89,7 @@ async def _client(sock: trio.socket.SocketType, daemon: Daemon) -> None:
         log.exception("control client failed")
 
 
-def _decode(line: bytes) -> dict[str, Any]:
+def decode_request(line: bytes) -> dict[str, Any]:
     """A request, bounded before and while parsing: size, nesting, numbers."""
     if len(line) > MAX_REQUEST:
         raise OSError(errno.E2BIG, "request too long")
@@ -91,7 +103,7 @@ def _decode(line: bytes) -> dict[str, Any]:
 
 async def _dispatch(daemon: Daemon, line: bytes, stream: trio.SocketStream) -> dict[str, Any]:
     try:
-        req = _decode(line)
+        req = decode_request(line)
     except OSError as e:
         return error_reply(e)
     cmd = req.get("cmd")
@@ -101,27 +113,27 @@ async def _dispatch(daemon: Daemon, line: bytes, stream: trio.SocketStream) -> d
         if cmd == "status":
             return {"ok": True, "devices": [daemon.status(d) for d in daemon.registry.devices()]}
         if cmd == "attrs":
-            daemon.registry.get(_field(req, "device"))
+            daemon.registry.get(field(req, "device"))
             return {"ok": True, "attrs": {n: oct(attrs.MODES[n]) for n in attrs.names()}}
         if cmd == "show":
-            dev = daemon.registry.get(_field(req, "device"))
-            return {"ok": True, "value": dev.show(_field(req, "attr"))}
+            dev = daemon.registry.get(field(req, "device"))
+            return {"ok": True, "value": dev.show(field(req, "attr"))}
         if cmd == "store":
-            dev = daemon.registry.get(_field(req, "device"))
+            dev = daemon.registry.get(field(req, "device"))
 
             async def progress(done: int, total: int, what: str) -> None:
                 await stream.send_all(encode({"progress": {"done": done, "total": total, "what": what}}))
-            await daemon.store(dev, _field(req, "attr"), _field(req, "value"),
+            await daemon.store(dev, field(req, "attr"), field(req, "value"),
                                progress if req.get("progress") else None)
             return {"ok": True}
         if cmd == "hot_add":
             return {"ok": True, "value": daemon.hot_add()}
         if cmd == "hot_remove":
-            await daemon.hot_remove(_field(req, "value"))
+            await daemon.hot_remove(field(req, "value"))
             return {"ok": True}
         if cmd == "debug":
-            dev = daemon.registry.get(_field(req, "device"))
-            return {"ok": True, "value": dev.debugfs(_field(req, "name"))}
+            dev = daemon.registry.get(field(req, "device"))
+            return {"ok": True, "value": dev.debugfs(field(req, "name"))}
         if cmd == "metrics":
             from .metrics import render
             return {"ok": True, "value": render(daemon)}
@@ -139,7 +151,7 @@ async def _dispatch(daemon: Daemon, line: bytes, stream: trio.SocketStream) -> d
                                    f"{type(e).__name__}: {str(e)[:200]}"))
 
 
-def _field(req: dict[str, Any], name: str) -> str:
+def field(req: dict[str, Any], name: str) -> str:
     value = req.get(name)
     if not isinstance(value, str):
         raise OSError(errno.EINVAL, f"request needs a string field {name!r}")

@@ -6,7 +6,6 @@ import argparse
 import importlib.util
 import logging
 import os
-import shlex
 import signal
 import socket
 import sys
@@ -18,57 +17,17 @@ from ..control import default_control_path
 from ..nbd import tls as tls_mod
 from ..nbd.server import NBDServer, ServerConfig
 from . import config as config_mod
-from . import control, gcpolicy, hardening, marker, metrics, reserve, sockets, systemd
+from . import control, gcpolicy, hardening, marker, metrics, procmode, reserve, sockets, systemd
 from .logs import event, setup
-from .registry import DeviceRegistry, parse_device_name
+from .registry import DeviceRegistry
 from .service import Daemon
+from .startup import (activity, attach_hint, configure_devices, describe, trim_heap_after_load,
+                      write_swap_settings)
+
+__all__ = ["activity", "attach_hint", "configure_devices", "describe", "main", "parser", "run", "trim_heap_after_load",
+           "write_swap_settings"]
 
 log = logging.getLogger("uzram.daemon")
-
-
-def configure_devices(registry: DeviceRegistry, specs: list[config_mod.DeviceSpec]) -> None:
-    for spec in specs:
-        dev = registry.add(parse_device_name(spec.name))
-        for attr, value in spec.attrs:
-            try:
-                dev.store(attr, value)
-            except OSError as e:
-                raise config_mod.ConfigError(f"{spec.name}: {attr}={value}: {describe(e)}") from e
-
-
-def describe(e: OSError) -> str:
-    """The errno's message, plus the detail when there is one."""
-    text = os.strerror(e.errno) if e.errno else str(e)
-    return f"{text} ({e.strerror})" if e.strerror and e.strerror != text else text
-
-
-def write_swap_settings(cfg: config_mod.Config) -> list[str]:
-    """zram-generator's swap-priority/options/fs-type for the swap unit
-    (systemd/uzram-swap), as ``NAME.swap`` beside the control socket."""
-    written = []
-    for name, settings in cfg.swap_settings.items():
-        path = cfg.control.parent / f"{name}.swap"
-        try:
-            path.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in settings.items()))
-        except OSError as e:
-            event(log, logging.WARNING, "cannot write swap settings; uzram-swap will use its defaults",
-                  path=str(path), error=e.strerror)
-            continue
-        written.append(str(path))
-    return written
-
-
-def attach_hint(listeners: list[str]) -> str:
-    unix = next((p[5:] for p in listeners if p.startswith("unix:")), None)
-    lines = ["uzramd: serving " + ", ".join(listeners)]
-    if unix:
-        lines += [
-            "attach it with one of:",
-            f"  nbdinfo 'nbd+unix:///zram0?socket={unix}'",
-            f"  nbd-client -unix {unix} /dev/nbd0 -N zram0 -b 4096 && mkswap /dev/nbd0 && swapon -d /dev/nbd0",
-            f"  qemu-system-x86_64 ... -drive file=nbd+unix:///zram0?socket={unix},format=raw,if=virtio",
-        ]
-    return "\n".join(lines)
 
 
 async def run(cfg: config_mod.Config, quiet: bool = False, reserve_setting: int = reserve.AUTO) -> int:
@@ -178,40 +137,6 @@ async def run(cfg: config_mod.Config, quiet: bool = False, reserve_setting: int 
     return 0
 
 
-def activity(registry: DeviceRegistry, nbd: NBDServer, daemon: Daemon) -> int:
-    """A number that changes whenever a client is being served or a job runs."""
-    served = 0
-    for dev in registry.devices():
-        st = dev.stats
-        served += st.read_ios + st.write_ios + st.discard_ios + st.flush_ios
-    return served + nbd.budget.used + nbd.connection_count + daemon.jobs_running()
-
-
-async def trim_heap_after_load(nbd: NBDServer, every: float = 2.0) -> None:
-    """Give the heap back after a burst of buffered requests: once the budget
-    has held much since the last trim and has stayed nearly empty for a
-    whole interval, trim malloc's free memory (in a worker thread), so RSS
-    returns to the baseline plus the pool.  Never under load: re-faulting
-    freed buffers would slow large reads down; and not while the daemon's
-    memory is locked: heap memory kept is memory a swap-out under pressure
-    need not fault in again."""
-    budget = nbd.budget
-    high = 0
-    while True:
-        budget.peak = budget.used
-        await trio.sleep(every)
-        recent = budget.peak          # the highest level during this interval
-        high = max(high, recent)
-        if hardening.STATE.get("locked"):
-            continue
-        if high >= TRIM_AFTER and recent < TRIM_AFTER // 8:
-            high = 0
-            await trio.to_thread.run_sync(hardening.trim_heap)
-
-
-TRIM_AFTER = 8 << 20
-
-
 def tls_settings(cfg: config_mod.Config) -> tls_mod.TLSSettings:
     try:
         return tls_mod.settings(cfg.tls, cfg.tls_certificates, cfg.tls_verify_peer)
@@ -227,6 +152,12 @@ OPTION_GROUPS: tuple[tuple[str, tuple[tuple[str, str | None, str], ...]], ...] =
         ("--idle-timeout", "SECONDS", "close a connection stalled in the middle of a request (default 60)"),
         ("--shutdown-timeout", "SECONDS",
          "on SIGTERM, answer requests in flight for this long, then exit (default 10)"),
+    )),
+    ("scaling", (
+        ("--process-per-device", None, "serve each device from a worker process of its own, so that "
+         "devices use separate cores; this process runs the NBD handshakes and hands each connection "
+         "to its device's worker (the config file's process_per_device = true; not with TLS, --fuse "
+         "or --metrics)"),
     )),
     ("swap under memory pressure", (
         ("--swap", None, "serve swap on the same machine: lock the daemon's memory (CAP_IPC_LOCK), "
@@ -288,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     except config_mod.ConfigError as e:
         print(f"uzramd: {e}", file=sys.stderr)
         return 2
+    per_device = args.process_per_device or cfg.process_per_device
+    if per_device and (why := procmode.refusal(cfg)) is not None:
+        print(f"uzramd: {why}", file=sys.stderr)
+        return 2
     if cfg.fuse is not None and importlib.util.find_spec("pyfuse3") is None:
         print("uzramd: --fuse needs pyfuse3: pip install 'uzram[fuse]' "
               "(it builds against libfuse3-dev, with pkg-config and a C compiler)", file=sys.stderr)
@@ -298,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         event(log, logging.WARNING, warning)
     hardening.apply(lock=swap)
     try:
+        if per_device:
+            return trio.run(procmode.run, cfg, args.quiet, level, swap, reserve_setting)
         return trio.run(run, cfg, args.quiet, reserve_setting)
     except config_mod.ConfigError as e:
         print(f"uzramd: {e}", file=sys.stderr)

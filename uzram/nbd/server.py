@@ -15,6 +15,7 @@ them, and closes.  Cancel the surrounding scope to stop harder.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -24,13 +25,18 @@ from .channel import Channel
 from .config import ServerConfig, default_max_connections
 from .dispatch import Dispatcher
 from .export import ExportRegistry
+from .handover import Handover
 from .listen import accept_retrying
 from .negotiate import negotiate
 from .handshake import Handshake
 from .proto import Negotiated, Transmission
 from .ring import receive
 
-__all__ = ["NBDServer", "ServerConfig", "default_max_connections", "serve_connection", "serve_listener"]
+Transfer = Callable[[trio.socket.SocketType, Negotiated, bytes], Awaitable[None]]
+"""Takes a negotiated connection (socket, handshake outcome, trailing bytes)
+elsewhere; the caller closes its socket and detaches the export afterwards."""
+
+__all__ = ["NBDServer", "Transfer", "ServerConfig", "default_max_connections", "serve_connection", "serve_listener"]
 
 log = logging.getLogger("uzram.nbd")
 
@@ -38,8 +44,12 @@ log = logging.getLogger("uzram.nbd")
 class NBDServer:
     """Serves exports of a registry on any number of listeners and connections."""
 
-    def __init__(self, registry: ExportRegistry, config: ServerConfig | None = None) -> None:
+    def __init__(self, registry: ExportRegistry, config: ServerConfig | None = None,
+                 transfer: Transfer | None = None) -> None:
         self.registry = registry
+        self.transfer = transfer
+        """If set, a negotiated connection is given to it instead of being
+        served here (see :mod:`.handover`)."""
         self.config = config or ServerConfig()
         if self.config.ring_size < (1 << 20):
             raise ValueError("ring_size must be at least 1 MiB")
@@ -109,12 +119,15 @@ class NBDServer:
             log.warning("NBD: %d connection(s) refused: the limit of %d is reached",
                         self.refused, self.max_connections)
 
-    async def serve_connection(self, sock: trio.socket.SocketType) -> None:
+    async def serve_connection(self, sock: trio.socket.SocketType,
+                               handed: tuple[Handover, bytes] | None = None) -> None:
         """Serve one accepted connection until it ends; closes ``sock``.
+        ``handed``: the connection was negotiated elsewhere (see
+        :meth:`serve_negotiated`).
 
         Client misbehaviour never raises out of here; nor do bugs (logged)."""
         try:
-            conn = _Connection(self, sock)
+            conn = _Connection(self, sock, handed)
         except OSError as e:
             log.debug("NBD: cannot serve socket: %s", e)
             sock.close()
@@ -130,6 +143,16 @@ class NBDServer:
             self._connections.discard(conn)
             if not self._connections:
                 self._idle.set()
+
+    async def serve_negotiated(self, sock: trio.socket.SocketType, state: Handover, trailing: bytes) -> None:
+        """Serve a connection whose handshake another process ran, from the
+        transmission phase on: the export named in ``state`` is attached
+        here (a refusal closes the connection), then it is served as any.
+        The connection limit applies as to accepted connections."""
+        if len(self._connections) >= self.max_connections:
+            self._refuse(sock)
+            return
+        await self.serve_connection(sock, (state, trailing))
 
 
 async def serve_connection(
@@ -159,8 +182,10 @@ async def serve_listener(
 class _Connection:
     """One client connection: handshake, then the transmission loop."""
 
-    def __init__(self, server: NBDServer, sock: trio.socket.SocketType) -> None:
+    def __init__(self, server: NBDServer, sock: trio.socket.SocketType,
+                 handed: tuple[Handover, bytes] | None = None) -> None:
         self.server = server
+        self.handed = handed
         self.config = server.config
         self.chan = Channel(sock, server.budget, server.config.idle_timeout)
         self.tx: Transmission | None = None
@@ -176,6 +201,9 @@ class _Connection:
             chan.set_options(cfg.send_buffer)
             if self.server.stopping:
                 return
+            if self.handed is not None:
+                await self._continue(*self.handed)
+                return
             tls_mode = cfg.tls.mode_for(chan.sock.family)
             hs = Handshake(self.server.registry, fast_zero=cfg.fast_zero, tls=tls_mode)
             ok = await negotiate(chan, hs, cfg.tls, cfg.handshake_timeout)
@@ -183,12 +211,31 @@ class _Connection:
             if neg is None:
                 return
             try:
-                if ok:
+                if ok and self.server.transfer is not None:
+                    await self.server.transfer(chan.sock, neg, hs.trailing_data())
+                elif ok:
                     await self._transmission(neg, hs.trailing_data())
             finally:
                 neg.export.detach()
         finally:
             chan.close()
+
+    async def _continue(self, state: Handover, trailing: bytes) -> None:
+        export = self.server.registry.lookup(state.name)
+        if export is None:
+            log.info("NBD: handed-over connection for unknown export %r", state.name)
+            return
+        try:
+            export.attach()
+        except OSError as e:
+            log.info("NBD: handed-over connection refused by %s: %s", state.name, e)
+            return
+        try:
+            neg = Negotiated(export, state.name, state.size, state.transmission_flags,
+                             state.structured_replies, state.meta_context_id, state.no_zeroes)
+            await self._transmission(neg, trailing)
+        finally:
+            export.detach()
 
     async def _transmission(self, neg: Negotiated, trailing: bytes) -> None:
         self.tx = Transmission(neg)
