@@ -102,7 +102,9 @@ def markdown(r: dict[str, Any]) -> str:
         f"{m['tools']['fio']} (nbd engine over a UNIX socket; libaio, O_DIRECT on /dev/zram0); "
         f"128 KiB writes copy the corpus: {m['tools']['nbdcopy']} (one connection, 16 requests of 128 KiB in flight), "
         f"dd oflag=direct on /dev/zram0. 4 KiB random writes carry fio's buffers, 55% compressible. "
-        f"{kernel}. nbdkit memory: {m['tools']['nbdkit']}.",
+        f"{kernel}. nbdkit memory: {m['tools']['nbdkit']}. Two devices: "
+        + ("each in its own worker process (`--process-per-device`)." if r.get("multi_mode", "one") == "process"
+           else "both in one process."),
         "",
         "| measure | uzram | kernel zram | nbdkit memory | ratio | target | result |",
         "|---|---|---|---|---|---|---|",

@@ -116,7 +116,10 @@ def measure(args: argparse.Namespace, img: Path, nbytes: int, work: Path, kernel
     """The rounds: per round the two-device measures, then every job on every server."""
     seconds, ramp = args.seconds, args.ramp
     kit = Server("nbdkit", ["nbdkit", "-f", "-U", str(work / "kit.sock"), "memory", str(nbytes)], work / "kit.sock")
-    uz = uzramd(work, "uz", [f"zram{i}:comp_algorithm={args.algorithm},disksize={nbytes}" for i in (0, 1)])
+    specs = [f"zram{i}:comp_algorithm={args.algorithm},disksize={nbytes}" for i in (0, 1)]
+    uz = uzramd(work, "uz", specs if args.multi_mode == "one" else specs[:1])
+    # several devices on several cores: each device in its own process (--process-per-device)
+    multi_uz = uzramd(work, "multi", specs, extra=["--process-per-device"]) if args.multi_mode == "process" else uz
     base = (uzramd(work, "base", [f"zram0:comp_algorithm={args.algorithm},disksize={nbytes}"], tree=args.baseline)
             if args.baseline else None)
     try:
@@ -130,7 +133,7 @@ def measure(args: argparse.Namespace, img: Path, nbytes: int, work: Path, kernel
             fio_opts["kernel zram"] = kernel_fio()
             copy["kernel zram"] = dd_cmd(img, dev)
         print("bench: storing the corpus everywhere ...", file=sys.stderr)
-        for cmd in [*copy.values(), nbdcopy_cmd(img, uz.uri("zram1"))]:
+        for cmd in copy.values():   # (the two-device measures store it in both devices themselves)
             subprocess.run(cmd, check=True, capture_output=True, timeout=900)
         servers = list(fio_opts)
         raw: dict[str, dict[str, list[dict[str, Any]]]] = {}
@@ -139,11 +142,11 @@ def measure(args: argparse.Namespace, img: Path, nbytes: int, work: Path, kernel
         size = {"size": str(nbytes)}
 
         def fio_on(export: str, tag: str) -> Callable[[], dict[str, Any]]:
-            opts = {**nbd_fio(uz.uri(export)), **FIO_JOBS["4k randread"], **size}
+            opts = {**nbd_fio(multi_uz.uri(export)), **FIO_JOBS["4k randread"], **size}
             return lambda: run_fio(opts, work / tag, seconds=seconds, ramp=ramp)
 
         def copy_to(export: str) -> Callable[[], dict[str, Any]]:
-            return lambda: copy_rate(nbdcopy_cmd(img, uz.uri(export)), nbytes, seconds)
+            return lambda: copy_rate(nbdcopy_cmd(img, multi_uz.uri(export)), nbytes, seconds)
         for d in ("a", "b"):
             (work / d).mkdir(exist_ok=True)
         for rnd in range(args.rounds):
@@ -168,6 +171,8 @@ def measure(args: argparse.Namespace, img: Path, nbytes: int, work: Path, kernel
                 + " IOPS", file=sys.stderr)
     finally:
         uz.stop()
+        if multi_uz is not uz:
+            multi_uz.stop()
         kit.stop()
         if base is not None:
             base.stop()
@@ -188,6 +193,9 @@ def main() -> int:
     ap.add_argument("--baseline", type=Path, metavar="TREE",
                     help="also measure the uzram of another checkout (e.g. a git worktree of an older commit) "
                          "in the same interleaved rounds, and report new/old ratios")
+    ap.add_argument("--multi-mode", choices=("process", "one"), default="process",
+                    help="the two-device measures: each device in its own process (--process-per-device, "
+                         "the default) or both in one")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--plots", type=Path, nargs="?", const=HERE.parent / "docs", metavar="DIR",
                     help="also measure the compression ratio per algorithm and write PNG plots to DIR (docs/)")
@@ -208,7 +216,7 @@ def main() -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(), "load": {"start": list(os.getloadavg())}, "algorithm": args.algorithm,
         "rounds": args.rounds, "seconds": args.seconds, "quick": args.quick, "kernel": unavailable,
-        "baseline": baseline_label(args.baseline)}
+        "baseline": baseline_label(args.baseline), "multi_mode": args.multi_mode}
     work = Path(tempfile.mkdtemp(prefix="uzram-bench-"))
     kernel = unavailable is None
     try:

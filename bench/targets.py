@@ -72,12 +72,13 @@ class Server:
             self.proc.wait()
 
 
-def uzramd(work: Path, name: str, devices: Sequence[str], tree: Path | None = None) -> Server:
+def uzramd(work: Path, name: str, devices: Sequence[str], tree: Path | None = None,
+           extra: Sequence[str] = ()) -> Server:
     """A uzramd child with its own NBD and control sockets in ``work``; with
     ``tree``, the uzram package of that checkout (say, an older commit's
     ``git worktree``) instead of this one."""
     cmd = [sys.executable, "-m", "uzram.daemon", "-q", "--listen", f"unix:{work / (name + '.sock')}",
-           "--control", str(work / (name + ".ctl"))]
+           "--control", str(work / (name + ".ctl")), *extra]
     for d in devices:
         cmd += ["--device", d]
     env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree.resolve())}
