@@ -62,8 +62,8 @@ def test_allocation_prefers_most_used_zspage():
     pool.free(hs[cls.opz])             # second zspage loses one object
     pool.check()
     h = pool.malloc(size)
-    where = pool._loc[h] >> 16
-    assert where == pool._loc[hs[cls.opz + 1]] >> 16  # went to the fuller zspage
+    where = pool.zspage_of(h)
+    assert where == pool.zspage_of(hs[cls.opz + 1])  # went to the fuller zspage
 
 
 def test_empty_zspage_returns_memory_at_once():
@@ -215,8 +215,8 @@ class PoolMachine(RuleBasedStateMachine):
     def consistent(self):
         verify(self.pool, self.objs)
         for cls in self.pool.classes:
-            for zs in cls.groups[INUSE_RATIO_100]:
-                assert zs.inuse == cls.opz
+            for zid in self.pool.group(cls, INUSE_RATIO_100):
+                assert self.pool.inuse(zid) == cls.opz
 
 
 TestPoolMachine = PoolMachine.TestCase

@@ -12,8 +12,18 @@ list. Objects never allocated since the zspage was created lie beyond
 Huge classes hold one page-sized object per page and keep its handle in the
 zspage instead.
 
-Handles are indices into a location table (``zspage id << 16 | object
-index``), so compaction can move objects without their owners noticing.
+Bookkeeping lives in arrays, not in one Python object per zspage: columns
+indexed by zspage id (frame address, class, in-use count, free-list head,
+fullness group, links of the index-linked fullness lists, pins), a page ->
+zspage id table, and free frames as arrays of addresses. A pool holding
+hundreds of MiB thus adds almost no objects for the garbage collector.
+An address is ``chunk number << 22 | offset in the chunk``.
+
+Handles are indices into a location table, so compaction can move objects
+without their owners noticing. A location names the object's 1 MiB window
+and whether it has a header (``window << 1 | header``, an index into the
+pool's window descriptors) in its high bits and the object's offset in the
+window in 16-byte units (every object starts 16-byte aligned) in its low 16.
 
 Reserve (for a swap server under global memory pressure): with a ``feed``
 (:class:`uzram.zram.chunkfeed.ChunkFeed`) the pool keeps ``reserve_pages``
@@ -122,25 +132,62 @@ def prefaulted_chunk() -> _Chunk:
     return _Chunk(populate=True)
 
 
-class SizeClass:
-    __slots__ = ("spec", "size", "ppz", "opz", "huge", "groups", "mask", "obj_allocated", "obj_used", "fg_of", "hot")
+CHUNK_SHIFT = 22
+OFFSET_MASK = CHUNK_BYTES - 1
+assert CHUNK_BYTES == 1 << CHUNK_SHIFT
+WINDOW_SHIFT = 20
+WINDOWS_PER_CHUNK = 1 << (CHUNK_SHIFT - WINDOW_SHIFT)
+_NONE = -1   # no zspage (links, hot pick)
 
-    def __init__(self, spec: ClassSpec) -> None:
+
+def _where(addr: int, hdr: int) -> int:
+    """The location of an object starting at ``addr`` (``hdr``: 8 or 0)."""
+    return (addr >> WINDOW_SHIFT) << 17 | (hdr << 13) | (addr & 0xFFFFF) >> 4
+
+
+def _addr(where: int) -> int:
+    """The address an object's location names (its header's, if any)."""
+    return (where >> 17) << WINDOW_SHIFT | (where & 0xFFFF) << 4
+
+
+class Window:
+    """A 1 MiB window of a chunk, seen by locations of objects with (``hdr``
+    8) or without (0) a header: the object at location ``where`` starts at
+    ``base + (where & 0xFFFF) * size + hdr`` of ``mv``."""
+    __slots__ = ("base", "size", "hdr", "mv")
+
+    def __init__(self, base: int, hdr: int, mv: memoryview) -> None:
+        self.base = base
+        self.size = 16
+        self.hdr = hdr
+        self.mv = mv
+
+
+class SizeClass:
+    __slots__ = ("spec", "pos", "size", "ppz", "opz", "huge", "hdr", "head", "tail", "count", "mask",
+                 "obj_allocated", "obj_used", "fg_of", "hot")
+
+    def __init__(self, spec: ClassSpec, pos: int) -> None:
         self.spec = spec
+        self.pos = pos       # index in ZsPool.classes
         self.size = spec.size
         self.ppz = spec.pages_per_zspage
         self.opz = spec.objs_per_zspage
         self.huge = spec.huge
-        # fullness group -> zspages in it (dicts keep insertion order)
-        self.groups: list[dict[ZsPage, None]] = [{} for _ in range(NR_FULLNESS_GROUPS)]
-        self.mask = 0  # bit g set when groups[g] is non-empty
+        self.hdr = 0 if spec.huge else ZS_HANDLE_SIZE
+        # fullness group -> first and last zspage id and length of its list
+        # (linked through the pool's prev/next columns, appended at the tail)
+        self.head = [_NONE] * NR_FULLNESS_GROUPS
+        self.tail = [_NONE] * NR_FULLNESS_GROUPS
+        self.count = [0] * NR_FULLNESS_GROUPS
+        self.mask = 0  # bit g set when group g is non-empty
         self.obj_allocated = 0
         self.obj_used = 0
         self.fg_of = [self.fullness(n) for n in range(self.opz + 1)]
         # the zspage the next store picks, while known: the last one of the
         # fullest non-empty group below 100% (zsmalloc's pick). _regroup
         # keeps it exact; a move of the target itself down forgets it.
-        self.hot: ZsPage | None = None
+        self.hot = _NONE
 
     def fullness(self, inuse: int) -> int:
         if inuse == 0:
@@ -152,30 +199,6 @@ class SizeClass:
     def can_compact(self) -> int:
         """``zs_can_compact``: pages compaction could free in this class."""
         return (self.obj_allocated - self.obj_used) // self.opz * self.ppz
-
-
-class ZsPage:
-    __slots__ = (
-        "zid", "cls", "chunk", "mv", "q", "base", "size", "hdr",
-        "inuse", "free_head", "fresh", "fg", "pins", "deferred", "huge_handle",
-    )
-
-    def __init__(self, zid: int, cls: SizeClass, chunk: _Chunk, base: int) -> None:
-        self.zid = zid
-        self.cls = cls
-        self.chunk = chunk
-        self.mv = chunk.mv
-        self.q = chunk.q
-        self.base = base
-        self.size = cls.size
-        self.hdr = 0 if cls.huge else ZS_HANDLE_SIZE
-        self.inuse = 0
-        self.free_head = 0   # (index + 1) of the first free object, 0 = none
-        self.fresh = 0       # objects at or above this index were never allocated
-        self.fg = INUSE_RATIO_0
-        self.pins = 0
-        self.deferred: list[int] | None = None  # frees waiting for the last unpin
-        self.huge_handle = 0
 
 
 @dataclass(frozen=True)
@@ -198,21 +221,21 @@ class ZsPool:
         table = build_class_table(chain_size)
         self.chain_size = chain_size
         self.huge_class_size = table.huge_class_size
-        self.classes = [SizeClass(spec) for spec in table.specs]
+        self.classes = [SizeClass(spec, pos) for pos, spec in enumerate(table.specs)]
         by_index = {c.spec.index: c for c in self.classes}
         # request size (0..PAGE_SIZE) -> class, one list lookup on the hot path
         self._by_size: list[SizeClass] = [by_index[table.for_request(max(s, 1))] for s in range(ZS_MAX_ALLOC_SIZE + 1)]
         self._index_map = table.index_map
         self._loc = array("Q", [0])       # handle -> location; free handles chain through it
         self._hfree = 0
-        self._zspages: list[ZsPage | None] = []
-        self._free_zids: list[int] = []
-        self._frames: dict[int, list[tuple[_Chunk, int]]] = {}   # not resident
-        self._warm: dict[int, list[tuple[_Chunk, int]]] = {}     # resident, kept as reserve
-        self._recent: dict[int, list[tuple[_Chunk, int]]] = {}   # resident, freed lately (no feed)
+        self._new_columns()
+        self._frames: dict[int, array[int]] = {}   # addresses of frames not resident, by pages
+        self._warm: dict[int, array[int]] = {}     # resident, kept as reserve
+        self._recent: dict[int, array[int]] = {}   # resident, freed lately (no feed)
         self._recent_pages = 0
-        self._spare: list[_Chunk] = []
-        self._chunks: list[_Chunk] = []
+        self._spare = array("q")                   # addresses of whole chunks kept resident
+        self._chunks: list[_Chunk] = []            # by chunk number
+        self._windows: list[Window] = []           # by location >> 16
         self.reserve_pages = 0
         self.reserve_free = 0      # pages in warm frames and spare chunks
         self.reserve_misses = 0    # stores refused (ENOMEM): no resident frame in time
@@ -222,6 +245,21 @@ class ZsPool:
         self.pages_allocated = 0
         self.pages_compacted = 0
         self.objects = 0
+
+    def _new_columns(self) -> None:
+        """The zspage table: one column per field, indexed by zspage id."""
+        self._zcls = array("h")      # class position, -1 while the id is free
+        self._zaddr = array("q")     # frame address
+        self._zinuse = array("i")
+        self._zfree = array("i")     # (index + 1) of the first free object, 0 = none
+        self._zfresh = array("i")    # objects at or above this index were never allocated
+        self._zfg = array("b")       # fullness group, _ISOLATED while on no list
+        self._zpins = array("i")
+        self._zprev = array("i")     # neighbours in the fullness group's list
+        self._znext = array("i")
+        self._deferred: dict[int, list[int]] = {}   # zspage id -> frees waiting for the last unpin
+        self._free_zids: list[int] = []
+        self._page_zid = array("i")  # page (address >> 12) -> id of the zspage whose frame holds it
 
     # -- accounting -------------------------------------------------------
 
@@ -241,9 +279,18 @@ class ZsPool:
         return self.reserve_free < self.reserve_pages
 
     def add_spare(self, chunk: _Chunk) -> None:
-        self._spare.append(chunk)
-        self._chunks.append(chunk)
+        self._spare.append(self._register(chunk))
         self.reserve_free += CHUNK_PAGES
+
+    def _register(self, chunk: _Chunk) -> int:
+        """Number a chunk: its windows and page table entries. Returns its address."""
+        addr = len(self._chunks) << CHUNK_SHIFT
+        self._chunks.append(chunk)
+        for w in range(WINDOWS_PER_CHUNK):
+            for hdr in (0, ZS_HANDLE_SIZE):
+                self._windows.append(Window(w << WINDOW_SHIFT, hdr, chunk.mv))
+        self._page_zid.extend(array("i", [_NONE]) * CHUNK_PAGES)
+        return addr
 
     def set_feed(self, feed: ChunkFeed[_Chunk] | None, reserve_pages: int) -> None:
         """Keep ``reserve_pages`` resident, refilled by ``feed`` (None: stop)."""
@@ -253,8 +300,8 @@ class ZsPool:
         if feed is not None:   # the reserve decides what stays resident from now on
             recent, self._recent, self._recent_pages = self._recent, {}, 0
             for ppz, frames in recent.items():
-                for chunk, base in frames:
-                    self._release_frame(chunk, base, ppz)
+                for addr in frames:
+                    self._release_frame(addr, ppz)
         self.reserve_pages = reserve_pages
         self._requested = 0
         self._ask_feed()
@@ -271,13 +318,15 @@ class ZsPool:
             self._requested += missing
             feed.request(missing)
 
-    def _carve(self, chunk: _Chunk, ppz: int) -> list[tuple[_Chunk, int]]:
+    def _carve(self, addr: int, ppz: int) -> array[int]:
+        """The frames of the chunk at ``addr``, the first one last (popped first)."""
         step = ppz * PAGE_SIZE
-        return [(chunk, base) for base in range((CHUNK_PAGES // ppz - 1) * step, -1, -step)]
+        return array("q", range(addr + (CHUNK_PAGES // ppz - 1) * step, addr - 1, -step))
 
-    def _take_frame(self, ppz: int) -> tuple[_Chunk, int]:
-        """A frame of ``ppz`` pages: resident ones first (the reserve), then
-        released ones, then a new chunk; under pressure, ENOMEM instead."""
+    def _take_frame(self, ppz: int) -> int:
+        """The address of a frame of ``ppz`` pages: resident ones first (the
+        reserve), then released ones, then a new chunk; under pressure,
+        ENOMEM instead."""
         warm = self._warm.get(ppz)
         if warm:
             self.reserve_free -= ppz
@@ -302,121 +351,161 @@ class ZsPool:
                 self._requested -= 1
                 self.add_spare(chunk)
         if self._spare:
-            chunk = self._spare.pop()
-            frames = self._carve(chunk, ppz)
+            frames = self._carve(self._spare.pop(), ppz)
             self.reserve_free -= CHUNK_PAGES - (len(frames) - 1) * ppz
             frame = frames.pop()
-            self._warm.setdefault(ppz, []).extend(frames)
+            self._warm.setdefault(ppz, array("q")).extend(frames)
             if feed is not None:
                 self._ask_feed()
             return frame
         released = self._frames.get(ppz)
         if released:
-            chunk, base = released.pop()
+            addr = released.pop()
             if self.locked:
-                chunk.relock(base, ppz * PAGE_SIZE)
-            return chunk, base
-        chunk = _Chunk()
-        self._chunks.append(chunk)
-        frames = self._frames[ppz] = self._carve(chunk, ppz)
+                self._chunks[addr >> CHUNK_SHIFT].relock(addr & OFFSET_MASK, ppz * PAGE_SIZE)
+            return addr
+        frames = self._frames[ppz] = self._carve(self._register(_Chunk()), ppz)
         return frames.pop()
 
-    def _release_frame(self, chunk: _Chunk, base: int, ppz: int) -> None:
+    def _release_frame(self, addr: int, ppz: int) -> None:
         """Keep a freed frame resident while the reserve wants it, else give
         its pages back."""
         if self.reserve_free + ppz <= self.reserve_pages:
-            self._warm.setdefault(ppz, []).append((chunk, base))
+            self._warm.setdefault(ppz, array("q")).append(addr)
             self.reserve_free += ppz
             return
         if self.feed is None and self._recent_pages + ppz <= RECENT_PAGES:
-            self._recent.setdefault(ppz, []).append((chunk, base))
+            self._recent.setdefault(ppz, array("q")).append(addr)
             self._recent_pages += ppz
             return
-        length = ppz * PAGE_SIZE
+        chunk, base, length = self._chunks[addr >> CHUNK_SHIFT], addr & OFFSET_MASK, ppz * PAGE_SIZE
         if self.locked:
             chunk.unlock(base, length)
         chunk.mm.madvise(mmap.MADV_DONTNEED, base, length)
-        self._frames.setdefault(ppz, []).append((chunk, base))
+        self._frames.setdefault(ppz, array("q")).append(addr)
 
     # -- zspages -------------------------------------------------------------
 
-    def _new_zspage(self, cls: SizeClass) -> ZsPage:
-        chunk, base = self._take_frame(cls.ppz)
+    def _new_zspage(self, cls: SizeClass) -> int:
+        addr = self._take_frame(cls.ppz)
         if self._free_zids:
             zid = self._free_zids.pop()
+            self._zcls[zid] = cls.pos
+            self._zaddr[zid] = addr
+            self._zinuse[zid] = self._zfree[zid] = self._zfresh[zid] = self._zpins[zid] = 0
+            self._zfg[zid] = _ISOLATED
         else:
-            zid = len(self._zspages)
-            self._zspages.append(None)
-        zs = ZsPage(zid, cls, chunk, base)
-        self._zspages[zid] = zs
+            zid = len(self._zcls)
+            self._zcls.append(cls.pos)
+            self._zaddr.append(addr)
+            for col in (self._zinuse, self._zfree, self._zfresh, self._zpins, self._zprev, self._znext):
+                col.append(0)
+            self._zfg.append(_ISOLATED)
+        page = addr >> 12
+        self._page_zid[page : page + cls.ppz] = array("i", [zid]) * cls.ppz
         cls.obj_allocated += cls.opz
         self.pages_allocated += cls.ppz
-        cls.groups[INUSE_RATIO_0][zs] = None
-        cls.mask |= 1
-        return zs
+        self._link(zid, cls, INUSE_RATIO_0)
+        return zid
 
-    def _free_zspage(self, zs: ZsPage) -> None:
-        cls = zs.cls
-        self._unlink(zs)
+    def _free_zspage(self, zid: int) -> None:
+        cls = self.classes[self._zcls[zid]]
+        self._unlink(zid, cls)
         cls.obj_allocated -= cls.opz
         self.pages_allocated -= cls.ppz
-        self._release_frame(zs.chunk, zs.base, cls.ppz)
-        self._zspages[zs.zid] = None
-        self._free_zids.append(zs.zid)
+        self._release_frame(self._zaddr[zid], cls.ppz)
+        self._zcls[zid] = -1
+        self._free_zids.append(zid)
 
-    def _unlink(self, zs: ZsPage) -> None:
-        if zs.fg == _ISOLATED:
-            return
-        cls = zs.cls
-        if cls.hot is zs:
-            cls.hot = None
-        group = cls.groups[zs.fg]
-        del group[zs]
-        if not group:
-            cls.mask &= ~(1 << zs.fg)
-        zs.fg = _ISOLATED
+    def _link(self, zid: int, cls: SizeClass, fg: int) -> None:
+        """Append zspage ``zid`` to group ``fg``'s list."""
+        last = cls.tail[fg]
+        self._zprev[zid] = last
+        self._znext[zid] = _NONE
+        if last == _NONE:
+            cls.head[fg] = zid
+            cls.mask |= 1 << fg
+        else:
+            self._znext[last] = zid
+        cls.tail[fg] = zid
+        cls.count[fg] += 1
+        self._zfg[zid] = fg
 
-    def _regroup(self, zs: ZsPage) -> None:
-        cls = zs.cls
-        fg = cls.fg_of[zs.inuse]
-        if fg == zs.fg:
+    def _unlink(self, zid: int, cls: SizeClass) -> None:
+        fg = self._zfg[zid]
+        if fg == _ISOLATED:
             return
-        self._unlink(zs)
-        cls.groups[fg][zs] = None
-        cls.mask |= 1 << fg
-        zs.fg = fg
+        if cls.hot == zid:
+            cls.hot = _NONE
+        prev, nxt = self._zprev[zid], self._znext[zid]
+        if prev == _NONE:
+            cls.head[fg] = nxt
+        else:
+            self._znext[prev] = nxt
+        if nxt == _NONE:
+            cls.tail[fg] = prev
+        else:
+            self._zprev[nxt] = prev
+        cls.count[fg] -= 1
+        if not cls.count[fg]:
+            cls.mask &= ~(1 << fg)
+        self._zfg[zid] = _ISOLATED
+
+    def _regroup(self, zid: int, cls: SizeClass) -> None:
+        fg = cls.fg_of[self._zinuse[zid]]
+        if fg == self._zfg[zid]:
+            return
+        self._unlink(zid, cls)
+        self._link(zid, cls, fg)
         hot = cls.hot
-        if hot is not None and hot.fg <= fg < INUSE_RATIO_100:
-            cls.hot = zs   # now the last of the fullest allocatable group
+        if hot != _NONE and self._zfg[hot] <= fg < INUSE_RATIO_100:
+            cls.hot = zid   # now the last of the fullest allocatable group
+
+    def group(self, cls: SizeClass, fg: int) -> Iterator[int]:
+        """The ids of the zspages in ``cls``'s fullness group ``fg``, last
+        added first (zsmalloc's order of picking)."""
+        zid, prev = cls.tail[fg], self._zprev
+        while zid != _NONE:
+            yield zid
+            zid = prev[zid]
+
+    def inuse(self, zid: int) -> int:
+        """Objects allocated in zspage ``zid``."""
+        return self._zinuse[zid]
+
+    def zspage_of(self, h: int) -> int:
+        """The id of the zspage holding the object of handle ``h``."""
+        return self._page_zid[_addr(self._loc[h]) >> 12]
 
     # -- allocation ------------------------------------------------------------
 
-    def _take_slot(self, zs: ZsPage, h: int) -> int:
-        """Take a free object in ``zs`` for handle ``h``; returns its index."""
-        if zs.hdr == 0:
-            zs.huge_handle = h
-            idx = 0
-        elif zs.free_head:
-            idx = zs.free_head - 1
-            word = (zs.base + idx * zs.size) >> 3
-            zs.free_head = zs.q[word] >> 1
-            zs.q[word] = h << 1 | 1
+    def _take_slot(self, zid: int, cls: SizeClass, h: int) -> int:
+        """Take a free object in zspage ``zid`` for handle ``h`` (non-huge
+        class); returns its address."""
+        addr = self._zaddr[zid]
+        q = self._chunks[addr >> CHUNK_SHIFT].q
+        fh = self._zfree[zid]
+        if fh:
+            addr += (fh - 1) * cls.size
+            word = (addr & OFFSET_MASK) >> 3
+            self._zfree[zid] = q[word] >> 1
         else:
-            idx = zs.fresh
-            zs.fresh = idx + 1
-            zs.q[(zs.base + idx * zs.size) >> 3] = h << 1 | 1
-        zs.inuse += 1
-        zs.cls.obj_used += 1
-        return idx
+            idx = self._zfresh[zid]
+            self._zfresh[zid] = idx + 1
+            addr += idx * cls.size
+            word = (addr & OFFSET_MASK) >> 3
+        q[word] = h << 1 | 1
+        self._zinuse[zid] += 1
+        cls.obj_used += 1
+        return addr
 
-    def _put_slot(self, zs: ZsPage, idx: int) -> None:
-        if zs.hdr == 0:
-            zs.huge_handle = 0
-        else:
-            zs.q[(zs.base + idx * zs.size) >> 3] = zs.free_head << 1
-            zs.free_head = idx + 1
-        zs.inuse -= 1
-        zs.cls.obj_used -= 1
+    def _put_slot(self, zid: int, cls: SizeClass, idx: int) -> None:
+        if cls.hdr:
+            addr = self._zaddr[zid] + idx * cls.size
+            self._chunks[addr >> CHUNK_SHIFT].q[(addr & OFFSET_MASK) >> 3] = self._zfree[zid] << 1
+            self._zfree[zid] = idx + 1
+        self._zinuse[zid] -= 1
+        cls.obj_used -= 1
 
     def malloc(self, size: int) -> int:
         """``zs_malloc``: a handle to an object of ``size`` bytes (1..4096)."""
@@ -430,14 +519,11 @@ class ZsPool:
         if data is not None:
             size = len(data)
         cls = self._by_size[size]
-        zs = cls.hot
-        if zs is None:
+        zid = cls.hot
+        if zid < 0:
             m = cls.mask & _ALLOC_GROUPS
-            if m:
-                zs = next(reversed(cls.groups[m.bit_length() - 1]))
-            else:
-                zs = self._new_zspage(cls)
-            cls.hot = zs
+            zid = cls.tail[m.bit_length() - 1] if m else self._new_zspage(cls)
+            cls.hot = zid
         loc = self._loc
         h = self._hfree
         if h:
@@ -445,103 +531,106 @@ class ZsPool:
         else:
             loc.append(0)
             h = len(loc) - 1
-        if zs.hdr:
-            fh = zs.free_head
+        addr = self._zaddr[zid]
+        chunk = self._chunks[addr >> CHUNK_SHIFT]
+        if cls.hdr:
+            zfree = self._zfree
+            fh = zfree[zid]
             if fh:
-                idx = fh - 1
-                start = zs.base + idx * zs.size
-                zs.free_head = zs.q[start >> 3] >> 1
+                addr += (fh - 1) * cls.size
+                start = addr & OFFSET_MASK
+                zfree[zid] = chunk.q[start >> 3] >> 1
             else:
-                idx = zs.fresh
-                zs.fresh = idx + 1
-                start = zs.base + idx * zs.size
-            zs.q[start >> 3] = h << 1 | 1
-            start += 8
+                zfresh = self._zfresh
+                idx = zfresh[zid]
+                zfresh[zid] = idx + 1
+                addr += idx * cls.size
+                start = addr & OFFSET_MASK
+            chunk.q[start >> 3] = h << 1 | 1
+            loc[h] = (addr >> WINDOW_SHIFT) << 17 | 0x10000 | (addr & 0xFFFFF) >> 4
+            start += ZS_HANDLE_SIZE
         else:
-            idx = 0
-            zs.huge_handle = h
-            start = zs.base
+            start = addr & OFFSET_MASK
+            loc[h] = (addr >> WINDOW_SHIFT) << 17 | (addr & 0xFFFFF) >> 4
         if data is not None:
-            zs.mv[start : start + size] = data
-        loc[h] = zs.zid << 16 | idx
-        inuse = zs.inuse + 1
-        zs.inuse = inuse
+            chunk.mv[start : start + size] = data
+        zinuse = self._zinuse
+        inuse = zinuse[zid] + 1
+        zinuse[zid] = inuse
         cls.obj_used += 1
         self.objects += 1
-        if cls.fg_of[inuse] != zs.fg:
-            self._regroup(zs)
+        if cls.fg_of[inuse] != self._zfg[zid]:
+            self._regroup(zid, cls)
             # moved up, to the end of the fullest group: still the pick unless full
-            cls.hot = zs if zs.fg != INUSE_RATIO_100 else None
+            cls.hot = zid if self._zfg[zid] != INUSE_RATIO_100 else _NONE
         return h
 
     def free(self, h: int) -> None:
         """``zs_free``. The handle is invalid afterwards."""
         loc = self._loc
         where = loc[h]
-        zs = self._zspages[where >> 16]
-        assert zs is not None, "a handle into a freed zspage"
+        addr = (where >> 17) << WINDOW_SHIFT | (where & 0xFFFF) << 4
+        zid = self._page_zid[addr >> 12]
+        cls = self.classes[self._zcls[zid]]
         loc[h] = self._hfree
         self._hfree = h
         self.objects -= 1
-        if zs.pins:
-            if zs.deferred is None:
-                zs.deferred = []
-            zs.deferred.append(where & 0xFFFF)
+        if self._zpins[zid]:
+            self._deferred.setdefault(zid, []).append((addr - self._zaddr[zid]) // cls.size)
             return
-        cls = zs.cls
-        if zs.hdr:
-            idx = where & 0xFFFF
-            zs.q[(zs.base + idx * zs.size) >> 3] = zs.free_head << 1
-            zs.free_head = idx + 1
-        else:
-            zs.huge_handle = 0
-        inuse = zs.inuse - 1
-        zs.inuse = inuse
+        if cls.hdr:
+            zfree = self._zfree
+            self._chunks[addr >> CHUNK_SHIFT].q[(addr & OFFSET_MASK) >> 3] = zfree[zid] << 1
+            zfree[zid] = (addr - self._zaddr[zid]) // cls.size + 1
+        zinuse = self._zinuse
+        inuse = zinuse[zid] - 1
+        zinuse[zid] = inuse
         cls.obj_used -= 1
         if inuse == 0:
-            self._free_zspage(zs)
+            self._free_zspage(zid)
             return
-        if cls.fg_of[inuse] != zs.fg:
-            self._regroup(zs)
+        if cls.fg_of[inuse] != self._zfg[zid]:
+            self._regroup(zid, cls)
 
     # -- object access -----------------------------------------------------------
 
     def view(self, h: int, length: int) -> memoryview:
         """The first ``length`` bytes of the object. Valid only until the next
         pool mutation: copy or consume it before anything else runs."""
-        loc = self._loc[h]
-        zs = self._zspages[loc >> 16]
-        assert zs is not None, "a handle into a freed zspage"
-        off = zs.base + (loc & 0xFFFF) * zs.size + zs.hdr
-        return zs.mv[off : off + length]
+        where = self._loc[h]
+        win = self._windows[where >> 16]
+        off = win.base + (where & 0xFFFF) * win.size + win.hdr
+        return win.mv[off : off + length]
 
-    def locator(self) -> tuple[array[int], list[ZsPage | None]]:
-        """The handle table and the zspages, for a reader that looks up many
-        objects at once (``view`` inlined): handle ``h`` lies in zspage
-        ``zspages[loc[h] >> 16]``, object ``loc[h] & 0xFFFF``, at
-        ``zs.base + index * zs.size + zs.hdr``. Valid until the next mutation."""
-        return self._loc, self._zspages
+    def locator(self) -> tuple[array[int], list[Window]]:
+        """The handle table and the windows, for a reader that looks up many
+        objects at once (``view`` inlined): the object of handle ``h`` lies
+        in window ``windows[loc[h] >> 16]``, at ``w.base + (loc[h] & 0xFFFF)
+        * w.size + w.hdr`` of ``w.mv``. Valid until the next mutation."""
+        return self._loc, self._windows
 
-    def pin(self, h: int) -> ZsPage:
+    def pin(self, h: int) -> int:
         """Keep the object in place (compaction skips its zspage, and frees in
         that zspage wait) until ``unpin`` of the returned token."""
-        zs = self._zspages[self._loc[h] >> 16]
-        assert zs is not None
-        zs.pins += 1
-        return zs
+        zid = self.zspage_of(h)
+        assert self._zcls[zid] >= 0
+        self._zpins[zid] += 1
+        return zid
 
-    def unpin(self, token: ZsPage) -> None:
-        token.pins -= 1
-        if token.pins or self._zspages[token.zid] is not token:
+    def unpin(self, token: int) -> None:
+        zid = token
+        self._zpins[zid] -= 1
+        if self._zpins[zid] or self._zcls[zid] < 0:
             return
-        if token.deferred:
-            for idx in token.deferred:
-                self._put_slot(token, idx)
-            token.deferred = None
-        if token.inuse == 0:
-            self._free_zspage(token)
+        cls = self.classes[self._zcls[zid]]
+        deferred = self._deferred.pop(zid, None)
+        if deferred:
+            for idx in deferred:
+                self._put_slot(zid, cls, idx)
+        if self._zinuse[zid] == 0:
+            self._free_zspage(zid)
         else:
-            self._regroup(token)
+            self._regroup(zid, cls)
 
     # -- compaction --------------------------------------------------------------
 
@@ -566,70 +655,68 @@ class ZsPool:
                 self.pages_compacted += freed
                 yield freed
 
-    def _pick(self, cls: SizeClass, order: range, exclude: ZsPage | None) -> ZsPage | None:
+    def _pick(self, cls: SizeClass, order: range, exclude: int) -> int:
+        pins = self._zpins
         for fg in order:
             if cls.mask >> fg & 1:
-                for zs in reversed(cls.groups[fg]):
-                    if zs is not exclude and not zs.pins:
-                        return zs
-        return None
+                for zid in self.group(cls, fg):
+                    if zid != exclude and not pins[zid]:
+                        return zid
+        return _NONE
 
     def _compact_step(self, cls: SizeClass) -> int | None:
         """Move objects from the emptiest zspage into the fullest one."""
-        dst = self._pick(cls, range(INUSE_RATIO_99, INUSE_RATIO_0, -1), None)
-        if dst is None:
+        dst = self._pick(cls, range(INUSE_RATIO_99, INUSE_RATIO_0, -1), _NONE)
+        if dst == _NONE:
             return None
         src = self._pick(cls, range(1, INUSE_RATIO_99 + 1), dst)
-        if src is None:
+        if src == _NONE:
             return None
-        size, q, loc = cls.size, src.q, self._loc
-        for idx in range(src.fresh):
-            if dst.inuse == cls.opz:
+        size, loc, zinuse = cls.size, self._loc, self._zinuse
+        base = self._zaddr[src]
+        chunk = self._chunks[base >> CHUNK_SHIFT]
+        q, mv = chunk.q, chunk.mv
+        for idx in range(self._zfresh[src]):
+            if zinuse[dst] == cls.opz:
                 break
-            start = src.base + idx * size
+            start = (base & OFFSET_MASK) + idx * size
             header = q[start >> 3]
             if not header & 1:
                 continue
             h = header >> 1
-            new_idx = self._take_slot(dst, h)
-            new_start = dst.base + new_idx * size
-            dst.mv[new_start + 8 : new_start + size] = src.mv[start + 8 : start + size]
-            loc[h] = dst.zid << 16 | new_idx
-            self._put_slot(src, idx)
-        self._regroup(dst)
-        if src.inuse == 0:
+            new = self._take_slot(dst, cls, h)
+            new_start = new & OFFSET_MASK
+            self._chunks[new >> CHUNK_SHIFT].mv[new_start + 8 : new_start + size] = mv[start + 8 : start + size]
+            loc[h] = _where(new, ZS_HANDLE_SIZE)
+            self._put_slot(src, cls, idx)
+        self._regroup(dst, cls)
+        if zinuse[src] == 0:
             self._free_zspage(src)
             return cls.ppz
-        self._regroup(src)
+        self._regroup(src, cls)
         return 0
 
     # -- teardown ---------------------------------------------------------------------
 
     def release_steps(self, per_step: int = 2048) -> Iterator[None]:
-        """Drop every object, zspage and chunk, ``per_step`` Python objects at
-        a time (a full pool holds millions; freeing them at once takes
-        seconds). The pool is empty and unusable afterwards (reset drops it)."""
-        zspages, self._zspages = self._zspages, []
+        """Drop every object, zspage and chunk (a few chunks at a time:
+        unmapping a resident one takes about a millisecond per 16 MiB). The
+        pool is empty and unusable afterwards (reset drops it)."""
         for cls in self.classes:
-            cls.hot = None
-            for g in cls.groups:
-                g.clear()        # the list above still holds each zspage
-                yield None
-        while zspages:
-            del zspages[-per_step:]
-            yield None
-        frames, self._frames = self._frames, {}
-        self._recent, self._recent_pages = {}, 0
-        for lst in frames.values():
-            while lst:
-                del lst[-per_step:]
-                yield None
+            cls.hot = _NONE
+            cls.head = [_NONE] * NR_FULLNESS_GROUPS
+            cls.tail = [_NONE] * NR_FULLNESS_GROUPS
+            cls.count = [0] * NR_FULLNESS_GROUPS
+            cls.mask = 0
+        self._new_columns()
+        self._frames, self._warm, self._recent, self._recent_pages = {}, {}, {}, 0
+        self._windows = []
+        yield None
         chunks, self._chunks = self._chunks, []
         while chunks:
-            del chunks[-4:]      # munmap: about a millisecond per 16 MiB resident
+            del chunks[-4:]
             yield None
         self._loc = array("Q", [0])
-        self._free_zids = []
         self.pages_allocated = self.objects = 0
 
     # -- introspection -------------------------------------------------------------
@@ -637,7 +724,7 @@ class ZsPool:
     def class_stats(self) -> list[ClassStat]:
         rows = []
         for cls in self.classes:
-            groups = tuple(len(cls.groups[g]) for g in range(1, NR_FULLNESS_GROUPS))
+            groups = tuple(cls.count[1:NR_FULLNESS_GROUPS])
             rows.append(ClassStat(
                 cls.spec.index, cls.size, groups, cls.obj_allocated, cls.obj_used,
                 cls.obj_allocated // cls.opz * cls.ppz, cls.ppz, cls.can_compact(),
@@ -667,33 +754,69 @@ class ZsPool:
         return "".join(out)
 
     def check(self) -> None:
-        """Verify internal consistency (for tests): counts, groups, headers, handles."""
+        """Verify internal consistency (for tests): counts, groups and their
+        links, the page table, headers, free lists, handles."""
         live = 0
         pages = 0
+        seen: set[int] = set()
         for cls in self.classes:
             used = allocated = 0
-            for g, group in enumerate(cls.groups):
-                assert bool(group) == bool(cls.mask >> g & 1), "group mask out of sync"
-                for zs in group:
-                    assert zs.fg == g and cls.fullness(zs.inuse) == g, "zspage in the wrong group"
-                    assert self._zspages[zs.zid] is zs
-                    used += zs.inuse
+            for g in range(NR_FULLNESS_GROUPS):
+                members = list(self.group(cls, g))
+                assert len(members) == cls.count[g], "group count out of sync"
+                assert bool(members) == bool(cls.mask >> g & 1), "group mask out of sync"
+                assert (members[-1] if members else _NONE) == cls.head[g], "group head out of sync"
+                for zid in members:
+                    nxt = self._znext[zid]
+                    assert nxt == _NONE or self._zprev[nxt] == zid, "group links out of sync"
+                    assert zid not in seen, "a zspage on two lists"
+                    seen.add(zid)
+                    inuse = self._zinuse[zid]
+                    assert self._zcls[zid] == cls.pos, "zspage in another class's list"
+                    assert self._zfg[zid] == g and cls.fullness(inuse) == g, "zspage in the wrong group"
+                    addr = self._zaddr[zid]
+                    assert addr % PAGE_SIZE == 0 and (addr & OFFSET_MASK) + cls.ppz * PAGE_SIZE <= CHUNK_BYTES
+                    page = addr >> 12
+                    assert set(self._page_zid[page : page + cls.ppz]) == {zid}, "page table out of sync"
+                    used += inuse
                     allocated += cls.opz
                     pages += cls.ppz
-                    if zs.hdr:
-                        deferred = set(zs.deferred or ())
-                        tagged = 0
-                        for idx in range(zs.fresh):
-                            header = zs.q[(zs.base + idx * zs.size) >> 3]
-                            if header & 1:
-                                tagged += 1
-                                if idx not in deferred:
-                                    assert self._loc[header >> 1] == zs.zid << 16 | idx, "handle points elsewhere"
-                        assert tagged == zs.inuse, "header tags disagree with the in-use count"
+                    if cls.hdr:
+                        self._check_objects(zid, cls)
+                    else:
+                        assert self._zfree[zid] == self._zfresh[zid] == 0 and inuse <= 1
             assert used == cls.obj_used and allocated == cls.obj_allocated
-            if cls.hot is not None:
+            if cls.hot != _NONE:
                 m = cls.mask & _ALLOC_GROUPS
-                assert m and cls.hot is next(reversed(cls.groups[m.bit_length() - 1])), "stale hot zspage"
+                assert m and cls.hot == cls.tail[m.bit_length() - 1], "stale hot zspage"
             live += used
+        assert seen == {z for z, c in enumerate(self._zcls) if c >= 0}, "a live zspage on no list"
+        assert set(self._free_zids) == {z for z, c in enumerate(self._zcls) if c < 0}, "free ids out of sync"
         assert pages == self.pages_allocated
-        assert live - sum(len(z.deferred or ()) for z in self._zspages if z) == self.objects
+        assert set(self._deferred) <= seen and all(self._zpins[z] for z in self._deferred)
+        assert live - sum(len(d) for d in self._deferred.values()) == self.objects
+
+    def _check_objects(self, zid: int, cls: SizeClass) -> None:
+        """Headers, the free list and the handles of a non-huge zspage."""
+        addr, fresh = self._zaddr[zid], self._zfresh[zid]
+        q = self._chunks[addr >> CHUNK_SHIFT].q
+        deferred = set(self._deferred.get(zid, ()))
+        tagged = 0
+        for idx in range(fresh):
+            obj = addr + idx * cls.size
+            header = q[(obj & OFFSET_MASK) >> 3]
+            if header & 1:
+                tagged += 1
+                if idx not in deferred:
+                    assert self._loc[header >> 1] == _where(obj, ZS_HANDLE_SIZE), "handle points elsewhere"
+        assert tagged == self._zinuse[zid], "header tags disagree with the in-use count"
+        free: set[int] = set()
+        fh = self._zfree[zid]
+        while fh:
+            idx = fh - 1
+            assert 0 <= idx < fresh and idx not in free, "free list out of range or looping"
+            free.add(idx)
+            header = q[((addr + idx * cls.size) & OFFSET_MASK) >> 3]
+            assert not header & 1, "an allocated object on the free list"
+            fh = header >> 1
+        assert len(free) == fresh - tagged, "free list misses objects"
