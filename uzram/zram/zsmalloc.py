@@ -6,8 +6,8 @@ is cut into frames of one size (1..16 pages); a zspage occupies one frame, so
 its objects are contiguous and may straddle page boundaries as in zsmalloc.
 
 Objects of non-huge classes start with an 8-byte header: ``handle << 1 | 1``
-while allocated, ``(next free index + 1) << 1`` while on the zspage's free
-list. Objects never allocated since the zspage was created lie beyond
+while allocated, ``(next free word + 1) << 1`` while on the zspage's free
+list, where a word (address >> 3) names the next free object's header. Objects never allocated since the zspage was created lie beyond
 ``fresh`` and are not touched (so a new zspage commits no memory until used).
 Huge classes hold one page-sized object per page and keep its handle in the
 zspage instead.
@@ -20,10 +20,9 @@ hundreds of MiB thus adds almost no objects for the garbage collector.
 An address is ``chunk number << 22 | offset in the chunk``.
 
 Handles are indices into a location table, so compaction can move objects
-without their owners noticing. A location names the object's 1 MiB window
-and whether it has a header (``window << 1 | header``, an index into the
-pool's window descriptors) in its high bits and the object's offset in the
-window in 16-byte units (every object starts 16-byte aligned) in its low 16.
+without their owners noticing. A location is the address of the object's
+data (past its header) / 8: its high bits (``>> 16``) number a 512 KiB
+window of a chunk, its low 16 bits the offset in that window in 8-byte units.
 
 Reserve (for a swap server under global memory pressure): with a ``feed``
 (:class:`uzram.zram.chunkfeed.ChunkFeed`) the pool keeps ``reserve_pages``
@@ -135,37 +134,30 @@ def prefaulted_chunk() -> _Chunk:
 CHUNK_SHIFT = 22
 OFFSET_MASK = CHUNK_BYTES - 1
 assert CHUNK_BYTES == 1 << CHUNK_SHIFT
-WINDOW_SHIFT = 20
+LOC_SHIFT = 3      # location = data address >> 3 (data is 8-byte aligned); a word = address >> 3
+WORD_MASK = OFFSET_MASK >> LOC_SHIFT
+CHUNK_WORD_SHIFT = CHUNK_SHIFT - LOC_SHIFT
+WINDOW_SHIFT = 16 + LOC_SHIFT
 WINDOWS_PER_CHUNK = 1 << (CHUNK_SHIFT - WINDOW_SHIFT)
 _NONE = -1   # no zspage (links, hot pick)
 
 
-def _where(addr: int, hdr: int) -> int:
-    """The location of an object starting at ``addr`` (``hdr``: 8 or 0)."""
-    return (addr >> WINDOW_SHIFT) << 17 | (hdr << 13) | (addr & 0xFFFFF) >> 4
-
-
-def _addr(where: int) -> int:
-    """The address an object's location names (its header's, if any)."""
-    return (where >> 17) << WINDOW_SHIFT | (where & 0xFFFF) << 4
-
-
 class Window:
-    """A 1 MiB window of a chunk, seen by locations of objects with (``hdr``
-    8) or without (0) a header: the object at location ``where`` starts at
-    ``base + (where & 0xFFFF) * size + hdr`` of ``mv``."""
+    """A 512 KiB window of a chunk: the object of location ``where`` (with
+    ``where >> 16`` this window's number) starts at ``base + (where & 0xFFFF)
+    * size + hdr`` of ``mv``. ``hdr`` is 0: locations point past headers."""
     __slots__ = ("base", "size", "hdr", "mv")
 
-    def __init__(self, base: int, hdr: int, mv: memoryview) -> None:
+    def __init__(self, base: int, mv: memoryview) -> None:
         self.base = base
-        self.size = 16
-        self.hdr = hdr
+        self.size = 1 << LOC_SHIFT
+        self.hdr = 0
         self.mv = mv
 
 
 class SizeClass:
-    __slots__ = ("spec", "pos", "size", "ppz", "opz", "huge", "hdr", "head", "tail", "count", "mask",
-                 "obj_allocated", "obj_used", "fg_of", "hot")
+    __slots__ = ("spec", "pos", "size", "ppz", "opz", "huge", "hdr", "tail", "mask",
+                 "obj_allocated", "obj_used", "fg_of", "up", "down", "hot")
 
     def __init__(self, spec: ClassSpec, pos: int) -> None:
         self.spec = spec
@@ -175,15 +167,17 @@ class SizeClass:
         self.opz = spec.objs_per_zspage
         self.huge = spec.huge
         self.hdr = 0 if spec.huge else ZS_HANDLE_SIZE
-        # fullness group -> first and last zspage id and length of its list
-        # (linked through the pool's prev/next columns, appended at the tail)
-        self.head = [_NONE] * NR_FULLNESS_GROUPS
+        # fullness group -> the last zspage id of its list (linked through the
+        # pool's prev/next columns, appended at the tail)
         self.tail = [_NONE] * NR_FULLNESS_GROUPS
-        self.count = [0] * NR_FULLNESS_GROUPS
         self.mask = 0  # bit g set when group g is non-empty
         self.obj_allocated = 0
         self.obj_used = 0
         self.fg_of = [self.fullness(n) for n in range(self.opz + 1)]
+        # in-use count -> whether reaching it by a store (up) or a free (down)
+        # changes the group
+        self.up = [False] + [self.fg_of[n] != self.fg_of[n - 1] for n in range(1, self.opz + 1)]
+        self.down = [self.fg_of[n] != self.fg_of[n + 1] for n in range(self.opz)] + [False]
         # the zspage the next store picks, while known: the last one of the
         # fullest non-empty group below 100% (zsmalloc's pick). _regroup
         # keeps it exact; a move of the target itself down forgets it.
@@ -247,17 +241,21 @@ class ZsPool:
         self.objects = 0
 
     def _new_columns(self) -> None:
-        """The zspage table: one column per field, indexed by zspage id."""
-        self._zcls = array("h")      # class position, -1 while the id is free
-        self._zaddr = array("q")     # frame address
-        self._zinuse = array("i")
-        self._zfree = array("i")     # (index + 1) of the first free object, 0 = none
-        self._zfresh = array("i")    # objects at or above this index were never allocated
-        self._zfg = array("b")       # fullness group, _ISOLATED while on no list
-        self._zpins = array("i")
+        """The zspage table: one column per field, indexed by zspage id.
+        Columns of small numbers are lists (their ints are the interpreter's
+        shared small ints, and a list subscript is about twice as fast as an
+        array's: these are read and written on every store and free), the
+        others arrays."""
+        self._zcls: list[int] = []    # class position, -1 while the id is free
+        self._zaddr = array("q")      # frame address
+        self._zinuse: list[int] = []
+        self._zfree = array("q")      # (word + 1) of the first free object's header, 0 = none
+        self._zfresh: list[int] = []  # objects at or above this index were never allocated
+        self._zfg: list[int] = []     # fullness group, _ISOLATED while on no list
+        self._zpins: list[int] = []
         self._zprev = array("i")     # neighbours in the fullness group's list
         self._znext = array("i")
-        self._deferred: dict[int, list[int]] = {}   # zspage id -> frees waiting for the last unpin
+        self._deferred: dict[int, list[int]] = {}   # zspage id -> locations freed, waiting for the last unpin
         self._free_zids: list[int] = []
         self._page_zid = array("i")  # page (address >> 12) -> id of the zspage whose frame holds it
 
@@ -287,8 +285,7 @@ class ZsPool:
         addr = len(self._chunks) << CHUNK_SHIFT
         self._chunks.append(chunk)
         for w in range(WINDOWS_PER_CHUNK):
-            for hdr in (0, ZS_HANDLE_SIZE):
-                self._windows.append(Window(w << WINDOW_SHIFT, hdr, chunk.mv))
+            self._windows.append(Window(w << WINDOW_SHIFT, chunk.mv))
         self._page_zid.extend(array("i", [_NONE]) * CHUNK_PAGES)
         return addr
 
@@ -387,24 +384,32 @@ class ZsPool:
     # -- zspages -------------------------------------------------------------
 
     def _new_zspage(self, cls: SizeClass) -> int:
-        addr = self._take_frame(cls.ppz)
-        if self._free_zids:
+        ppz = cls.ppz
+        addr = self._take_frame(ppz)
+        if self._free_zids:   # in-use count and pins are 0
             zid = self._free_zids.pop()
             self._zcls[zid] = cls.pos
             self._zaddr[zid] = addr
-            self._zinuse[zid] = self._zfree[zid] = self._zfresh[zid] = self._zpins[zid] = 0
-            self._zfg[zid] = _ISOLATED
+            self._zfree[zid] = self._zfresh[zid] = 0
         else:
             zid = len(self._zcls)
             self._zcls.append(cls.pos)
             self._zaddr.append(addr)
-            for col in (self._zinuse, self._zfree, self._zfresh, self._zpins, self._zprev, self._znext):
-                col.append(0)
+            self._zinuse.append(0)
+            self._zfree.append(0)
+            self._zfresh.append(0)
+            self._zpins.append(0)
+            self._zprev.append(_NONE)
+            self._znext.append(_NONE)
             self._zfg.append(_ISOLATED)
-        page = addr >> 12
-        self._page_zid[page : page + cls.ppz] = array("i", [zid]) * cls.ppz
+        page_zid, page = self._page_zid, addr >> 12
+        if ppz == 1:
+            page_zid[page] = zid
+        else:
+            for p in range(page, page + ppz):
+                page_zid[p] = zid
         cls.obj_allocated += cls.opz
-        self.pages_allocated += cls.ppz
+        self.pages_allocated += ppz
         self._link(zid, cls, INUSE_RATIO_0)
         return zid
 
@@ -417,48 +422,70 @@ class ZsPool:
         self._zcls[zid] = -1
         self._free_zids.append(zid)
 
-    def _link(self, zid: int, cls: SizeClass, fg: int) -> None:
-        """Append zspage ``zid`` to group ``fg``'s list."""
-        last = cls.tail[fg]
-        self._zprev[zid] = last
-        self._znext[zid] = _NONE
-        if last == _NONE:
-            cls.head[fg] = zid
-            cls.mask |= 1 << fg
-        else:
-            self._znext[last] = zid
-        cls.tail[fg] = zid
-        cls.count[fg] += 1
-        self._zfg[zid] = fg
-
     def _unlink(self, zid: int, cls: SizeClass) -> None:
+        """Take zspage ``zid`` off its group's list."""
         fg = self._zfg[zid]
         if fg == _ISOLATED:
             return
         if cls.hot == zid:
             cls.hot = _NONE
-        prev, nxt = self._zprev[zid], self._znext[zid]
-        if prev == _NONE:
-            cls.head[fg] = nxt
+        prev, nxt = self._zprev, self._znext
+        p, n = prev[zid], nxt[zid]
+        if p != _NONE:
+            nxt[p] = n
+        if n != _NONE:
+            prev[n] = p
         else:
-            self._znext[prev] = nxt
-        if nxt == _NONE:
-            cls.tail[fg] = prev
-        else:
-            self._zprev[nxt] = prev
-        cls.count[fg] -= 1
-        if not cls.count[fg]:
-            cls.mask &= ~(1 << fg)
+            cls.tail[fg] = p
+            if p == _NONE:
+                cls.mask &= ~(1 << fg)
         self._zfg[zid] = _ISOLATED
 
+    def _link(self, zid: int, cls: SizeClass, fg: int) -> None:
+        """Append zspage ``zid`` (on no list) to group ``fg``'s list."""
+        tail = cls.tail
+        last = tail[fg]
+        self._zprev[zid] = last
+        self._znext[zid] = _NONE
+        if last == _NONE:
+            cls.mask |= 1 << fg
+        else:
+            self._znext[last] = zid
+        tail[fg] = zid
+        self._zfg[zid] = fg
+
     def _regroup(self, zid: int, cls: SizeClass) -> None:
+        """Move zspage ``zid`` to the group its in-use count calls for (the
+        end of its list), keeping the class's pick exact."""
+        zfg = self._zfg
         fg = cls.fg_of[self._zinuse[zid]]
-        if fg == self._zfg[zid]:
+        old = zfg[zid]
+        if fg == old:
             return
-        self._unlink(zid, cls)
-        self._link(zid, cls, fg)
+        prev, nxt, tail = self._zprev, self._znext, cls.tail
+        if old != _ISOLATED:   # _unlink, inlined: this runs on most stores into small zspages
+            if cls.hot == zid:
+                cls.hot = _NONE
+            p, n = prev[zid], nxt[zid]
+            if p != _NONE:
+                nxt[p] = n
+            if n != _NONE:
+                prev[n] = p
+            else:
+                tail[old] = p
+                if p == _NONE:
+                    cls.mask &= ~(1 << old)
+        last = tail[fg]   # _link, inlined
+        prev[zid] = last
+        nxt[zid] = _NONE
+        if last == _NONE:
+            cls.mask |= 1 << fg
+        else:
+            nxt[last] = zid
+        tail[fg] = zid
+        zfg[zid] = fg
         hot = cls.hot
-        if hot != _NONE and self._zfg[hot] <= fg < INUSE_RATIO_100:
+        if hot != _NONE and zfg[hot] <= fg < INUSE_RATIO_100:
             cls.hot = zid   # now the last of the fullest allocatable group
 
     def group(self, cls: SizeClass, fg: int) -> Iterator[int]:
@@ -475,35 +502,34 @@ class ZsPool:
 
     def zspage_of(self, h: int) -> int:
         """The id of the zspage holding the object of handle ``h``."""
-        return self._page_zid[_addr(self._loc[h]) >> 12]
+        return self._page_zid[self._loc[h] >> (12 - LOC_SHIFT)]
 
     # -- allocation ------------------------------------------------------------
 
     def _take_slot(self, zid: int, cls: SizeClass, h: int) -> int:
-        """Take a free object in zspage ``zid`` for handle ``h`` (non-huge
-        class); returns its address."""
-        addr = self._zaddr[zid]
-        q = self._chunks[addr >> CHUNK_SHIFT].q
+        """Take a free object in zspage ``zid`` (non-huge class) for handle
+        ``h``; returns the word of its header."""
         fh = self._zfree[zid]
         if fh:
-            addr += (fh - 1) * cls.size
-            word = (addr & OFFSET_MASK) >> 3
-            self._zfree[zid] = q[word] >> 1
+            word = fh - 1
+            q = self._chunks[word >> CHUNK_WORD_SHIFT].q
+            self._zfree[zid] = q[word & WORD_MASK] >> 1
         else:
             idx = self._zfresh[zid]
             self._zfresh[zid] = idx + 1
-            addr += idx * cls.size
-            word = (addr & OFFSET_MASK) >> 3
-        q[word] = h << 1 | 1
+            word = (self._zaddr[zid] + idx * cls.size) >> LOC_SHIFT
+            q = self._chunks[word >> CHUNK_WORD_SHIFT].q
+        q[word & WORD_MASK] = h << 1 | 1
         self._zinuse[zid] += 1
         cls.obj_used += 1
-        return addr
+        return word
 
-    def _put_slot(self, zid: int, cls: SizeClass, idx: int) -> None:
+    def _put_slot(self, zid: int, cls: SizeClass, where: int) -> None:
+        """Free the object at location ``where`` in zspage ``zid``."""
         if cls.hdr:
-            addr = self._zaddr[zid] + idx * cls.size
-            self._chunks[addr >> CHUNK_SHIFT].q[(addr & OFFSET_MASK) >> 3] = self._zfree[zid] << 1
-            self._zfree[zid] = idx + 1
+            word = where - 1
+            self._chunks[word >> CHUNK_WORD_SHIFT].q[word & WORD_MASK] = self._zfree[zid] << 1
+            self._zfree[zid] = where
         self._zinuse[zid] -= 1
         cls.obj_used -= 1
 
@@ -531,27 +557,31 @@ class ZsPool:
         else:
             loc.append(0)
             h = len(loc) - 1
-        addr = self._zaddr[zid]
-        chunk = self._chunks[addr >> CHUNK_SHIFT]
         if cls.hdr:
             zfree = self._zfree
             fh = zfree[zid]
             if fh:
-                addr += (fh - 1) * cls.size
-                start = addr & OFFSET_MASK
-                zfree[zid] = chunk.q[start >> 3] >> 1
+                word = fh - 1
+                chunk = self._chunks[word >> CHUNK_WORD_SHIFT]
+                q = chunk.q
+                i = word & WORD_MASK
+                zfree[zid] = q[i] >> 1
             else:
                 zfresh = self._zfresh
                 idx = zfresh[zid]
                 zfresh[zid] = idx + 1
-                addr += idx * cls.size
-                start = addr & OFFSET_MASK
-            chunk.q[start >> 3] = h << 1 | 1
-            loc[h] = (addr >> WINDOW_SHIFT) << 17 | 0x10000 | (addr & 0xFFFFF) >> 4
-            start += ZS_HANDLE_SIZE
+                word = (self._zaddr[zid] + idx * cls.size) >> LOC_SHIFT
+                chunk = self._chunks[word >> CHUNK_WORD_SHIFT]
+                q = chunk.q
+                i = word & WORD_MASK
+            q[i] = h << 1 | 1
+            loc[h] = word + 1   # past the header
+            start = (i + 1) << LOC_SHIFT
         else:
+            addr = self._zaddr[zid]
+            chunk = self._chunks[addr >> CHUNK_SHIFT]
             start = addr & OFFSET_MASK
-            loc[h] = (addr >> WINDOW_SHIFT) << 17 | (addr & 0xFFFFF) >> 4
+            loc[h] = addr >> LOC_SHIFT
         if data is not None:
             chunk.mv[start : start + size] = data
         zinuse = self._zinuse
@@ -559,37 +589,36 @@ class ZsPool:
         zinuse[zid] = inuse
         cls.obj_used += 1
         self.objects += 1
-        if cls.fg_of[inuse] != self._zfg[zid]:
+        if cls.up[inuse]:
             self._regroup(zid, cls)
             # moved up, to the end of the fullest group: still the pick unless full
-            cls.hot = zid if self._zfg[zid] != INUSE_RATIO_100 else _NONE
+            cls.hot = zid if inuse != cls.opz else _NONE
         return h
 
     def free(self, h: int) -> None:
         """``zs_free``. The handle is invalid afterwards."""
         loc = self._loc
         where = loc[h]
-        addr = (where >> 17) << WINDOW_SHIFT | (where & 0xFFFF) << 4
-        zid = self._page_zid[addr >> 12]
-        cls = self.classes[self._zcls[zid]]
+        zid = self._page_zid[where >> (12 - LOC_SHIFT)]
         loc[h] = self._hfree
         self._hfree = h
         self.objects -= 1
+        cls = self.classes[self._zcls[zid]]
         if self._zpins[zid]:
-            self._deferred.setdefault(zid, []).append((addr - self._zaddr[zid]) // cls.size)
+            self._deferred.setdefault(zid, []).append(where)
             return
         if cls.hdr:
             zfree = self._zfree
-            self._chunks[addr >> CHUNK_SHIFT].q[(addr & OFFSET_MASK) >> 3] = zfree[zid] << 1
-            zfree[zid] = (addr - self._zaddr[zid]) // cls.size + 1
+            word = where - 1
+            self._chunks[word >> CHUNK_WORD_SHIFT].q[word & WORD_MASK] = zfree[zid] << 1
+            zfree[zid] = where
         zinuse = self._zinuse
         inuse = zinuse[zid] - 1
         zinuse[zid] = inuse
         cls.obj_used -= 1
         if inuse == 0:
             self._free_zspage(zid)
-            return
-        if cls.fg_of[inuse] != self._zfg[zid]:
+        elif cls.down[inuse]:
             self._regroup(zid, cls)
 
     # -- object access -----------------------------------------------------------
@@ -598,9 +627,8 @@ class ZsPool:
         """The first ``length`` bytes of the object. Valid only until the next
         pool mutation: copy or consume it before anything else runs."""
         where = self._loc[h]
-        win = self._windows[where >> 16]
-        off = win.base + (where & 0xFFFF) * win.size + win.hdr
-        return win.mv[off : off + length]
+        off = (where << LOC_SHIFT) & OFFSET_MASK
+        return self._chunks[where >> (CHUNK_SHIFT - LOC_SHIFT)].mv[off : off + length]
 
     def locator(self) -> tuple[array[int], list[Window]]:
         """The handle table and the windows, for a reader that looks up many
@@ -625,8 +653,8 @@ class ZsPool:
         cls = self.classes[self._zcls[zid]]
         deferred = self._deferred.pop(zid, None)
         if deferred:
-            for idx in deferred:
-                self._put_slot(zid, cls, idx)
+            for where in deferred:
+                self._put_slot(zid, cls, where)
         if self._zinuse[zid] == 0:
             self._free_zspage(zid)
         else:
@@ -684,11 +712,11 @@ class ZsPool:
             if not header & 1:
                 continue
             h = header >> 1
-            new = self._take_slot(dst, cls, h)
-            new_start = new & OFFSET_MASK
-            self._chunks[new >> CHUNK_SHIFT].mv[new_start + 8 : new_start + size] = mv[start + 8 : start + size]
-            loc[h] = _where(new, ZS_HANDLE_SIZE)
-            self._put_slot(src, cls, idx)
+            word = self._take_slot(dst, cls, h)
+            new_start = (word & WORD_MASK) << LOC_SHIFT
+            self._chunks[word >> CHUNK_WORD_SHIFT].mv[new_start + 8 : new_start + size] = mv[start + 8 : start + size]
+            loc[h] = word + 1
+            self._put_slot(src, cls, ((base + idx * size) >> LOC_SHIFT) + 1)
         self._regroup(dst, cls)
         if zinuse[src] == 0:
             self._free_zspage(src)
@@ -704,9 +732,7 @@ class ZsPool:
         pool is empty and unusable afterwards (reset drops it)."""
         for cls in self.classes:
             cls.hot = _NONE
-            cls.head = [_NONE] * NR_FULLNESS_GROUPS
             cls.tail = [_NONE] * NR_FULLNESS_GROUPS
-            cls.count = [0] * NR_FULLNESS_GROUPS
             cls.mask = 0
         self._new_columns()
         self._frames, self._warm, self._recent, self._recent_pages = {}, {}, {}, 0
@@ -724,7 +750,7 @@ class ZsPool:
     def class_stats(self) -> list[ClassStat]:
         rows = []
         for cls in self.classes:
-            groups = tuple(cls.count[1:NR_FULLNESS_GROUPS])
+            groups = tuple(sum(1 for _ in self.group(cls, g)) for g in range(1, NR_FULLNESS_GROUPS))
             rows.append(ClassStat(
                 cls.spec.index, cls.size, groups, cls.obj_allocated, cls.obj_used,
                 cls.obj_allocated // cls.opz * cls.ppz, cls.ppz, cls.can_compact(),
@@ -763,9 +789,8 @@ class ZsPool:
             used = allocated = 0
             for g in range(NR_FULLNESS_GROUPS):
                 members = list(self.group(cls, g))
-                assert len(members) == cls.count[g], "group count out of sync"
                 assert bool(members) == bool(cls.mask >> g & 1), "group mask out of sync"
-                assert (members[-1] if members else _NONE) == cls.head[g], "group head out of sync"
+                assert not members or self._zprev[members[-1]] == _NONE, "group list does not end"
                 for zid in members:
                     nxt = self._znext[zid]
                     assert nxt == _NONE or self._zprev[nxt] == zid, "group links out of sync"
@@ -807,16 +832,16 @@ class ZsPool:
             header = q[(obj & OFFSET_MASK) >> 3]
             if header & 1:
                 tagged += 1
-                if idx not in deferred:
-                    assert self._loc[header >> 1] == _where(obj, ZS_HANDLE_SIZE), "handle points elsewhere"
+                if (obj >> LOC_SHIFT) + 1 not in deferred:
+                    assert self._loc[header >> 1] == (obj >> LOC_SHIFT) + 1, "handle points elsewhere"
         assert tagged == self._zinuse[zid], "header tags disagree with the in-use count"
         free: set[int] = set()
         fh = self._zfree[zid]
         while fh:
-            idx = fh - 1
-            assert 0 <= idx < fresh and idx not in free, "free list out of range or looping"
+            idx, rest = divmod(((fh - 1) << LOC_SHIFT) - addr, cls.size)
+            assert rest == 0 and 0 <= idx < fresh and idx not in free, "free list off objects or looping"
             free.add(idx)
-            header = q[((addr + idx * cls.size) & OFFSET_MASK) >> 3]
+            header = q[((fh - 1) & WORD_MASK)]
             assert not header & 1, "an allocated object on the free list"
             fh = header >> 1
         assert len(free) == fresh - tagged, "free list misses objects"
