@@ -2,6 +2,7 @@
 
 import os
 import random
+from array import array
 
 import pytest
 from hypothesis import settings
@@ -221,3 +222,28 @@ class PoolMachine(RuleBasedStateMachine):
 
 TestPoolMachine = PoolMachine.TestCase
 TestPoolMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+def test_locations_widen_past_32_bit_addresses():
+    """The handle table holds 32-bit locations until a chunk lies beyond
+    32 GiB of pool addresses; then it is widened, locations intact."""
+    pool = ZsPool()
+    rng = random.Random(5)
+    objs = fill(pool, rng, 50)
+    assert pool._loc.itemsize == 4
+    # stand-ins for more chunks (never addressed): the next one starts at 32 GiB
+    first = len(pool._chunks)
+    pool._chunks += [pool._chunks[0]] * (8192 - first)
+    pool._windows += pool._windows[:8] * (8192 - first)
+    pool._page_zid.extend(array("i", [-1]) * ((8192 - first) * 1024))
+    for ppz in list(pool._frames):
+        del pool._frames[ppz]       # nothing left to take but a new chunk
+    pool._recent.clear()
+    h = pool.store(b"x" * 4096)
+    assert pool._loc.itemsize == 8 and pool._loc[h] >= 1 << 32
+    objs[h] = b"x" * 4096
+    objs.update(fill(pool, rng, 50))
+    verify(pool, objs)
+    for h in list(objs):
+        pool.free(h)
+    pool.check()

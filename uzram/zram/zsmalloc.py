@@ -5,19 +5,21 @@ untouched pages cost nothing and ``MADV_DONTNEED`` really frees). Each chunk
 is cut into frames of one size (1..16 pages); a zspage occupies one frame, so
 its objects are contiguous and may straddle page boundaries as in zsmalloc.
 
-Objects of non-huge classes start with an 8-byte header: ``handle << 1 | 1``
-while allocated, ``(next free word + 1) << 1`` while on the zspage's free
-list, where a word (address >> 3) names the next free object's header. Objects never allocated since the zspage was created lie beyond
-``fresh`` and are not touched (so a new zspage commits no memory until used).
-Huge classes hold one page-sized object per page and keep its handle in the
-zspage instead.
+An address is ``chunk number << 22 | offset in the chunk``, a word an
+address >> 3. Objects of non-huge classes start with an 8-byte header:
+``handle << 1 | 1`` while allocated, ``(next free header's word + 1) << 1``
+while on the zspage's free list. Objects never allocated since the zspage
+was created lie beyond ``fresh`` and are not touched (so a new zspage
+commits no memory until used). Huge classes hold one page-sized object per
+zspage and no header (they are never compacted, so nothing asks for the
+handle of a huge object).
 
-Bookkeeping lives in arrays, not in one Python object per zspage: columns
+Bookkeeping is columns, not one Python object per zspage: lists and arrays
 indexed by zspage id (frame address, class, in-use count, free-list head,
-fullness group, links of the index-linked fullness lists, pins), a page ->
-zspage id table, and free frames as arrays of addresses. A pool holding
-hundreds of MiB thus adds almost no objects for the garbage collector.
-An address is ``chunk number << 22 | offset in the chunk``.
+fresh, fullness group, links of the index-linked fullness lists), a page ->
+zspage id table, a dict of the pinned zspages, and free frames as arrays of
+addresses. A pool
+holding hundreds of MiB thus adds no objects for the garbage collector.
 
 Handles are indices into a location table, so compaction can move objects
 without their owners noticing. A location is the address of the object's
@@ -62,6 +64,15 @@ from .sizeclass import (
 
 CHUNK_PAGES = 1024
 CHUNK_BYTES = CHUNK_PAGES * PAGE_SIZE
+CHUNK_SHIFT = 22
+OFFSET_MASK = CHUNK_BYTES - 1
+assert CHUNK_BYTES == 1 << CHUNK_SHIFT
+LOC_SHIFT = 3      # location = data address >> 3 (data is 8-byte aligned); a word = address >> 3
+WORD_MASK = OFFSET_MASK >> LOC_SHIFT
+CHUNK_WORD_SHIFT = CHUNK_SHIFT - LOC_SHIFT
+WINDOW_SHIFT = 16 + LOC_SHIFT
+WINDOWS_PER_CHUNK = 1 << (CHUNK_SHIFT - WINDOW_SHIFT)
+_NONE = -1   # no zspage (links, hot pick)
 NR_FULLNESS_GROUPS = 12
 INUSE_RATIO_0 = 0
 INUSE_RATIO_99 = 10
@@ -129,17 +140,6 @@ def prefaulted_chunk() -> _Chunk:
     """A chunk whose pages are all resident (and locked, under mlockall):
     made outside the pool's thread, for :meth:`ZsPool.add_spare`."""
     return _Chunk(populate=True)
-
-
-CHUNK_SHIFT = 22
-OFFSET_MASK = CHUNK_BYTES - 1
-assert CHUNK_BYTES == 1 << CHUNK_SHIFT
-LOC_SHIFT = 3      # location = data address >> 3 (data is 8-byte aligned); a word = address >> 3
-WORD_MASK = OFFSET_MASK >> LOC_SHIFT
-CHUNK_WORD_SHIFT = CHUNK_SHIFT - LOC_SHIFT
-WINDOW_SHIFT = 16 + LOC_SHIFT
-WINDOWS_PER_CHUNK = 1 << (CHUNK_SHIFT - WINDOW_SHIFT)
-_NONE = -1   # no zspage (links, hot pick)
 
 
 class Window:
@@ -220,7 +220,9 @@ class ZsPool:
         # request size (0..PAGE_SIZE) -> class, one list lookup on the hot path
         self._by_size: list[SizeClass] = [by_index[table.for_request(max(s, 1))] for s in range(ZS_MAX_ALLOC_SIZE + 1)]
         self._index_map = table.index_map
-        self._loc = array("Q", [0])       # handle -> location; free handles chain through it
+        # handle -> location; free handles chain through it. 32-bit entries
+        # until the pool's addresses outgrow them (32 GiB), see _register
+        self._loc = array("I", [0])
         self._hfree = 0
         self._new_columns()
         self._frames: dict[int, array[int]] = {}   # addresses of frames not resident, by pages
@@ -242,17 +244,17 @@ class ZsPool:
 
     def _new_columns(self) -> None:
         """The zspage table: one column per field, indexed by zspage id.
-        Columns of small numbers are lists (their ints are the interpreter's
-        shared small ints, and a list subscript is about twice as fast as an
-        array's: these are read and written on every store and free), the
-        others arrays."""
+        The columns read or written on every store and free (class, in-use
+        count, fresh) are lists of small ints (the interpreter's shared
+        ones): a list subscript costs about half an array's. The others are
+        arrays."""
         self._zcls: list[int] = []    # class position, -1 while the id is free
         self._zaddr = array("q")      # frame address
         self._zinuse: list[int] = []
         self._zfree = array("q")      # (word + 1) of the first free object's header, 0 = none
         self._zfresh: list[int] = []  # objects at or above this index were never allocated
-        self._zfg: list[int] = []     # fullness group, _ISOLATED while on no list
-        self._zpins: list[int] = []
+        self._zfg = array("b")        # fullness group, _ISOLATED while on no list
+        self._pins: dict[int, int] = {}   # zspage id -> pins, while pinned
         self._zprev = array("i")     # neighbours in the fullness group's list
         self._znext = array("i")
         self._deferred: dict[int, list[int]] = {}   # zspage id -> locations freed, waiting for the last unpin
@@ -283,6 +285,8 @@ class ZsPool:
     def _register(self, chunk: _Chunk) -> int:
         """Number a chunk: its windows and page table entries. Returns its address."""
         addr = len(self._chunks) << CHUNK_SHIFT
+        if (addr + CHUNK_BYTES - 1) >> LOC_SHIFT > 0xFFFFFFFF and self._loc.itemsize < 8:
+            self._loc = array("Q", self._loc)
         self._chunks.append(chunk)
         for w in range(WINDOWS_PER_CHUNK):
             self._windows.append(Window(w << WINDOW_SHIFT, chunk.mv))
@@ -386,7 +390,7 @@ class ZsPool:
     def _new_zspage(self, cls: SizeClass) -> int:
         ppz = cls.ppz
         addr = self._take_frame(ppz)
-        if self._free_zids:   # in-use count and pins are 0
+        if self._free_zids:   # the in-use count is 0, the group _ISOLATED
             zid = self._free_zids.pop()
             self._zcls[zid] = cls.pos
             self._zaddr[zid] = addr
@@ -398,7 +402,6 @@ class ZsPool:
             self._zinuse.append(0)
             self._zfree.append(0)
             self._zfresh.append(0)
-            self._zpins.append(0)
             self._zprev.append(_NONE)
             self._znext.append(_NONE)
             self._zfg.append(_ISOLATED)
@@ -604,7 +607,7 @@ class ZsPool:
         self._hfree = h
         self.objects -= 1
         cls = self.classes[self._zcls[zid]]
-        if self._zpins[zid]:
+        if zid in self._pins:
             self._deferred.setdefault(zid, []).append(where)
             return
         if cls.hdr:
@@ -642,13 +645,16 @@ class ZsPool:
         that zspage wait) until ``unpin`` of the returned token."""
         zid = self.zspage_of(h)
         assert self._zcls[zid] >= 0
-        self._zpins[zid] += 1
+        self._pins[zid] = self._pins.get(zid, 0) + 1
         return zid
 
     def unpin(self, token: int) -> None:
         zid = token
-        self._zpins[zid] -= 1
-        if self._zpins[zid] or self._zcls[zid] < 0:
+        pins = self._pins.pop(zid) - 1
+        if pins:
+            self._pins[zid] = pins
+            return
+        if self._zcls[zid] < 0:
             return
         cls = self.classes[self._zcls[zid]]
         deferred = self._deferred.pop(zid, None)
@@ -684,11 +690,11 @@ class ZsPool:
                 yield freed
 
     def _pick(self, cls: SizeClass, order: range, exclude: int) -> int:
-        pins = self._zpins
+        pins = self._pins
         for fg in order:
             if cls.mask >> fg & 1:
                 for zid in self.group(cls, fg):
-                    if zid != exclude and not pins[zid]:
+                    if zid != exclude and zid not in pins:
                         return zid
         return _NONE
 
@@ -742,7 +748,7 @@ class ZsPool:
         while chunks:
             del chunks[-4:]
             yield None
-        self._loc = array("Q", [0])
+        self._loc = array("I", [0])
         self.pages_allocated = self.objects = 0
 
     # -- introspection -------------------------------------------------------------
@@ -818,7 +824,8 @@ class ZsPool:
         assert seen == {z for z, c in enumerate(self._zcls) if c >= 0}, "a live zspage on no list"
         assert set(self._free_zids) == {z for z, c in enumerate(self._zcls) if c < 0}, "free ids out of sync"
         assert pages == self.pages_allocated
-        assert set(self._deferred) <= seen and all(self._zpins[z] for z in self._deferred)
+        assert set(self._deferred) <= seen and all(self._pins.get(z, 0) > 0 for z in self._deferred)
+        assert all(self._zcls[z] >= 0 and n > 0 for z, n in self._pins.items()), "pins on a freed zspage"
         assert live - sum(len(d) for d in self._deferred.values()) == self.objects
 
     def _check_objects(self, zid: int, cls: SizeClass) -> None:
