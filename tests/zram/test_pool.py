@@ -240,7 +240,7 @@ def test_locations_widen_past_32_bit_addresses():
         del pool._frames[ppz]       # nothing left to take but a new chunk
     pool._recent.clear()
     h = pool.store(b"x" * 4096)
-    assert pool._loc.itemsize == 8 and pool._loc[h] >= 1 << 32
+    assert pool._loc.itemsize == pool._zfree.itemsize == 8 and pool._loc[h] >= 1 << 32
     objs[h] = b"x" * 4096
     objs.update(fill(pool, rng, 50))
     verify(pool, objs)

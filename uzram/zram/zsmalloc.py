@@ -249,9 +249,11 @@ class ZsPool:
         ones): a list subscript costs about half an array's. The others are
         arrays."""
         self._zcls: list[int] = []    # class position, -1 while the id is free
-        self._zaddr = array("q")      # frame address
+        self._zpage = array("I")      # frame address >> 12
         self._zinuse: list[int] = []
-        self._zfree = array("q")      # (word + 1) of the first free object's header, 0 = none
+        # (word + 1) of the first free object's header, 0 = none; 32 bits
+        # until the pool's addresses outgrow them, as the handle table
+        self._zfree = array("I")
         self._zfresh: list[int] = []  # objects at or above this index were never allocated
         self._zfg = array("b")        # fullness group, _ISOLATED while on no list
         self._pins: dict[int, int] = {}   # zspage id -> pins, while pinned
@@ -287,6 +289,7 @@ class ZsPool:
         addr = len(self._chunks) << CHUNK_SHIFT
         if (addr + CHUNK_BYTES - 1) >> LOC_SHIFT > 0xFFFFFFFF and self._loc.itemsize < 8:
             self._loc = array("Q", self._loc)
+            self._zfree = array("Q", self._zfree)
         self._chunks.append(chunk)
         for w in range(WINDOWS_PER_CHUNK):
             self._windows.append(Window(w << WINDOW_SHIFT, chunk.mv))
@@ -393,12 +396,12 @@ class ZsPool:
         if self._free_zids:   # the in-use count is 0, the group _ISOLATED
             zid = self._free_zids.pop()
             self._zcls[zid] = cls.pos
-            self._zaddr[zid] = addr
+            self._zpage[zid] = addr >> 12
             self._zfree[zid] = self._zfresh[zid] = 0
         else:
             zid = len(self._zcls)
             self._zcls.append(cls.pos)
-            self._zaddr.append(addr)
+            self._zpage.append(addr >> 12)
             self._zinuse.append(0)
             self._zfree.append(0)
             self._zfresh.append(0)
@@ -421,7 +424,7 @@ class ZsPool:
         self._unlink(zid, cls)
         cls.obj_allocated -= cls.opz
         self.pages_allocated -= cls.ppz
-        self._release_frame(self._zaddr[zid], cls.ppz)
+        self._release_frame(self._zpage[zid] << 12, cls.ppz)
         self._zcls[zid] = -1
         self._free_zids.append(zid)
 
@@ -520,7 +523,7 @@ class ZsPool:
         else:
             idx = self._zfresh[zid]
             self._zfresh[zid] = idx + 1
-            word = (self._zaddr[zid] + idx * cls.size) >> LOC_SHIFT
+            word = ((self._zpage[zid] << 12) + idx * cls.size) >> LOC_SHIFT
             q = self._chunks[word >> CHUNK_WORD_SHIFT].q
         q[word & WORD_MASK] = h << 1 | 1
         self._zinuse[zid] += 1
@@ -573,7 +576,7 @@ class ZsPool:
                 zfresh = self._zfresh
                 idx = zfresh[zid]
                 zfresh[zid] = idx + 1
-                word = (self._zaddr[zid] + idx * cls.size) >> LOC_SHIFT
+                word = ((self._zpage[zid] << 12) + idx * cls.size) >> LOC_SHIFT
                 chunk = self._chunks[word >> CHUNK_WORD_SHIFT]
                 q = chunk.q
                 i = word & WORD_MASK
@@ -581,7 +584,7 @@ class ZsPool:
             loc[h] = word + 1   # past the header
             start = (i + 1) << LOC_SHIFT
         else:
-            addr = self._zaddr[zid]
+            addr = self._zpage[zid] << 12
             chunk = self._chunks[addr >> CHUNK_SHIFT]
             start = addr & OFFSET_MASK
             loc[h] = addr >> LOC_SHIFT
@@ -707,7 +710,7 @@ class ZsPool:
         if src == _NONE:
             return None
         size, loc, zinuse = cls.size, self._loc, self._zinuse
-        base = self._zaddr[src]
+        base = self._zpage[src] << 12
         chunk = self._chunks[base >> CHUNK_SHIFT]
         q, mv = chunk.q, chunk.mv
         for idx in range(self._zfresh[src]):
@@ -805,7 +808,7 @@ class ZsPool:
                     inuse = self._zinuse[zid]
                     assert self._zcls[zid] == cls.pos, "zspage in another class's list"
                     assert self._zfg[zid] == g and cls.fullness(inuse) == g, "zspage in the wrong group"
-                    addr = self._zaddr[zid]
+                    addr = self._zpage[zid] << 12
                     assert addr % PAGE_SIZE == 0 and (addr & OFFSET_MASK) + cls.ppz * PAGE_SIZE <= CHUNK_BYTES
                     page = addr >> 12
                     assert set(self._page_zid[page : page + cls.ppz]) == {zid}, "page table out of sync"
@@ -830,7 +833,7 @@ class ZsPool:
 
     def _check_objects(self, zid: int, cls: SizeClass) -> None:
         """Headers, the free list and the handles of a non-huge zspage."""
-        addr, fresh = self._zaddr[zid], self._zfresh[zid]
+        addr, fresh = self._zpage[zid] << 12, self._zfresh[zid]
         q = self._chunks[addr >> CHUNK_SHIFT].q
         deferred = set(self._deferred.get(zid, ()))
         tagged = 0
