@@ -494,6 +494,29 @@ class ZsPool:
         if hot != _NONE and zfg[hot] <= fg < INUSE_RATIO_100:
             cls.hot = zid   # now the last of the fullest allocatable group
 
+    def _move(self, zid: int, cls: SizeClass, old: int, fg: int) -> None:
+        """``_regroup`` for the store path: the class's pick ``zid`` moves up
+        from group ``old`` to ``fg`` (the caller sets the pick again)."""
+        prev, nxt, tail = self._zprev, self._znext, cls.tail
+        p, n = prev[zid], nxt[zid]
+        if p != _NONE:
+            nxt[p] = n
+        if n != _NONE:
+            prev[n] = p
+        else:
+            tail[old] = p
+            if p == _NONE:
+                cls.mask &= ~(1 << old)
+        last = tail[fg]
+        prev[zid] = last
+        nxt[zid] = _NONE
+        if last == _NONE:
+            cls.mask |= 1 << fg
+        else:
+            nxt[last] = zid
+        tail[fg] = zid
+        self._zfg[zid] = fg
+
     def group(self, cls: SizeClass, fg: int) -> Iterator[int]:
         """The ids of the zspages in ``cls``'s fullness group ``fg``, last
         added first (zsmalloc's order of picking)."""
@@ -596,7 +619,8 @@ class ZsPool:
         cls.obj_used += 1
         self.objects += 1
         if cls.up[inuse]:
-            self._regroup(zid, cls)
+            fg_of = cls.fg_of
+            self._move(zid, cls, fg_of[inuse - 1], fg_of[inuse])
             # moved up, to the end of the fullest group: still the pick unless full
             cls.hot = zid if inuse != cls.opz else _NONE
         return h
