@@ -181,7 +181,7 @@ def report(imp: list[tuple[str, dict[str, int]]], data: dict[str, Any]) -> str:
               f"{pools.get('pool_chunks', 0)} chunks of 4 MiB, {m(pools.get('pool_chunk_resident_bytes', 0))} MiB "
               f"of them resident, handle table "
               f"{pools.get('pool_handle_table_bytes', 0) / MiB:.1f} MiB, {pools.get('pool_frame_tuples', 0):,} "
-              f"free-frame tuples); slot table {m(pools.get('slot_table_bytes', 0))} MiB mapped, "
+              f"free frames); slot table {m(pools.get('slot_table_bytes', 0))} MiB mapped, "
               f"{m(pools.get('slot_table_resident_bytes', 0))} resident",
               f"glibc malloc: heap {m(mall.get('arena', 0))} MiB, in use {m(mall.get('uordblks', 0))}, free "
               f"(kept) {m(mall.get('fordblks', 0))}, mmapped blocks {m(mall.get('hblkhd', 0))}; "

@@ -83,8 +83,8 @@ def _pools() -> dict[str, int]:
             out["pool_objects"] += obj.objects
             out["pool_chunks"] += len(obj._chunks)
             out["pool_chunk_resident_bytes"] += sum(_resident(c.mm, c.addr()) for c in obj._chunks)
-            out["pool_zspage_slots"] += len(obj._zspages)
-            out["pool_live_zspages"] += sum(1 for z in obj._zspages if z is not None)
+            out["pool_zspage_slots"] += len(obj._zcls)
+            out["pool_live_zspages"] += sum(1 for c in obj._zcls if c >= 0)
             out["pool_handle_table_bytes"] += obj._loc.buffer_info()[1] * obj._loc.itemsize
             out["pool_frame_tuples"] += sum(len(v) for v in obj._frames.values())
             out["pool_warm_tuples"] += sum(len(v) for v in obj._warm.values())

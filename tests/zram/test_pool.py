@@ -2,6 +2,7 @@
 
 import os
 import random
+from array import array
 
 import pytest
 from hypothesis import settings
@@ -62,8 +63,8 @@ def test_allocation_prefers_most_used_zspage():
     pool.free(hs[cls.opz])             # second zspage loses one object
     pool.check()
     h = pool.malloc(size)
-    where = pool._loc[h] >> 16
-    assert where == pool._loc[hs[cls.opz + 1]] >> 16  # went to the fuller zspage
+    where = pool.zspage_of(h)
+    assert where == pool.zspage_of(hs[cls.opz + 1])  # went to the fuller zspage
 
 
 def test_empty_zspage_returns_memory_at_once():
@@ -215,9 +216,34 @@ class PoolMachine(RuleBasedStateMachine):
     def consistent(self):
         verify(self.pool, self.objs)
         for cls in self.pool.classes:
-            for zs in cls.groups[INUSE_RATIO_100]:
-                assert zs.inuse == cls.opz
+            for zid in self.pool.group(cls, INUSE_RATIO_100):
+                assert self.pool.inuse(zid) == cls.opz
 
 
 TestPoolMachine = PoolMachine.TestCase
 TestPoolMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+def test_locations_widen_past_32_bit_addresses():
+    """The handle table holds 32-bit locations until a chunk lies beyond
+    32 GiB of pool addresses; then it is widened, locations intact."""
+    pool = ZsPool()
+    rng = random.Random(5)
+    objs = fill(pool, rng, 50)
+    assert pool._loc.itemsize == 4
+    # stand-ins for more chunks (never addressed): the next one starts at 32 GiB
+    first = len(pool._chunks)
+    pool._chunks += [pool._chunks[0]] * (8192 - first)
+    pool._windows += pool._windows[:8] * (8192 - first)
+    pool._page_zid.extend(array("i", [-1]) * ((8192 - first) * 1024))
+    for ppz in list(pool._frames):
+        del pool._frames[ppz]       # nothing left to take but a new chunk
+    pool._recent.clear()
+    h = pool.store(b"x" * 4096)
+    assert pool._loc.itemsize == pool._zfree.itemsize == 8 and pool._loc[h] >= 1 << 32
+    objs[h] = b"x" * 4096
+    objs.update(fill(pool, rng, 50))
+    verify(pool, objs)
+    for h in list(objs):
+        pool.free(h)
+    pool.check()

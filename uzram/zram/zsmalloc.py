@@ -5,15 +5,26 @@ untouched pages cost nothing and ``MADV_DONTNEED`` really frees). Each chunk
 is cut into frames of one size (1..16 pages); a zspage occupies one frame, so
 its objects are contiguous and may straddle page boundaries as in zsmalloc.
 
-Objects of non-huge classes start with an 8-byte header: ``handle << 1 | 1``
-while allocated, ``(next free index + 1) << 1`` while on the zspage's free
-list. Objects never allocated since the zspage was created lie beyond
-``fresh`` and are not touched (so a new zspage commits no memory until used).
-Huge classes hold one page-sized object per page and keep its handle in the
-zspage instead.
+An address is ``chunk number << 22 | offset in the chunk``, a word an
+address >> 3. Objects of non-huge classes start with an 8-byte header:
+``handle << 1 | 1`` while allocated, ``(next free header's word + 1) << 1``
+while on the zspage's free list. Objects never allocated since the zspage
+was created lie beyond ``fresh`` and are not touched (so a new zspage
+commits no memory until used). Huge classes hold one page-sized object per
+zspage and no header (they are never compacted, so nothing asks for the
+handle of a huge object).
 
-Handles are indices into a location table (``zspage id << 16 | object
-index``), so compaction can move objects without their owners noticing.
+Bookkeeping is columns, not one Python object per zspage: lists and arrays
+indexed by zspage id (frame address, class, in-use count, free-list head,
+fresh, fullness group, links of the index-linked fullness lists), a page ->
+zspage id table, a dict of the pinned zspages, and free frames as arrays of
+addresses. A pool
+holding hundreds of MiB thus adds no objects for the garbage collector.
+
+Handles are indices into a location table, so compaction can move objects
+without their owners noticing. A location is the address of the object's
+data (past its header) / 8: its high bits (``>> 16``) number a 512 KiB
+window of a chunk, its low 16 bits the offset in that window in 8-byte units.
 
 Reserve (for a swap server under global memory pressure): with a ``feed``
 (:class:`uzram.zram.chunkfeed.ChunkFeed`) the pool keeps ``reserve_pages``
@@ -53,6 +64,15 @@ from .sizeclass import (
 
 CHUNK_PAGES = 1024
 CHUNK_BYTES = CHUNK_PAGES * PAGE_SIZE
+CHUNK_SHIFT = 22
+OFFSET_MASK = CHUNK_BYTES - 1
+assert CHUNK_BYTES == 1 << CHUNK_SHIFT
+LOC_SHIFT = 3      # location = data address >> 3 (data is 8-byte aligned); a word = address >> 3
+WORD_MASK = OFFSET_MASK >> LOC_SHIFT
+CHUNK_WORD_SHIFT = CHUNK_SHIFT - LOC_SHIFT
+WINDOW_SHIFT = 16 + LOC_SHIFT
+WINDOWS_PER_CHUNK = 1 << (CHUNK_SHIFT - WINDOW_SHIFT)
+_NONE = -1   # no zspage (links, hot pick)
 NR_FULLNESS_GROUPS = 12
 INUSE_RATIO_0 = 0
 INUSE_RATIO_99 = 10
@@ -122,25 +142,46 @@ def prefaulted_chunk() -> _Chunk:
     return _Chunk(populate=True)
 
 
-class SizeClass:
-    __slots__ = ("spec", "size", "ppz", "opz", "huge", "groups", "mask", "obj_allocated", "obj_used", "fg_of", "hot")
+class Window:
+    """A 512 KiB window of a chunk: the object of location ``where`` (with
+    ``where >> 16`` this window's number) starts at ``base + (where & 0xFFFF)
+    * size + hdr`` of ``mv``. ``hdr`` is 0: locations point past headers."""
+    __slots__ = ("base", "size", "hdr", "mv")
 
-    def __init__(self, spec: ClassSpec) -> None:
+    def __init__(self, base: int, mv: memoryview) -> None:
+        self.base = base
+        self.size = 1 << LOC_SHIFT
+        self.hdr = 0
+        self.mv = mv
+
+
+class SizeClass:
+    __slots__ = ("spec", "pos", "size", "ppz", "opz", "huge", "hdr", "tail", "mask",
+                 "obj_allocated", "obj_used", "fg_of", "up", "down", "hot")
+
+    def __init__(self, spec: ClassSpec, pos: int) -> None:
         self.spec = spec
+        self.pos = pos       # index in ZsPool.classes
         self.size = spec.size
         self.ppz = spec.pages_per_zspage
         self.opz = spec.objs_per_zspage
         self.huge = spec.huge
-        # fullness group -> zspages in it (dicts keep insertion order)
-        self.groups: list[dict[ZsPage, None]] = [{} for _ in range(NR_FULLNESS_GROUPS)]
-        self.mask = 0  # bit g set when groups[g] is non-empty
+        self.hdr = 0 if spec.huge else ZS_HANDLE_SIZE
+        # fullness group -> the last zspage id of its list (linked through the
+        # pool's prev/next columns, appended at the tail)
+        self.tail = [_NONE] * NR_FULLNESS_GROUPS
+        self.mask = 0  # bit g set when group g is non-empty
         self.obj_allocated = 0
         self.obj_used = 0
         self.fg_of = [self.fullness(n) for n in range(self.opz + 1)]
+        # in-use count -> whether reaching it by a store (up) or a free (down)
+        # changes the group
+        self.up = [False] + [self.fg_of[n] != self.fg_of[n - 1] for n in range(1, self.opz + 1)]
+        self.down = [self.fg_of[n] != self.fg_of[n + 1] for n in range(self.opz)] + [False]
         # the zspage the next store picks, while known: the last one of the
         # fullest non-empty group below 100% (zsmalloc's pick). _regroup
         # keeps it exact; a move of the target itself down forgets it.
-        self.hot: ZsPage | None = None
+        self.hot = _NONE
 
     def fullness(self, inuse: int) -> int:
         if inuse == 0:
@@ -152,30 +193,6 @@ class SizeClass:
     def can_compact(self) -> int:
         """``zs_can_compact``: pages compaction could free in this class."""
         return (self.obj_allocated - self.obj_used) // self.opz * self.ppz
-
-
-class ZsPage:
-    __slots__ = (
-        "zid", "cls", "chunk", "mv", "q", "base", "size", "hdr",
-        "inuse", "free_head", "fresh", "fg", "pins", "deferred", "huge_handle",
-    )
-
-    def __init__(self, zid: int, cls: SizeClass, chunk: _Chunk, base: int) -> None:
-        self.zid = zid
-        self.cls = cls
-        self.chunk = chunk
-        self.mv = chunk.mv
-        self.q = chunk.q
-        self.base = base
-        self.size = cls.size
-        self.hdr = 0 if cls.huge else ZS_HANDLE_SIZE
-        self.inuse = 0
-        self.free_head = 0   # (index + 1) of the first free object, 0 = none
-        self.fresh = 0       # objects at or above this index were never allocated
-        self.fg = INUSE_RATIO_0
-        self.pins = 0
-        self.deferred: list[int] | None = None  # frees waiting for the last unpin
-        self.huge_handle = 0
 
 
 @dataclass(frozen=True)
@@ -198,21 +215,23 @@ class ZsPool:
         table = build_class_table(chain_size)
         self.chain_size = chain_size
         self.huge_class_size = table.huge_class_size
-        self.classes = [SizeClass(spec) for spec in table.specs]
+        self.classes = [SizeClass(spec, pos) for pos, spec in enumerate(table.specs)]
         by_index = {c.spec.index: c for c in self.classes}
         # request size (0..PAGE_SIZE) -> class, one list lookup on the hot path
         self._by_size: list[SizeClass] = [by_index[table.for_request(max(s, 1))] for s in range(ZS_MAX_ALLOC_SIZE + 1)]
         self._index_map = table.index_map
-        self._loc = array("Q", [0])       # handle -> location; free handles chain through it
+        # handle -> location; free handles chain through it. 32-bit entries
+        # until the pool's addresses outgrow them (32 GiB), see _register
+        self._loc = array("I", [0])
         self._hfree = 0
-        self._zspages: list[ZsPage | None] = []
-        self._free_zids: list[int] = []
-        self._frames: dict[int, list[tuple[_Chunk, int]]] = {}   # not resident
-        self._warm: dict[int, list[tuple[_Chunk, int]]] = {}     # resident, kept as reserve
-        self._recent: dict[int, list[tuple[_Chunk, int]]] = {}   # resident, freed lately (no feed)
+        self._new_columns()
+        self._frames: dict[int, array[int]] = {}   # addresses of frames not resident, by pages
+        self._warm: dict[int, array[int]] = {}     # resident, kept as reserve
+        self._recent: dict[int, array[int]] = {}   # resident, freed lately (no feed)
         self._recent_pages = 0
-        self._spare: list[_Chunk] = []
-        self._chunks: list[_Chunk] = []
+        self._spare = array("q")                   # addresses of whole chunks kept resident
+        self._chunks: list[_Chunk] = []            # by chunk number
+        self._windows: list[Window] = []           # by location >> 16
         self.reserve_pages = 0
         self.reserve_free = 0      # pages in warm frames and spare chunks
         self.reserve_misses = 0    # stores refused (ENOMEM): no resident frame in time
@@ -222,6 +241,27 @@ class ZsPool:
         self.pages_allocated = 0
         self.pages_compacted = 0
         self.objects = 0
+
+    def _new_columns(self) -> None:
+        """The zspage table: one column per field, indexed by zspage id.
+        The columns read or written on every store and free (class, in-use
+        count, fresh) are lists of small ints (the interpreter's shared
+        ones): a list subscript costs about half an array's. The others are
+        arrays."""
+        self._zcls: list[int] = []    # class position, -1 while the id is free
+        self._zpage = array("I")      # frame address >> 12
+        self._zinuse: list[int] = []
+        # (word + 1) of the first free object's header, 0 = none; 32 bits
+        # until the pool's addresses outgrow them, as the handle table
+        self._zfree = array("I")
+        self._zfresh: list[int] = []  # objects at or above this index were never allocated
+        self._zfg = array("b")        # fullness group, _ISOLATED while on no list
+        self._pins: dict[int, int] = {}   # zspage id -> pins, while pinned
+        self._zprev = array("i")     # neighbours in the fullness group's list
+        self._znext = array("i")
+        self._deferred: dict[int, list[int]] = {}   # zspage id -> locations freed, waiting for the last unpin
+        self._free_zids: list[int] = []
+        self._page_zid = array("i")  # page (address >> 12) -> id of the zspage whose frame holds it
 
     # -- accounting -------------------------------------------------------
 
@@ -241,9 +281,20 @@ class ZsPool:
         return self.reserve_free < self.reserve_pages
 
     def add_spare(self, chunk: _Chunk) -> None:
-        self._spare.append(chunk)
-        self._chunks.append(chunk)
+        self._spare.append(self._register(chunk))
         self.reserve_free += CHUNK_PAGES
+
+    def _register(self, chunk: _Chunk) -> int:
+        """Number a chunk: its windows and page table entries. Returns its address."""
+        addr = len(self._chunks) << CHUNK_SHIFT
+        if (addr + CHUNK_BYTES - 1) >> LOC_SHIFT > 0xFFFFFFFF and self._loc.itemsize < 8:
+            self._loc = array("Q", self._loc)
+            self._zfree = array("Q", self._zfree)
+        self._chunks.append(chunk)
+        for w in range(WINDOWS_PER_CHUNK):
+            self._windows.append(Window(w << WINDOW_SHIFT, chunk.mv))
+        self._page_zid.extend(array("i", [_NONE]) * CHUNK_PAGES)
+        return addr
 
     def set_feed(self, feed: ChunkFeed[_Chunk] | None, reserve_pages: int) -> None:
         """Keep ``reserve_pages`` resident, refilled by ``feed`` (None: stop)."""
@@ -253,8 +304,8 @@ class ZsPool:
         if feed is not None:   # the reserve decides what stays resident from now on
             recent, self._recent, self._recent_pages = self._recent, {}, 0
             for ppz, frames in recent.items():
-                for chunk, base in frames:
-                    self._release_frame(chunk, base, ppz)
+                for addr in frames:
+                    self._release_frame(addr, ppz)
         self.reserve_pages = reserve_pages
         self._requested = 0
         self._ask_feed()
@@ -271,13 +322,15 @@ class ZsPool:
             self._requested += missing
             feed.request(missing)
 
-    def _carve(self, chunk: _Chunk, ppz: int) -> list[tuple[_Chunk, int]]:
+    def _carve(self, addr: int, ppz: int) -> array[int]:
+        """The frames of the chunk at ``addr``, the first one last (popped first)."""
         step = ppz * PAGE_SIZE
-        return [(chunk, base) for base in range((CHUNK_PAGES // ppz - 1) * step, -1, -step)]
+        return array("q", range(addr + (CHUNK_PAGES // ppz - 1) * step, addr - 1, -step))
 
-    def _take_frame(self, ppz: int) -> tuple[_Chunk, int]:
-        """A frame of ``ppz`` pages: resident ones first (the reserve), then
-        released ones, then a new chunk; under pressure, ENOMEM instead."""
+    def _take_frame(self, ppz: int) -> int:
+        """The address of a frame of ``ppz`` pages: resident ones first (the
+        reserve), then released ones, then a new chunk; under pressure,
+        ENOMEM instead."""
         warm = self._warm.get(ppz)
         if warm:
             self.reserve_free -= ppz
@@ -302,121 +355,212 @@ class ZsPool:
                 self._requested -= 1
                 self.add_spare(chunk)
         if self._spare:
-            chunk = self._spare.pop()
-            frames = self._carve(chunk, ppz)
+            frames = self._carve(self._spare.pop(), ppz)
             self.reserve_free -= CHUNK_PAGES - (len(frames) - 1) * ppz
             frame = frames.pop()
-            self._warm.setdefault(ppz, []).extend(frames)
+            self._warm.setdefault(ppz, array("q")).extend(frames)
             if feed is not None:
                 self._ask_feed()
             return frame
         released = self._frames.get(ppz)
         if released:
-            chunk, base = released.pop()
+            addr = released.pop()
             if self.locked:
-                chunk.relock(base, ppz * PAGE_SIZE)
-            return chunk, base
-        chunk = _Chunk()
-        self._chunks.append(chunk)
-        frames = self._frames[ppz] = self._carve(chunk, ppz)
+                self._chunks[addr >> CHUNK_SHIFT].relock(addr & OFFSET_MASK, ppz * PAGE_SIZE)
+            return addr
+        frames = self._frames[ppz] = self._carve(self._register(_Chunk()), ppz)
         return frames.pop()
 
-    def _release_frame(self, chunk: _Chunk, base: int, ppz: int) -> None:
+    def _release_frame(self, addr: int, ppz: int) -> None:
         """Keep a freed frame resident while the reserve wants it, else give
         its pages back."""
         if self.reserve_free + ppz <= self.reserve_pages:
-            self._warm.setdefault(ppz, []).append((chunk, base))
+            self._warm.setdefault(ppz, array("q")).append(addr)
             self.reserve_free += ppz
             return
         if self.feed is None and self._recent_pages + ppz <= RECENT_PAGES:
-            self._recent.setdefault(ppz, []).append((chunk, base))
+            self._recent.setdefault(ppz, array("q")).append(addr)
             self._recent_pages += ppz
             return
-        length = ppz * PAGE_SIZE
+        chunk, base, length = self._chunks[addr >> CHUNK_SHIFT], addr & OFFSET_MASK, ppz * PAGE_SIZE
         if self.locked:
             chunk.unlock(base, length)
         chunk.mm.madvise(mmap.MADV_DONTNEED, base, length)
-        self._frames.setdefault(ppz, []).append((chunk, base))
+        self._frames.setdefault(ppz, array("q")).append(addr)
 
     # -- zspages -------------------------------------------------------------
 
-    def _new_zspage(self, cls: SizeClass) -> ZsPage:
-        chunk, base = self._take_frame(cls.ppz)
-        if self._free_zids:
+    def _new_zspage(self, cls: SizeClass) -> int:
+        ppz = cls.ppz
+        addr = self._take_frame(ppz)
+        if self._free_zids:   # the in-use count is 0, the group _ISOLATED
             zid = self._free_zids.pop()
+            self._zcls[zid] = cls.pos
+            self._zpage[zid] = addr >> 12
+            self._zfree[zid] = self._zfresh[zid] = 0
         else:
-            zid = len(self._zspages)
-            self._zspages.append(None)
-        zs = ZsPage(zid, cls, chunk, base)
-        self._zspages[zid] = zs
+            zid = len(self._zcls)
+            self._zcls.append(cls.pos)
+            self._zpage.append(addr >> 12)
+            self._zinuse.append(0)
+            self._zfree.append(0)
+            self._zfresh.append(0)
+            self._zprev.append(_NONE)
+            self._znext.append(_NONE)
+            self._zfg.append(_ISOLATED)
+        page_zid, page = self._page_zid, addr >> 12
+        if ppz == 1:
+            page_zid[page] = zid
+        else:
+            for p in range(page, page + ppz):
+                page_zid[p] = zid
         cls.obj_allocated += cls.opz
-        self.pages_allocated += cls.ppz
-        cls.groups[INUSE_RATIO_0][zs] = None
-        cls.mask |= 1
-        return zs
+        self.pages_allocated += ppz
+        self._link(zid, cls, INUSE_RATIO_0)
+        return zid
 
-    def _free_zspage(self, zs: ZsPage) -> None:
-        cls = zs.cls
-        self._unlink(zs)
+    def _free_zspage(self, zid: int) -> None:
+        cls = self.classes[self._zcls[zid]]
+        self._unlink(zid, cls)
         cls.obj_allocated -= cls.opz
         self.pages_allocated -= cls.ppz
-        self._release_frame(zs.chunk, zs.base, cls.ppz)
-        self._zspages[zs.zid] = None
-        self._free_zids.append(zs.zid)
+        self._release_frame(self._zpage[zid] << 12, cls.ppz)
+        self._zcls[zid] = -1
+        self._free_zids.append(zid)
 
-    def _unlink(self, zs: ZsPage) -> None:
-        if zs.fg == _ISOLATED:
+    def _unlink(self, zid: int, cls: SizeClass) -> None:
+        """Take zspage ``zid`` off its group's list."""
+        fg = self._zfg[zid]
+        if fg == _ISOLATED:
             return
-        cls = zs.cls
-        if cls.hot is zs:
-            cls.hot = None
-        group = cls.groups[zs.fg]
-        del group[zs]
-        if not group:
-            cls.mask &= ~(1 << zs.fg)
-        zs.fg = _ISOLATED
+        if cls.hot == zid:
+            cls.hot = _NONE
+        prev, nxt = self._zprev, self._znext
+        p, n = prev[zid], nxt[zid]
+        if p != _NONE:
+            nxt[p] = n
+        if n != _NONE:
+            prev[n] = p
+        else:
+            cls.tail[fg] = p
+            if p == _NONE:
+                cls.mask &= ~(1 << fg)
+        self._zfg[zid] = _ISOLATED
 
-    def _regroup(self, zs: ZsPage) -> None:
-        cls = zs.cls
-        fg = cls.fg_of[zs.inuse]
-        if fg == zs.fg:
+    def _link(self, zid: int, cls: SizeClass, fg: int) -> None:
+        """Append zspage ``zid`` (on no list) to group ``fg``'s list."""
+        tail = cls.tail
+        last = tail[fg]
+        self._zprev[zid] = last
+        self._znext[zid] = _NONE
+        if last == _NONE:
+            cls.mask |= 1 << fg
+        else:
+            self._znext[last] = zid
+        tail[fg] = zid
+        self._zfg[zid] = fg
+
+    def _regroup(self, zid: int, cls: SizeClass) -> None:
+        """Move zspage ``zid`` to the group its in-use count calls for (the
+        end of its list), keeping the class's pick exact."""
+        zfg = self._zfg
+        fg = cls.fg_of[self._zinuse[zid]]
+        old = zfg[zid]
+        if fg == old:
             return
-        self._unlink(zs)
-        cls.groups[fg][zs] = None
-        cls.mask |= 1 << fg
-        zs.fg = fg
+        prev, nxt, tail = self._zprev, self._znext, cls.tail
+        if old != _ISOLATED:   # _unlink, inlined: this runs on most stores into small zspages
+            if cls.hot == zid:
+                cls.hot = _NONE
+            p, n = prev[zid], nxt[zid]
+            if p != _NONE:
+                nxt[p] = n
+            if n != _NONE:
+                prev[n] = p
+            else:
+                tail[old] = p
+                if p == _NONE:
+                    cls.mask &= ~(1 << old)
+        last = tail[fg]   # _link, inlined
+        prev[zid] = last
+        nxt[zid] = _NONE
+        if last == _NONE:
+            cls.mask |= 1 << fg
+        else:
+            nxt[last] = zid
+        tail[fg] = zid
+        zfg[zid] = fg
         hot = cls.hot
-        if hot is not None and hot.fg <= fg < INUSE_RATIO_100:
-            cls.hot = zs   # now the last of the fullest allocatable group
+        if hot != _NONE and zfg[hot] <= fg < INUSE_RATIO_100:
+            cls.hot = zid   # now the last of the fullest allocatable group
+
+    def _move(self, zid: int, cls: SizeClass, old: int, fg: int) -> None:
+        """``_regroup`` for the store path: the class's pick ``zid`` moves up
+        from group ``old`` to ``fg`` (the caller sets the pick again)."""
+        prev, nxt, tail = self._zprev, self._znext, cls.tail
+        p, n = prev[zid], nxt[zid]
+        if p != _NONE:
+            nxt[p] = n
+        if n != _NONE:
+            prev[n] = p
+        else:
+            tail[old] = p
+            if p == _NONE:
+                cls.mask &= ~(1 << old)
+        last = tail[fg]
+        prev[zid] = last
+        nxt[zid] = _NONE
+        if last == _NONE:
+            cls.mask |= 1 << fg
+        else:
+            nxt[last] = zid
+        tail[fg] = zid
+        self._zfg[zid] = fg
+
+    def group(self, cls: SizeClass, fg: int) -> Iterator[int]:
+        """The ids of the zspages in ``cls``'s fullness group ``fg``, last
+        added first (zsmalloc's order of picking)."""
+        zid, prev = cls.tail[fg], self._zprev
+        while zid != _NONE:
+            yield zid
+            zid = prev[zid]
+
+    def inuse(self, zid: int) -> int:
+        """Objects allocated in zspage ``zid``."""
+        return self._zinuse[zid]
+
+    def zspage_of(self, h: int) -> int:
+        """The id of the zspage holding the object of handle ``h``."""
+        return self._page_zid[self._loc[h] >> (12 - LOC_SHIFT)]
 
     # -- allocation ------------------------------------------------------------
 
-    def _take_slot(self, zs: ZsPage, h: int) -> int:
-        """Take a free object in ``zs`` for handle ``h``; returns its index."""
-        if zs.hdr == 0:
-            zs.huge_handle = h
-            idx = 0
-        elif zs.free_head:
-            idx = zs.free_head - 1
-            word = (zs.base + idx * zs.size) >> 3
-            zs.free_head = zs.q[word] >> 1
-            zs.q[word] = h << 1 | 1
+    def _take_slot(self, zid: int, cls: SizeClass, h: int) -> int:
+        """Take a free object in zspage ``zid`` (non-huge class) for handle
+        ``h``; returns the word of its header."""
+        fh = self._zfree[zid]
+        if fh:
+            word = fh - 1
+            q = self._chunks[word >> CHUNK_WORD_SHIFT].q
+            self._zfree[zid] = q[word & WORD_MASK] >> 1
         else:
-            idx = zs.fresh
-            zs.fresh = idx + 1
-            zs.q[(zs.base + idx * zs.size) >> 3] = h << 1 | 1
-        zs.inuse += 1
-        zs.cls.obj_used += 1
-        return idx
+            idx = self._zfresh[zid]
+            self._zfresh[zid] = idx + 1
+            word = ((self._zpage[zid] << 12) + idx * cls.size) >> LOC_SHIFT
+            q = self._chunks[word >> CHUNK_WORD_SHIFT].q
+        q[word & WORD_MASK] = h << 1 | 1
+        self._zinuse[zid] += 1
+        cls.obj_used += 1
+        return word
 
-    def _put_slot(self, zs: ZsPage, idx: int) -> None:
-        if zs.hdr == 0:
-            zs.huge_handle = 0
-        else:
-            zs.q[(zs.base + idx * zs.size) >> 3] = zs.free_head << 1
-            zs.free_head = idx + 1
-        zs.inuse -= 1
-        zs.cls.obj_used -= 1
+    def _put_slot(self, zid: int, cls: SizeClass, where: int) -> None:
+        """Free the object at location ``where`` in zspage ``zid``."""
+        if cls.hdr:
+            word = where - 1
+            self._chunks[word >> CHUNK_WORD_SHIFT].q[word & WORD_MASK] = self._zfree[zid] << 1
+            self._zfree[zid] = where
+        self._zinuse[zid] -= 1
+        cls.obj_used -= 1
 
     def malloc(self, size: int) -> int:
         """``zs_malloc``: a handle to an object of ``size`` bytes (1..4096)."""
@@ -430,14 +574,11 @@ class ZsPool:
         if data is not None:
             size = len(data)
         cls = self._by_size[size]
-        zs = cls.hot
-        if zs is None:
+        zid = cls.hot
+        if zid < 0:
             m = cls.mask & _ALLOC_GROUPS
-            if m:
-                zs = next(reversed(cls.groups[m.bit_length() - 1]))
-            else:
-                zs = self._new_zspage(cls)
-            cls.hot = zs
+            zid = cls.tail[m.bit_length() - 1] if m else self._new_zspage(cls)
+            cls.hot = zid
         loc = self._loc
         h = self._hfree
         if h:
@@ -445,103 +586,112 @@ class ZsPool:
         else:
             loc.append(0)
             h = len(loc) - 1
-        if zs.hdr:
-            fh = zs.free_head
+        if cls.hdr:
+            zfree = self._zfree
+            fh = zfree[zid]
             if fh:
-                idx = fh - 1
-                start = zs.base + idx * zs.size
-                zs.free_head = zs.q[start >> 3] >> 1
+                word = fh - 1
+                chunk = self._chunks[word >> CHUNK_WORD_SHIFT]
+                q = chunk.q
+                i = word & WORD_MASK
+                zfree[zid] = q[i] >> 1
             else:
-                idx = zs.fresh
-                zs.fresh = idx + 1
-                start = zs.base + idx * zs.size
-            zs.q[start >> 3] = h << 1 | 1
-            start += 8
+                zfresh = self._zfresh
+                idx = zfresh[zid]
+                zfresh[zid] = idx + 1
+                word = ((self._zpage[zid] << 12) + idx * cls.size) >> LOC_SHIFT
+                chunk = self._chunks[word >> CHUNK_WORD_SHIFT]
+                q = chunk.q
+                i = word & WORD_MASK
+            q[i] = h << 1 | 1
+            loc[h] = word + 1   # past the header
+            start = (i + 1) << LOC_SHIFT
         else:
-            idx = 0
-            zs.huge_handle = h
-            start = zs.base
+            addr = self._zpage[zid] << 12
+            chunk = self._chunks[addr >> CHUNK_SHIFT]
+            start = addr & OFFSET_MASK
+            loc[h] = addr >> LOC_SHIFT
         if data is not None:
-            zs.mv[start : start + size] = data
-        loc[h] = zs.zid << 16 | idx
-        inuse = zs.inuse + 1
-        zs.inuse = inuse
+            chunk.mv[start : start + size] = data
+        zinuse = self._zinuse
+        inuse = zinuse[zid] + 1
+        zinuse[zid] = inuse
         cls.obj_used += 1
         self.objects += 1
-        if cls.fg_of[inuse] != zs.fg:
-            self._regroup(zs)
+        if cls.up[inuse]:
+            fg_of = cls.fg_of
+            self._move(zid, cls, fg_of[inuse - 1], fg_of[inuse])
             # moved up, to the end of the fullest group: still the pick unless full
-            cls.hot = zs if zs.fg != INUSE_RATIO_100 else None
+            cls.hot = zid if inuse != cls.opz else _NONE
         return h
 
     def free(self, h: int) -> None:
         """``zs_free``. The handle is invalid afterwards."""
         loc = self._loc
         where = loc[h]
-        zs = self._zspages[where >> 16]
-        assert zs is not None, "a handle into a freed zspage"
+        zid = self._page_zid[where >> (12 - LOC_SHIFT)]
         loc[h] = self._hfree
         self._hfree = h
         self.objects -= 1
-        if zs.pins:
-            if zs.deferred is None:
-                zs.deferred = []
-            zs.deferred.append(where & 0xFFFF)
+        cls = self.classes[self._zcls[zid]]
+        if zid in self._pins:
+            self._deferred.setdefault(zid, []).append(where)
             return
-        cls = zs.cls
-        if zs.hdr:
-            idx = where & 0xFFFF
-            zs.q[(zs.base + idx * zs.size) >> 3] = zs.free_head << 1
-            zs.free_head = idx + 1
-        else:
-            zs.huge_handle = 0
-        inuse = zs.inuse - 1
-        zs.inuse = inuse
+        if cls.hdr:
+            zfree = self._zfree
+            word = where - 1
+            self._chunks[word >> CHUNK_WORD_SHIFT].q[word & WORD_MASK] = zfree[zid] << 1
+            zfree[zid] = where
+        zinuse = self._zinuse
+        inuse = zinuse[zid] - 1
+        zinuse[zid] = inuse
         cls.obj_used -= 1
         if inuse == 0:
-            self._free_zspage(zs)
-            return
-        if cls.fg_of[inuse] != zs.fg:
-            self._regroup(zs)
+            self._free_zspage(zid)
+        elif cls.down[inuse]:
+            self._regroup(zid, cls)
 
     # -- object access -----------------------------------------------------------
 
     def view(self, h: int, length: int) -> memoryview:
         """The first ``length`` bytes of the object. Valid only until the next
         pool mutation: copy or consume it before anything else runs."""
-        loc = self._loc[h]
-        zs = self._zspages[loc >> 16]
-        assert zs is not None, "a handle into a freed zspage"
-        off = zs.base + (loc & 0xFFFF) * zs.size + zs.hdr
-        return zs.mv[off : off + length]
+        where = self._loc[h]
+        off = (where << LOC_SHIFT) & OFFSET_MASK
+        return self._chunks[where >> (CHUNK_SHIFT - LOC_SHIFT)].mv[off : off + length]
 
-    def locator(self) -> tuple[array[int], list[ZsPage | None]]:
-        """The handle table and the zspages, for a reader that looks up many
-        objects at once (``view`` inlined): handle ``h`` lies in zspage
-        ``zspages[loc[h] >> 16]``, object ``loc[h] & 0xFFFF``, at
-        ``zs.base + index * zs.size + zs.hdr``. Valid until the next mutation."""
-        return self._loc, self._zspages
+    def locator(self) -> tuple[array[int], list[Window]]:
+        """The handle table and the windows, for a reader that looks up many
+        objects at once (``view`` inlined): the object of handle ``h`` lies
+        in window ``windows[loc[h] >> 16]``, at ``w.base + (loc[h] & 0xFFFF)
+        * w.size + w.hdr`` of ``w.mv``. Valid until the next mutation."""
+        return self._loc, self._windows
 
-    def pin(self, h: int) -> ZsPage:
+    def pin(self, h: int) -> int:
         """Keep the object in place (compaction skips its zspage, and frees in
         that zspage wait) until ``unpin`` of the returned token."""
-        zs = self._zspages[self._loc[h] >> 16]
-        assert zs is not None
-        zs.pins += 1
-        return zs
+        zid = self.zspage_of(h)
+        assert self._zcls[zid] >= 0
+        self._pins[zid] = self._pins.get(zid, 0) + 1
+        return zid
 
-    def unpin(self, token: ZsPage) -> None:
-        token.pins -= 1
-        if token.pins or self._zspages[token.zid] is not token:
+    def unpin(self, token: int) -> None:
+        zid = token
+        pins = self._pins.pop(zid) - 1
+        if pins:
+            self._pins[zid] = pins
             return
-        if token.deferred:
-            for idx in token.deferred:
-                self._put_slot(token, idx)
-            token.deferred = None
-        if token.inuse == 0:
-            self._free_zspage(token)
+        if self._zcls[zid] < 0:
+            return
+        cls = self.classes[self._zcls[zid]]
+        deferred = self._deferred.pop(zid, None)
+        if deferred:
+            for where in deferred:
+                self._put_slot(zid, cls, where)
+        if self._zinuse[zid] == 0:
+            self._free_zspage(zid)
         else:
-            self._regroup(token)
+            self._regroup(zid, cls)
 
     # -- compaction --------------------------------------------------------------
 
@@ -566,70 +716,66 @@ class ZsPool:
                 self.pages_compacted += freed
                 yield freed
 
-    def _pick(self, cls: SizeClass, order: range, exclude: ZsPage | None) -> ZsPage | None:
+    def _pick(self, cls: SizeClass, order: range, exclude: int) -> int:
+        pins = self._pins
         for fg in order:
             if cls.mask >> fg & 1:
-                for zs in reversed(cls.groups[fg]):
-                    if zs is not exclude and not zs.pins:
-                        return zs
-        return None
+                for zid in self.group(cls, fg):
+                    if zid != exclude and zid not in pins:
+                        return zid
+        return _NONE
 
     def _compact_step(self, cls: SizeClass) -> int | None:
         """Move objects from the emptiest zspage into the fullest one."""
-        dst = self._pick(cls, range(INUSE_RATIO_99, INUSE_RATIO_0, -1), None)
-        if dst is None:
+        dst = self._pick(cls, range(INUSE_RATIO_99, INUSE_RATIO_0, -1), _NONE)
+        if dst == _NONE:
             return None
         src = self._pick(cls, range(1, INUSE_RATIO_99 + 1), dst)
-        if src is None:
+        if src == _NONE:
             return None
-        size, q, loc = cls.size, src.q, self._loc
-        for idx in range(src.fresh):
-            if dst.inuse == cls.opz:
+        size, loc, zinuse = cls.size, self._loc, self._zinuse
+        base = self._zpage[src] << 12
+        chunk = self._chunks[base >> CHUNK_SHIFT]
+        q, mv = chunk.q, chunk.mv
+        for idx in range(self._zfresh[src]):
+            if zinuse[dst] == cls.opz:
                 break
-            start = src.base + idx * size
+            start = (base & OFFSET_MASK) + idx * size
             header = q[start >> 3]
             if not header & 1:
                 continue
             h = header >> 1
-            new_idx = self._take_slot(dst, h)
-            new_start = dst.base + new_idx * size
-            dst.mv[new_start + 8 : new_start + size] = src.mv[start + 8 : start + size]
-            loc[h] = dst.zid << 16 | new_idx
-            self._put_slot(src, idx)
-        self._regroup(dst)
-        if src.inuse == 0:
+            word = self._take_slot(dst, cls, h)
+            new_start = (word & WORD_MASK) << LOC_SHIFT
+            self._chunks[word >> CHUNK_WORD_SHIFT].mv[new_start + 8 : new_start + size] = mv[start + 8 : start + size]
+            loc[h] = word + 1
+            self._put_slot(src, cls, ((base + idx * size) >> LOC_SHIFT) + 1)
+        self._regroup(dst, cls)
+        if zinuse[src] == 0:
             self._free_zspage(src)
             return cls.ppz
-        self._regroup(src)
+        self._regroup(src, cls)
         return 0
 
     # -- teardown ---------------------------------------------------------------------
 
     def release_steps(self, per_step: int = 2048) -> Iterator[None]:
-        """Drop every object, zspage and chunk, ``per_step`` Python objects at
-        a time (a full pool holds millions; freeing them at once takes
-        seconds). The pool is empty and unusable afterwards (reset drops it)."""
-        zspages, self._zspages = self._zspages, []
+        """Drop every object, zspage and chunk (a few chunks at a time:
+        unmapping a resident one takes about a millisecond per 16 MiB). The
+        pool is empty and unusable afterwards (reset drops it)."""
         for cls in self.classes:
-            cls.hot = None
-            for g in cls.groups:
-                g.clear()        # the list above still holds each zspage
-                yield None
-        while zspages:
-            del zspages[-per_step:]
-            yield None
-        frames, self._frames = self._frames, {}
-        self._recent, self._recent_pages = {}, 0
-        for lst in frames.values():
-            while lst:
-                del lst[-per_step:]
-                yield None
+            cls.hot = _NONE
+            cls.tail = [_NONE] * NR_FULLNESS_GROUPS
+            cls.mask = 0
+        self._new_columns()
+        self._frames, self._warm, self._recent, self._recent_pages = {}, {}, {}, 0
+        self._windows = []
+        yield None
         chunks, self._chunks = self._chunks, []
         while chunks:
-            del chunks[-4:]      # munmap: about a millisecond per 16 MiB resident
+            del chunks[-4:]
             yield None
-        self._loc = array("Q", [0])
-        self._free_zids = []
+        self._loc = array("I", [0])
         self.pages_allocated = self.objects = 0
 
     # -- introspection -------------------------------------------------------------
@@ -637,7 +783,7 @@ class ZsPool:
     def class_stats(self) -> list[ClassStat]:
         rows = []
         for cls in self.classes:
-            groups = tuple(len(cls.groups[g]) for g in range(1, NR_FULLNESS_GROUPS))
+            groups = tuple(sum(1 for _ in self.group(cls, g)) for g in range(1, NR_FULLNESS_GROUPS))
             rows.append(ClassStat(
                 cls.spec.index, cls.size, groups, cls.obj_allocated, cls.obj_used,
                 cls.obj_allocated // cls.opz * cls.ppz, cls.ppz, cls.can_compact(),
@@ -667,33 +813,69 @@ class ZsPool:
         return "".join(out)
 
     def check(self) -> None:
-        """Verify internal consistency (for tests): counts, groups, headers, handles."""
+        """Verify internal consistency (for tests): counts, groups and their
+        links, the page table, headers, free lists, handles."""
         live = 0
         pages = 0
+        seen: set[int] = set()
         for cls in self.classes:
             used = allocated = 0
-            for g, group in enumerate(cls.groups):
-                assert bool(group) == bool(cls.mask >> g & 1), "group mask out of sync"
-                for zs in group:
-                    assert zs.fg == g and cls.fullness(zs.inuse) == g, "zspage in the wrong group"
-                    assert self._zspages[zs.zid] is zs
-                    used += zs.inuse
+            for g in range(NR_FULLNESS_GROUPS):
+                members = list(self.group(cls, g))
+                assert bool(members) == bool(cls.mask >> g & 1), "group mask out of sync"
+                assert not members or self._zprev[members[-1]] == _NONE, "group list does not end"
+                for zid in members:
+                    nxt = self._znext[zid]
+                    assert nxt == _NONE or self._zprev[nxt] == zid, "group links out of sync"
+                    assert zid not in seen, "a zspage on two lists"
+                    seen.add(zid)
+                    inuse = self._zinuse[zid]
+                    assert self._zcls[zid] == cls.pos, "zspage in another class's list"
+                    assert self._zfg[zid] == g and cls.fullness(inuse) == g, "zspage in the wrong group"
+                    addr = self._zpage[zid] << 12
+                    assert addr % PAGE_SIZE == 0 and (addr & OFFSET_MASK) + cls.ppz * PAGE_SIZE <= CHUNK_BYTES
+                    page = addr >> 12
+                    assert set(self._page_zid[page : page + cls.ppz]) == {zid}, "page table out of sync"
+                    used += inuse
                     allocated += cls.opz
                     pages += cls.ppz
-                    if zs.hdr:
-                        deferred = set(zs.deferred or ())
-                        tagged = 0
-                        for idx in range(zs.fresh):
-                            header = zs.q[(zs.base + idx * zs.size) >> 3]
-                            if header & 1:
-                                tagged += 1
-                                if idx not in deferred:
-                                    assert self._loc[header >> 1] == zs.zid << 16 | idx, "handle points elsewhere"
-                        assert tagged == zs.inuse, "header tags disagree with the in-use count"
+                    if cls.hdr:
+                        self._check_objects(zid, cls)
+                    else:
+                        assert self._zfree[zid] == self._zfresh[zid] == 0 and inuse <= 1
             assert used == cls.obj_used and allocated == cls.obj_allocated
-            if cls.hot is not None:
+            if cls.hot != _NONE:
                 m = cls.mask & _ALLOC_GROUPS
-                assert m and cls.hot is next(reversed(cls.groups[m.bit_length() - 1])), "stale hot zspage"
+                assert m and cls.hot == cls.tail[m.bit_length() - 1], "stale hot zspage"
             live += used
+        assert seen == {z for z, c in enumerate(self._zcls) if c >= 0}, "a live zspage on no list"
+        assert set(self._free_zids) == {z for z, c in enumerate(self._zcls) if c < 0}, "free ids out of sync"
         assert pages == self.pages_allocated
-        assert live - sum(len(z.deferred or ()) for z in self._zspages if z) == self.objects
+        assert set(self._deferred) <= seen and all(self._pins.get(z, 0) > 0 for z in self._deferred)
+        assert all(self._zcls[z] >= 0 and n > 0 for z, n in self._pins.items()), "pins on a freed zspage"
+        assert live - sum(len(d) for d in self._deferred.values()) == self.objects
+
+    def _check_objects(self, zid: int, cls: SizeClass) -> None:
+        """Headers, the free list and the handles of a non-huge zspage."""
+        addr, fresh = self._zpage[zid] << 12, self._zfresh[zid]
+        q = self._chunks[addr >> CHUNK_SHIFT].q
+        deferred = set(self._deferred.get(zid, ()))
+        tagged = 0
+        for idx in range(fresh):
+            obj = addr + idx * cls.size
+            header = q[(obj & OFFSET_MASK) >> 3]
+            if header & 1:
+                tagged += 1
+                if (obj >> LOC_SHIFT) + 1 not in deferred:
+                    assert self._loc[header >> 1] == (obj >> LOC_SHIFT) + 1, "handle points elsewhere"
+        assert tagged == self._zinuse[zid], "header tags disagree with the in-use count"
+        free: set[int] = set()
+        fh = self._zfree[zid]
+        while fh:
+            idx, rest = divmod(((fh - 1) << LOC_SHIFT) - addr, cls.size)
+            assert rest == 0 and 0 <= idx < fresh and idx not in free, "free list off objects or looping"
+            free.add(idx)
+            header = q[((fh - 1) & WORD_MASK)]
+            assert not header & 1, "an allocated object on the free list"
+            fh = header >> 1
+        assert len(free) == fresh - tagged, "free list misses objects"
