@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from uzram.control import decode, encode
+from uzram.control import decode
 
 from ..daemon import Uzramd, uzramd
 from ..nbdclient import NBDClient

@@ -8,7 +8,6 @@ import os
 import random
 import select
 import struct
-import threading
 
 import numpy as np
 

@@ -7,7 +7,6 @@ import importlib.util
 import logging
 import os
 import signal
-import socket
 import sys
 
 import trio
@@ -21,7 +20,8 @@ from . import control, gcpolicy, hardening, marker, metrics, procmode, reserve, 
 from .logs import event, setup
 from .registry import DeviceRegistry
 from .service import Daemon
-from .startup import (activity, attach_hint, configure_devices, describe, trim_heap_after_load,
+from .startup import (activity, attach_hint, configure_devices, describe, drain, inherited_sockets, serves_tcp,
+                      trim_heap_after_load,
                       write_swap_settings)
 
 __all__ = ["activity", "attach_hint", "configure_devices", "describe", "main", "parser", "run", "trim_heap_after_load",
@@ -48,21 +48,12 @@ async def run(cfg: config_mod.Config, quiet: bool = False, reserve_setting: int 
         prefault_ring=bool(hardening.STATE.get("locked"))))
     daemon = Daemon(registry, nbd)
 
-    listen_socks: list[trio.socket.SocketType] = []
-    names: list[str] = []
-    control_sock = None
+    listen_socks, names, control_sock = inherited_sockets()
     metrics_sock = None
     listen_socks_extra: list[trio.socket.SocketType] = []
     created: list[str] = []
-    for inherited, name in systemd.listen_fds():
-        tsock = trio.socket.from_stdlib_socket(inherited)
-        if name == "control":
-            control_sock = tsock
-        else:
-            listen_socks.append(tsock)
-            names.append(f"fd:{inherited.fileno()}")
     listens = cfg.listen or ([] if listen_socks else [config_mod.default_listen()])
-    if any(item.kind == "tcp" for item in listens) or any(s.family != socket.AF_UNIX for s in listen_socks):
+    if serves_tcp(listens, listen_socks):
         try:
             tls.check_tcp()
         except tls_mod.TLSError as e:
@@ -113,14 +104,7 @@ async def run(cfg: config_mod.Config, quiet: bool = False, reserve_setting: int 
                     event(log, logging.INFO, "stopping", signal=signal.Signals(signum).name)
                     break
             systemd.notify("STOPPING=1")
-            nbd.stop()
-            daemon.stop_work()
-            with trio.move_on_after(limits.shutdown_timeout) as grace:
-                await nbd.wait_closed()
-                await daemon.wait_work()
-            if grace.cancelled_caught:
-                event(log, logging.WARNING, "shutdown grace period over; cancelling what is left",
-                      seconds=limits.shutdown_timeout, connections=nbd.connection_count)
+            await drain(nbd, daemon, limits.shutdown_timeout)
             nursery.cancel_scope.cancel()
         state.end(registry.devices())  # a clean stop: no marker left
     finally:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import sys
 from functools import partial
 
@@ -24,7 +23,7 @@ from . import control, sockets, systemd
 from .forward import Forwarder
 from .logs import event
 from .registry import parse_device_name
-from .startup import attach_hint, write_swap_settings
+from .startup import attach_hint, inherited_sockets, serves_tcp, write_swap_settings
 from .workers import Workers
 
 log = logging.getLogger("uzram.daemon")
@@ -49,19 +48,10 @@ async def run(cfg: config_mod.Config, quiet: bool, log_level: str, swap: bool, r
         max_buffer_memory=limits.max_buffer_memory, idle_timeout=limits.idle_timeout,
         max_connections=limits.max_connections or None, tls=TLSSettings("off", explicit=True)),
         transfer=workers.transfer)
-    listen_socks: list[trio.socket.SocketType] = []
-    names: list[str] = []
-    control_sock = None
+    listen_socks, names, control_sock = inherited_sockets()
     created: list[str] = []
-    for inherited, name in systemd.listen_fds():
-        tsock = trio.socket.from_stdlib_socket(inherited)
-        if name == "control":
-            control_sock = tsock
-        else:
-            listen_socks.append(tsock)
-            names.append(f"fd:{inherited.fileno()}")
     listens = cfg.listen or ([] if listen_socks else [config_mod.default_listen()])
-    if any(item.kind == "tcp" for item in listens) or any(s.family != socket.AF_UNIX for s in listen_socks):
+    if serves_tcp(listens, listen_socks):
         try:
             TLSSettings(cfg.tls or "off", explicit=cfg.tls == "off").check_tcp()
         except TLSError as e:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import socket
 
 import trio
 
 from ..nbd.server import NBDServer
 from . import config as config_mod
-from . import hardening
+from . import hardening, systemd
 from .logs import event
 from .registry import DeviceRegistry, parse_device_name
 from .service import Daemon
@@ -97,3 +98,37 @@ def activity(registry: DeviceRegistry, nbd: NBDServer, daemon: Daemon) -> int:
         st = dev.stats
         served += st.read_ios + st.write_ios + st.discard_ios + st.flush_ios
     return served + nbd.budget.used + nbd.connection_count + daemon.jobs_running()
+
+
+def inherited_sockets() -> tuple[list[trio.socket.SocketType], list[str], trio.socket.SocketType | None]:
+    """The sockets systemd passed (socket activation): NBD listeners with
+    their names for the attach hint, and the control socket if one was."""
+    listen_socks: list[trio.socket.SocketType] = []
+    names: list[str] = []
+    control_sock = None
+    for inherited, name in systemd.listen_fds():
+        tsock = trio.socket.from_stdlib_socket(inherited)
+        if name == "control":
+            control_sock = tsock
+        else:
+            listen_socks.append(tsock)
+            names.append(f"fd:{inherited.fileno()}")
+    return listen_socks, names, control_sock
+
+
+def serves_tcp(listens: list[config_mod.Listen], listen_socks: list[trio.socket.SocketType]) -> bool:
+    """Whether any listener, configured or inherited, is not a UNIX socket."""
+    return any(item.kind == "tcp" for item in listens) or any(s.family != socket.AF_UNIX for s in listen_socks)
+
+
+async def drain(nbd: NBDServer, daemon: Daemon, timeout: float, **fields: object) -> None:
+    """Stop accepting and ask jobs to stop, then give requests in flight and
+    jobs ``timeout`` seconds; the caller cancels what is left."""
+    nbd.stop()
+    daemon.stop_work()
+    with trio.move_on_after(timeout) as grace:
+        await nbd.wait_closed()
+        await daemon.wait_work()
+    if grace.cancelled_caught:
+        event(log, logging.WARNING, "shutdown grace period over; cancelling what is left",
+              **fields, seconds=timeout, connections=nbd.connection_count)

@@ -29,7 +29,7 @@ from ..nbd.server import NBDServer, ServerConfig
 from . import config as config_mod
 from . import control, gcpolicy, hardening, marker, reserve, sockets
 from .logs import event, setup
-from .startup import activity, configure_devices, trim_heap_after_load
+from .startup import activity, configure_devices, drain, trim_heap_after_load
 from .registry import DeviceRegistry
 from .service import Daemon
 
@@ -105,14 +105,7 @@ async def run(spec: WorkerSpec) -> int:
                     waiting.start_soon(_first_signal, signals, stop)
                     await stop.wait()
                     waiting.cancel_scope.cancel()
-            nbd.stop()
-            daemon.stop_work()
-            with trio.move_on_after(limits.shutdown_timeout) as grace:
-                await nbd.wait_closed()
-                await daemon.wait_work()
-            if grace.cancelled_caught:
-                event(log, logging.WARNING, "shutdown grace period over; cancelling what is left",
-                      device=spec.name, seconds=limits.shutdown_timeout, connections=nbd.connection_count)
+            await drain(nbd, daemon, limits.shutdown_timeout, device=spec.name)
             nursery.cancel_scope.cancel()
         state.end(registry.devices())
     finally:
