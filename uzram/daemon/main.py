@@ -20,9 +20,8 @@ from . import control, gcpolicy, hardening, marker, metrics, procmode, reserve, 
 from .logs import event, setup
 from .registry import DeviceRegistry
 from .service import Daemon
-from .startup import (activity, attach_hint, configure_devices, describe, drain, inherited_sockets, serves_tcp,
-                      trim_heap_after_load,
-                      write_swap_settings)
+from .startup import (activity, attach_hint, bind_listeners, configure_devices, describe, drain,
+                      inherited_sockets, serves_tcp, trim_heap_after_load, write_swap_settings)
 
 __all__ = ["activity", "attach_hint", "configure_devices", "describe", "main", "parser", "run", "trim_heap_after_load",
            "write_swap_settings"]
@@ -59,14 +58,7 @@ async def run(cfg: config_mod.Config, quiet: bool = False, reserve_setting: int 
         except tls_mod.TLSError as e:
             raise config_mod.ConfigError(str(e)) from None
     try:
-        for item in listens:
-            listen_socks.append(await sockets.bind(item))
-            names.append(str(item))
-            if item.kind == "unix":
-                created.append(item.path)
-        if control_sock is None:
-            control_sock = await sockets.bind_unix(cfg.control, 0o600)
-            created.append(str(cfg.control))
+        control_sock = await bind_listeners(cfg, listens, listen_socks, names, control_sock, created)
         created += write_swap_settings(cfg)
         if cfg.metrics is not None:
             metrics_sock = await sockets.bind(cfg.metrics)

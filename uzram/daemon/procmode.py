@@ -19,11 +19,11 @@ import trio
 from ..nbd.server import NBDServer, ServerConfig
 from ..nbd.tls import TLSError, TLSSettings
 from . import config as config_mod
-from . import control, sockets, systemd
+from . import control, systemd
 from .forward import Forwarder
 from .logs import event
 from .registry import parse_device_name
-from .startup import attach_hint, inherited_sockets, serves_tcp, write_swap_settings
+from .startup import attach_hint, bind_listeners, inherited_sockets, serves_tcp, write_swap_settings
 from .workers import Workers
 
 log = logging.getLogger("uzram.daemon")
@@ -64,14 +64,7 @@ async def run(cfg: config_mod.Config, quiet: bool, log_level: str, swap: bool, r
             try:
                 for spec in cfg.devices:
                     await workers.start(parse_device_name(spec.name), list(spec.attrs))
-                for item in listens:
-                    listen_socks.append(await sockets.bind(item))
-                    names.append(str(item))
-                    if item.kind == "unix":
-                        created.append(item.path)
-                if control_sock is None:
-                    control_sock = await sockets.bind_unix(cfg.control, 0o600)
-                    created.append(str(cfg.control))
+                control_sock = await bind_listeners(cfg, listens, listen_socks, names, control_sock, created)
             except (config_mod.ConfigError, OSError) as e:
                 failed = e   # raised alone below, not in an exception group
                 await workers.stop_all(limits.shutdown_timeout + 5)

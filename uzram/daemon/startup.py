@@ -13,7 +13,7 @@ import trio
 
 from ..nbd.server import NBDServer
 from . import config as config_mod
-from . import hardening, systemd
+from . import hardening, sockets, systemd
 from .logs import event
 from .registry import DeviceRegistry, parse_device_name
 from .service import Daemon
@@ -132,3 +132,20 @@ async def drain(nbd: NBDServer, daemon: Daemon, timeout: float, **fields: object
     if grace.cancelled_caught:
         event(log, logging.WARNING, "shutdown grace period over; cancelling what is left",
               **fields, seconds=timeout, connections=nbd.connection_count)
+
+
+async def bind_listeners(cfg: config_mod.Config, listens: list[config_mod.Listen],
+                         listen_socks: list[trio.socket.SocketType], names: list[str],
+                         control_sock: trio.socket.SocketType | None, created: list[str]) -> trio.socket.SocketType:
+    """Bind the configured NBD listeners (added to ``listen_socks`` and
+    ``names``) and, unless systemd passed one, the control socket; the paths
+    made go into ``created``. Returns the control socket."""
+    for item in listens:
+        listen_socks.append(await sockets.bind(item))
+        names.append(str(item))
+        if item.kind == "unix":
+            created.append(item.path)
+    if control_sock is None:
+        control_sock = await sockets.bind_unix(cfg.control, 0o600)
+        created.append(str(cfg.control))
+    return control_sock
