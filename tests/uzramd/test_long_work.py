@@ -68,8 +68,10 @@ def test_trim_of_a_full_device_lets_other_clients_in_and_is_never_torn(tmp_path)
                 assert page in (block[j * PAGE : (j + 1) * PAGE], bytes(PAGE)), f"torn page {i}"
                 same_device += 1
             assert reply_of(a, cookie) == 0
-            # answered while the TRIM was still running (it held the loop for seconds before)
-            assert others >= 10, others
+            # answered while the TRIM was still running: a TRIM holding the loop
+            # (seconds, before it became a job) lets at most one through; how
+            # many more get in depends on the machine's speed
+            assert others >= 3, others
             for off in range(0, size, 32 * MiB):
                 assert a.pread(off, 32 * MiB) == bytes(32 * MiB)
             mm = [int(x) for x in d.show("zram0", "mm_stat").split()]
