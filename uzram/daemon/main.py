@@ -6,7 +6,6 @@ import argparse
 import importlib.util
 import logging
 import os
-import signal
 import sys
 
 import trio
@@ -16,12 +15,13 @@ from ..control import default_control_path
 from ..nbd import tls as tls_mod
 from ..nbd.server import NBDServer, ServerConfig
 from . import config as config_mod
-from . import control, gcpolicy, hardening, marker, metrics, procmode, reserve, sockets, systemd
+from . import control, gcpolicy, hardening, marker, metrics, procmode, reserve, sockets
 from .logs import event, setup
 from .registry import DeviceRegistry
 from .service import Daemon
 from .startup import (activity, attach_hint, bind_listeners, configure_devices, describe, drain,
-                      inherited_sockets, serves_tcp, trim_heap_after_load, write_swap_settings)
+                      inherited_sockets, serve_until_signal, serves_tcp, trim_heap_after_load,
+                      write_swap_settings)
 
 __all__ = ["activity", "attach_hint", "configure_devices", "describe", "main", "parser", "run", "trim_heap_after_load",
            "write_swap_settings"]
@@ -87,15 +87,7 @@ async def run(cfg: config_mod.Config, quiet: bool = False, reserve_setting: int 
             event(log, logging.INFO, "ready", listen=" ".join(names), control=str(cfg.control),
                   devices=" ".join(d.name for d in registry.devices()),
                   max_connections=nbd.max_connections, max_buffer_memory=limits.max_buffer_memory)
-            if not quiet:
-                print(attach_hint(names), file=sys.stderr, flush=True)
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                # READY only once SIGTERM is handled: a stop right after it must be clean
-                systemd.notify("READY=1\nSTATUS=serving " + " ".join(names))
-                async for signum in signals:
-                    event(log, logging.INFO, "stopping", signal=signal.Signals(signum).name)
-                    break
-            systemd.notify("STOPPING=1")
+            await serve_until_signal(names, quiet)
             await drain(nbd, daemon, limits.shutdown_timeout)
             nursery.cancel_scope.cancel()
         state.end(registry.devices())  # a clean stop: no marker left

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import sys
 from functools import partial
 
 import trio
@@ -19,11 +17,11 @@ import trio
 from ..nbd.server import NBDServer, ServerConfig
 from ..nbd.tls import TLSError, TLSSettings
 from . import config as config_mod
-from . import control, systemd
+from . import control
 from .forward import Forwarder
 from .logs import event
 from .registry import parse_device_name
-from .startup import attach_hint, bind_listeners, inherited_sockets, serves_tcp, write_swap_settings
+from .startup import bind_listeners, inherited_sockets, serve_until_signal, serves_tcp, write_swap_settings
 from .workers import Workers
 
 log = logging.getLogger("uzram.daemon")
@@ -99,14 +97,7 @@ async def _serve(nursery: trio.Nursery, cfg: config_mod.Config, quiet: bool, wor
     await nursery.start(partial(control.serve, control_sock, None, handler=forwarder))
     event(log, logging.INFO, "ready", listen=" ".join(names), control=str(cfg.control),
           devices=" ".join(w.name for _, w in workers.items()), process_per_device=True)
-    if not quiet:
-        print(attach_hint(names), file=sys.stderr, flush=True)
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        systemd.notify("READY=1\nSTATUS=serving " + " ".join(names))
-        async for signum in signals:
-            event(log, logging.INFO, "stopping", signal=signal.Signals(signum).name)
-            break
-    systemd.notify("STOPPING=1")
+    await serve_until_signal(names, quiet)
     nbd.stop()   # no new connections; handshakes in progress end
     # each worker answers its requests in flight within the grace period,
     # then exits; one that does not is killed a little later

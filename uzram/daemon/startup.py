@@ -7,7 +7,9 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import signal
 import socket
+import sys
 
 import trio
 
@@ -149,3 +151,16 @@ async def bind_listeners(cfg: config_mod.Config, listens: list[config_mod.Listen
         control_sock = await sockets.bind_unix(cfg.control, 0o600)
         created.append(str(cfg.control))
     return control_sock
+
+
+async def serve_until_signal(names: list[str], quiet: bool) -> None:
+    """Say how to attach, tell systemd READY once SIGTERM is handled (a stop
+    right after it must be clean), and wait for SIGTERM or SIGINT."""
+    if not quiet:
+        print(attach_hint(names), file=sys.stderr, flush=True)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        systemd.notify("READY=1\nSTATUS=serving " + " ".join(names))
+        async for signum in signals:
+            event(log, logging.INFO, "stopping", signal=signal.Signals(signum).name)
+            break
+    systemd.notify("STOPPING=1")
