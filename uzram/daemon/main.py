@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
-import os
 import sys
 
 import trio
@@ -19,8 +18,8 @@ from . import control, gcpolicy, hardening, marker, metrics, procmode, reserve, 
 from .logs import event, setup
 from .registry import DeviceRegistry
 from .service import Daemon
-from .startup import (activity, attach_hint, bind_listeners, configure_devices, describe, drain,
-                      inherited_sockets, serve_until_signal, serves_tcp, trim_heap_after_load,
+from .startup import (activity, attach_hint, bind_listeners, close_and_remove, configure_devices, describe,
+                      drain, inherited_sockets, serve_until_signal, serves_tcp, trim_heap_after_load,
                       write_swap_settings)
 
 __all__ = ["activity", "attach_hint", "configure_devices", "describe", "main", "parser", "run", "trim_heap_after_load",
@@ -92,15 +91,7 @@ async def run(cfg: config_mod.Config, quiet: bool = False, reserve_setting: int 
             nursery.cancel_scope.cancel()
         state.end(registry.devices())  # a clean stop: no marker left
     finally:
-        for sock in listen_socks + listen_socks_extra:
-            sock.close()
-        if control_sock is not None:
-            control_sock.close()
-        for path in created:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        close_and_remove(listen_socks + listen_socks_extra, control_sock, created)
     event(log, logging.INFO, "stopped")
     return 0
 

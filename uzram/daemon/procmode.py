@@ -9,7 +9,6 @@ in this mode (refused at start: see :func:`refusal`)."""
 from __future__ import annotations
 
 import logging
-import os
 from functools import partial
 
 import trio
@@ -21,7 +20,8 @@ from . import control
 from .forward import Forwarder
 from .logs import event
 from .registry import parse_device_name
-from .startup import bind_listeners, inherited_sockets, serve_until_signal, serves_tcp, write_swap_settings
+from .startup import (bind_listeners, close_and_remove, inherited_sockets, serve_until_signal, serves_tcp,
+                      write_swap_settings)
 from .workers import Workers
 
 log = logging.getLogger("uzram.daemon")
@@ -71,15 +71,7 @@ async def run(cfg: config_mod.Config, quiet: bool, log_level: str, swap: bool, r
                 created += write_swap_settings(cfg)
                 await _serve(nursery, cfg, quiet, workers, nbd, listen_socks, control_sock, names)
     finally:
-        for sock in listen_socks:
-            sock.close()
-        if control_sock is not None:
-            control_sock.close()
-        for path in created:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        close_and_remove(listen_socks, control_sock, created)
     if failed is not None:
         raise failed
     event(log, logging.INFO, "stopped")

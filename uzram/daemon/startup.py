@@ -164,3 +164,17 @@ async def serve_until_signal(names: list[str], quiet: bool) -> None:
             event(log, logging.INFO, "stopping", signal=signal.Signals(signum).name)
             break
     systemd.notify("STOPPING=1")
+
+
+def close_and_remove(socks: list[trio.socket.SocketType], control_sock: trio.socket.SocketType | None,
+                     created: list[str]) -> None:
+    """At exit: close the listening sockets and remove the paths made."""
+    for sock in socks:
+        sock.close()
+    if control_sock is not None:
+        control_sock.close()
+    for path in created:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
