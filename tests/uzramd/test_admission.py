@@ -1,6 +1,7 @@
 """Admission while the pool reserve runs low: a real uzramd ``--swap`` whose
-address space is capped while it runs (``prlimit``), so its reserve feed
-can map no new chunk, as under memory pressure. Work that allocates is
+file size limit is lowered while it runs (``prlimit``) to the size of its
+pool's memfd, so its reserve feed can add no memory to the pool, as under
+memory pressure. Work that allocates is
 refused with EAGAIN; writeback is admitted, and the memory it frees lets
 the reserve recover. Entering and leaving the state is logged and counted
 in the ``hardening`` reply."""
@@ -21,7 +22,6 @@ from ..daemon import Uzramd, raise_for, uzramd
 from ..nbdclient import NBDClient
 
 MiB = 1 << 20
-HEADROOM = 2 * MiB   # room for writeback's 1 MiB I/O buffer, not for a 4 MiB pool chunk
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="prlimit on the daemon and mlockall need root")
 
@@ -40,12 +40,12 @@ def wait_for(d: Uzramd, what: str, cond, timeout: float = 30) -> dict:
         time.sleep(0.05)
 
 
-def vm_size(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmSize")
+def pool_file_size(pid: int) -> int:
+    """The size of the daemon's pool memfds (the largest)."""
+    sizes = [os.stat(f"/proc/{pid}/fd/{fd}").st_size for fd in os.listdir(f"/proc/{pid}/fd")
+             if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:uzram-pool")]
+    assert sizes, "no pool memfd"
+    return max(sizes)
 
 
 def store_errno(d: Uzramd, device: str, attr: str, value: str) -> int:
@@ -59,7 +59,7 @@ def test_low_reserve_sheds_work_that_allocates_and_admits_writeback(tmp_path: Pa
         f.truncate(64 * MiB)
     backing.chmod(0o600)
     devices = (f"zram0:backing_dev={backing},disksize=64M", "zram1")
-    with uzramd(tmp_path / "d", "--swap", "--reserve", "8M", "-v", devices=devices) as d:
+    with uzramd(tmp_path / "d", "--swap", "--reserve", "16M", "-v", devices=devices) as d:
         pid = d.proc.pid
         with NBDClient(d.nbd_sock, "zram0") as c:
             deadline = time.monotonic() + 30
@@ -68,10 +68,12 @@ def test_low_reserve_sheds_work_that_allocates_and_admits_writeback(tmp_path: Pa
                 c.pwrite(0, os.urandom(MiB))   # the pool takes the chunks its feed made when it stores
                 time.sleep(0.05)
             assert st["low_reserve"] is False and st["low_reserve_episodes"] == 0, st  # not while first filled
-            # a worker thread (trio keeps an idle one for 10 s: under the cap no
-            # new thread stack can be mapped) and the I/O path, used once
-            d.store("zram0", "writeback", "huge")
-            resource.prlimit(pid, resource.RLIMIT_AS, (vm_size(pid) + HEADROOM, resource.RLIM_INFINITY))
+            d.store("zram0", "writeback", "huge")   # the I/O path, used once
+            # no file of the daemon grows past the pool's now; writeback
+            # writes below that (fewer pages than the reserve, and the first ones)
+            cap = pool_file_size(pid)
+            assert cap >= 20 * MiB, cap
+            resource.prlimit(pid, resource.RLIMIT_FSIZE, (cap, resource.RLIM_INFINITY))
             try:
                 refused = 0
                 for i in range(1, 40):          # incompressible pages until the reserve runs low
@@ -108,7 +110,7 @@ def test_low_reserve_sheds_work_that_allocates_and_admits_writeback(tmp_path: Pa
                 assert st["low_reserve_episodes"] == 1 and st["reserve_free"] * 2 >= st["reserve"], st
                 assert store_errno(d, "zram0", "compact", "1") == 0
             finally:
-                resource.prlimit(pid, resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+                resource.prlimit(pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
             assert c.pread(MiB, 4096)             # still serving
     log = (tmp_path / "d" / "uzramd.log").read_text()
     assert log.count('msg="pool reserve low') == 1 and log.count('msg="pool reserve recovered"') == 1, log

@@ -6,8 +6,13 @@ can free)."""
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import subprocess
 import time
 from pathlib import Path
+
+import pytest
 
 from ..daemon import Uzramd, uzramd
 from ..nbdclient import NBDClient
@@ -47,13 +52,32 @@ def wait_ready(d: Uzramd) -> dict:
         time.sleep(0.1)
 
 
+def policies(pid: int) -> dict[str, set[int]]:
+    """Scheduling policy (0 other, 2 rr) of the daemon's threads, by name."""
+    found: dict[str, set[int]] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/comm") as f:
+            name = f.read().strip()
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            policy = int(f.read().rsplit(")", 1)[1].split()[38])
+        found.setdefault("main" if tid == str(pid) else name, set()).add(policy)
+    return found
+
+
 def test_swap_mode_reports_its_measures(tmp_path: Path) -> None:
     with uzramd(tmp_path, "--swap", devices=("zram0:disksize=128M",)) as d:
         st = wait_ready(d)
+        deadline = time.monotonic() + 20
+        while "uzram-feed-zram" not in (threads := policies(d.proc.pid)):
+            assert time.monotonic() < deadline, threads
+            time.sleep(0.05)
     assert st["pymalloc"] == "malloc"
+    if os.geteuid() == 0:   # serving real-time; the feed competes for memory as any task
+        assert threads["main"] == {2} and threads["uzram-feed-zram"] == {0}, threads
     if os.geteuid() == 0:
         assert st["locked"] is True and st["cap_ipc_lock"] is True, st
         assert st["heap_cushion"] > 0, st
+        assert st["realtime"] is True, st
     else:
         assert st["locked"] or "CAP_IPC_LOCK" in st["not_locked"], st
 
@@ -62,6 +86,7 @@ def test_without_swap_mode_nothing_is_locked(tmp_path: Path) -> None:
     with uzramd(tmp_path, devices=("zram0:disksize=128M",)) as d:
         st = wait_ready(d)
     assert st["locked"] is False and "--swap" in st["not_locked"], st
+    assert st["realtime"] is False, st
 
 
 def test_writes_within_the_reserve_fault_in_nothing(tmp_path: Path) -> None:
@@ -91,3 +116,78 @@ def test_swap_key_in_the_config_file_means_swap_mode(tmp_path: Path) -> None:
     assert st["pymalloc"] == "malloc" and st["reserve"] == 16 * MiB, st
     if os.geteuid() == 0:
         assert st["locked"] is True, st
+
+
+# Calls that take the mmap_lock for writing (or start and end threads,
+# which map and unmap their Python frame stacks). Queued behind a thread in
+# reclaim, one of them stops every page fault of the daemon, the serving
+# thread's included: under global pressure, a hung guest (see
+# uzram/zram/arena.py).
+ADDRESS_SPACE_CALLS = ("mmap", "munmap", "mremap", "mprotect", "brk", "mlock", "mlock2", "munlock",
+                       "mlockall", "munlockall", "clone", "clone3")
+
+
+def traced(pid: int, log: Path) -> subprocess.Popen:
+    """strace on every thread of ``pid``, returned once attached."""
+    tids = os.listdir(f"/proc/{pid}/task")
+    st = subprocess.Popen(["strace", "-f", "-qq", "-o", str(log), "-e", "trace=" + ",".join(ADDRESS_SPACE_CALLS),
+                           *[a for t in tids for a in ("-p", t)]])
+    deadline = time.monotonic() + 10
+    while not all(tracer(pid, t) for t in tids):
+        assert time.monotonic() < deadline and st.poll() is None, "strace did not attach"
+        time.sleep(0.05)
+    return st
+
+
+def tracer(pid: int, tid: str) -> int:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            return int(next(line for line in f if line.startswith("TracerPid:")).split()[1])
+    except (OSError, StopIteration):
+        return 1   # gone: nothing to wait for
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mlockall and strace need root")
+def test_serving_swap_changes_no_mapping(tmp_path: Path) -> None:
+    """With --swap, once warm, nothing the daemon does for a swap client maps,
+    unmaps or locks memory or starts a thread: writes beyond the reserve (the
+    feed refills it), overwrites and TRIMs (frames given back), reads,
+    writeback of huge and idle pages and reads of them, compaction, and all
+    of it again after 11 s idle (trio would have ended its worker threads)."""
+    assert shutil.which("strace"), "strace is missing: scripts/setup installs it"
+    backing = tmp_path / "backing"
+    with open(backing, "wb") as f:
+        f.truncate(64 * MiB)
+    backing.chmod(0o600)
+    rnd = os.urandom(MiB)
+    half = b"".join(rnd[i * 4096: i * 4096 + 2048] + bytes(2048) for i in range(256))
+    with uzramd(tmp_path / "d", "--swap", "--reserve", "8M",
+                devices=(f"zram0:backing_dev={backing},disksize=128M",)) as d:
+        assert wait_ready(d)["locked"] is True
+        with NBDClient(d.nbd_sock, "zram0") as c:
+            c.pwrite(0, rnd)                  # the connection's first request of each kind
+            c.pread(0, MiB)
+            c.trim(0, MiB)
+            time.sleep(1.0)                   # the keeper has given the pool its reserve and threads
+            st = traced(d.proc.pid, tmp_path / "strace.log")
+            try:
+                for rounds in range(2):
+                    for off in range(0, 32 * MiB, MiB):
+                        c.pwrite(off, half if off % (3 * MiB) else os.urandom(MiB))
+                    for off in range(0, 32 * MiB, 2 * MiB):
+                        c.pwrite(off, half)   # overwrites free objects
+                    c.trim(16 * MiB, 8 * MiB)
+                    for store in (("idle", "all"), ("writeback", "huge"), ("writeback", "idle")):
+                        d.store("zram0", *store)
+                    for off in range(0, 32 * MiB, MiB):
+                        c.pread(off, MiB)     # written-back pages included
+                    d.store("zram0", "compact", "1")
+                    if not rounds:
+                        time.sleep(11)
+                assert int(d.show("zram0", "bd_stat").split()[2]) > 0, "nothing was written back"
+            finally:
+                st.send_signal(signal.SIGINT)
+                st.wait(10)
+    calls = [line for line in (tmp_path / "strace.log").read_text().splitlines()
+             if line.split(None, 1)[1].split("(", 1)[0] in ADDRESS_SPACE_CALLS]
+    assert not calls, "address-space calls while serving:\n" + "\n".join(calls[:20])

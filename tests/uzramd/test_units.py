@@ -97,7 +97,8 @@ def test_unit_settings_that_keep_swap_safe():
     swap = (UNITS / "uzram-swap@.service").read_text()
     for line in ("User=uzram", "NoNewPrivileges=yes", "AmbientCapabilities=CAP_IPC_LOCK CAP_SYS_RESOURCE",
                  "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6", "SystemCallFilter=@system-service",
-                 "StateDirectory=uzram", "--control /run/uzram/control.sock"):
+                 "StateDirectory=uzram", "--control /run/uzram/control.sock",
+                 "CPUSchedulingPolicy=rr", "RestrictRealtime=yes"):
         assert line in service, line
     assert re.search(r"^LimitNOFILE=\d+", service, re.M)
     assert "ReadWritePaths=/var/lib/uzram" not in service  # StateDirectory creates it

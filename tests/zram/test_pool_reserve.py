@@ -5,23 +5,32 @@ frame in time a store fails with ENOMEM instead of faulting memory in."""
 from __future__ import annotations
 
 import errno
+import os
 import threading
 
 import pytest
 
 from uzram.zram.chunkfeed import ChunkFeed
-from uzram.zram.zsmalloc import CHUNK_PAGES, ZsPool, prefaulted_chunk
+from uzram.zram.zsmalloc import CHUNK_PAGES, ZsPool
 
 OBJ = b"x" * 2000
 
 
 def test_stores_take_chunks_only_from_the_feed() -> None:
     pool = ZsPool()
-    feed = ChunkFeed(prefaulted_chunk)
+    filled: list[int] = []
+
+    def fill(job):
+        filled.extend(job[1])
+        pool.feed_fill(job)
+
+    feed = ChunkFeed(fill)
     pool.set_feed(feed, 2 * CHUNK_PAGES)
     try:
         handles = [pool.store(OBJ) for _ in range(6000)]   # ~3 chunks of objects
-        assert len(pool._chunks) == feed.made, "a chunk was made on the storing thread"
+        frames = {pool._zpage[pool.zspage_of(h)] << 12 for h in handles}
+        chunks = {a >> 22 << 22 for a in filled}
+        assert all(f >> 22 << 22 in chunks or f in filled for f in frames), "a frame not made resident by the feed"
         for h in handles:
             pool.free(h)
         pool.check()
@@ -29,6 +38,13 @@ def test_stores_take_chunks_only_from_the_feed() -> None:
         # freed frames stay resident up to the reserve, the rest is released
         # (plus what the feed had in flight)
         assert 0 < pool.reserve_free <= pool.reserve_pages + 2 * CHUNK_PAGES
+        # released frames are made resident again by the feed, not new chunks
+        before = len(pool._chunks)
+        handles = [pool.store(OBJ) for _ in range(6000)]
+        assert len(pool._chunks) <= before + 1, "the address space grew while released frames were there"
+        for h in handles:
+            assert bytes(pool.view(h, len(OBJ))) == OBJ
+        pool.check()
     finally:
         pool.set_feed(None, 0)
 
@@ -37,14 +53,14 @@ def test_no_frame_in_time_is_enomem_and_the_pool_stays_consistent() -> None:
     gate = threading.Event()
     made = []
 
-    def slow_chunk():   # a system short of memory: faulting in blocks
-        gate.wait()
-        c = prefaulted_chunk()
-        made.append(c)
-        return c
-
     pool = ZsPool()
-    pool.set_feed(ChunkFeed(slow_chunk), CHUNK_PAGES)
+
+    def slow_fill(job):   # a system short of memory: allocating blocks
+        gate.wait()
+        pool.feed_fill(job)
+        made.append(job)
+
+    pool.set_feed(ChunkFeed(slow_fill), CHUNK_PAGES)
     try:
         with pytest.raises(OSError) as e:
             pool.store(OBJ)
@@ -66,3 +82,56 @@ def test_without_a_feed_the_pool_grows_on_demand() -> None:
     assert pool.reserve_pages == 0 and len(pool._chunks) == 1
     pool.free(h)
     pool.check()
+
+
+def test_a_failing_feed_retries_until_memory_comes() -> None:
+    """A job the system cannot give memory for (here: the file size limit,
+    as ENOMEM under pressure) is retried, not lost: the reserve refills."""
+    pool = ZsPool()
+    fail = threading.Event()
+    fail.set()
+
+    def fill(job):
+        if fail.is_set():
+            raise OSError(errno.ENOMEM, "no memory")
+        pool.feed_fill(job)
+
+    feed = ChunkFeed(fill)
+    pool.set_feed(feed, CHUNK_PAGES)
+    try:
+        with pytest.raises(OSError):
+            pool.store(OBJ)
+        assert feed.failed > 0 and pool.reserve_free == 0
+        fail.clear()
+        h = pool.store(OBJ)
+        assert bytes(pool.view(h, len(OBJ))) == OBJ
+        pool.check()
+    finally:
+        pool.set_feed(None, 0)
+
+
+def test_frames_given_back_read_as_zeros_and_free_memory(tmp_path) -> None:
+    """Freed frames beyond the reserve are punched out of the pool's file:
+    its allocated blocks fall (memory really returns)."""
+    pool = ZsPool()
+    handles = [pool.store(b"\xaa" * 4096) for _ in range(2048)]   # huge: one page each
+    arena = pool._arenas[0]
+    used = os.fstat(arena.fd).st_blocks
+    assert used * 512 >= 2048 * 4096
+    for h in handles:
+        pool.free(h)
+    assert os.fstat(arena.fd).st_blocks * 512 <= 128 * 4096, "freed frames still hold memory"
+    h = pool.store(b"\x55" * 100)
+    assert bytes(pool.view(h, 100)) == b"\x55" * 100
+    pool.check()
+
+
+def test_reset_gives_every_page_back() -> None:
+    pool = ZsPool()
+    for _ in range(3000):
+        pool.store(os.urandom(3000))
+    arena = pool._arenas[0]
+    assert os.fstat(arena.fd).st_blocks > 0
+    for _ in pool.release_steps():
+        pass
+    assert os.fstat(arena.fd).st_blocks == 0

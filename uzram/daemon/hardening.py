@@ -16,6 +16,14 @@ event, and returned by the control socket's ``hardening`` command.
 - ``io_flusher``: PR_SET_IO_FLUSHER (CAP_SYS_RESOURCE): reclaim run on the
   daemon's behalf does no I/O, so it never waits on its own device.
 - ``oom_protected``: oom_score_adj -1000 (CAP_SYS_RESOURCE).
+- ``realtime``: SCHED_RR at priority 1 (CAP_SYS_NICE), with ``--swap``. A
+  real-time task's allocations may go a quarter below the min watermark
+  (the kernel's ALLOC_HARDER for rt tasks): when the machine is out of free
+  pages, the serving thread can still get the socket buffers to answer the
+  swap-outs that free memory (without it, its ``sendmsg`` waited in reclaim
+  that waited for those very answers). The pool's feed thread goes back to
+  SCHED_OTHER: it competes for memory like any task. The thread waits in
+  ``epoll`` when idle, and the kernel caps real-time tasks at 95% of a CPU.
 """
 
 from __future__ import annotations
@@ -146,6 +154,8 @@ def preload() -> None:
         dev.read_chunks(0, 128 << 10)
         dev.discard(0, 64 << 10)
         dev.reset()
+    from ..zram.backing import ALIGNED
+    ALIGNED.prepare()
     try:
         warm_jobs(page)
     except (OSError, ValueError):   # best effort: the daemon serves without it
@@ -190,6 +200,19 @@ def warm_jobs(page: bytes) -> None:
         dev.reset()
 
 
+def set_realtime() -> str:
+    """SCHED_RR priority 1 for this thread and the threads it starts later
+    (unless started real-time already: systemd's CPUSchedulingPolicy);
+    returns "" or why not."""
+    try:
+        if os.sched_getscheduler(0) in (os.SCHED_RR, os.SCHED_FIFO):
+            return ""
+        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(1))
+    except (OSError, AttributeError) as e:
+        return f"SCHED_RR: {getattr(e, 'strerror', None) or e} (needs CAP_SYS_NICE or RLIMIT_RTPRIO)"
+    return ""
+
+
 def protect_from_oom() -> bool:
     try:
         with open("/proc/self/oom_score_adj", "w") as f:
@@ -224,6 +247,7 @@ def apply(lock: bool = True) -> dict[str, object]:
     flusher = set_io_flusher()
     oom = protect_from_oom()
     heap = False
+    rt_why = set_realtime() if lock else "not asked for (--swap)"
     if lock:
         preload()
         why = lock_memory()
@@ -236,7 +260,10 @@ def apply(lock: bool = True) -> dict[str, object]:
                  pymalloc=os.environ.get("PYTHONMALLOC", "pymalloc"), io_flusher=flusher, oom_protected=oom,
                  cap_ipc_lock=bool(caps >> CAP_IPC_LOCK & 1),
                  cap_sys_resource=bool(caps >> CAP_SYS_RESOURCE & 1), uid=os.geteuid(), nofile=nofile)
+    STATE["realtime"] = not rt_why
     if why:
         STATE["not_locked"] = why
-    event(log, logging.WARNING if why and lock else logging.INFO, "hardening", **STATE)
+    if rt_why:
+        STATE["not_realtime"] = rt_why
+    event(log, logging.WARNING if (why or rt_why) and lock else logging.INFO, "hardening", **STATE)
     return STATE

@@ -18,13 +18,16 @@ the daemon sheds the work that would take from it (``admission.py``).
 
 from __future__ import annotations
 
+import importlib
 import logging
+import threading
 
 import trio
 
 from ..zram.chunkfeed import ChunkFeed
 from ..zram.slots import SlotTable
-from ..zram.zsmalloc import CHUNK_BYTES, ZsPool, populate_mapping, prefaulted_chunk
+from ..zram.arena import populate_mapping
+from ..zram.zsmalloc import CHUNK_BYTES, ZsPool
 from .admission import Admission
 from .config import AUTO_RESERVE
 from .logs import event
@@ -33,17 +36,71 @@ from .registry import DeviceRegistry
 log = logging.getLogger("uzram.daemon")
 
 AUTO = AUTO_RESERVE
-MIN_AUTO, MAX_AUTO = 16 << 20, 256 << 20
+MIN_AUTO, MAX_AUTO = 8 << 20, 256 << 20
 MAX_TABLE_PREFAULT = 64 << 20       # slot tables larger than this fault in as used
 
 
-def reserve_for(disksize: int, setting: int) -> int:
-    """Bytes to keep in reserve: ``setting``, or for AUTO 1/8 of the disk
-    size within 16..256 MiB (at 2:1, room for a quarter of the disk to be
-    swapped out while the system cannot give the daemon a page), rounded up
-    to whole pool chunks."""
-    want = min(max(disksize // 8, MIN_AUTO), MAX_AUTO) if setting == AUTO else setting
+def mem_total() -> int:
+    """The machine's RAM in bytes (MemTotal), 0 if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def reserve_for(disksize: int, setting: int, ram: int | None = None) -> int:
+    """Bytes to keep in reserve: ``setting``, or for AUTO the smaller of 1/8
+    of the disk size and 1/32 of the machine's RAM, within 8..256 MiB,
+    rounded up to whole pool chunks. The reserve only bridges the moments
+    when the feed waits for reclaim (which then waits for the swap-outs the
+    reserve stores); memory it holds is memory the machine has not, so on a
+    small VM it stays small (12 MiB of a 384 MiB guest)."""
+    if setting != AUTO:
+        want = setting
+    else:
+        ram = mem_total() if ram is None else ram
+        want = min(max(min(disksize // 8, ram // 32 if ram else disksize), MIN_AUTO), MAX_AUTO)
     return -(-want // CHUNK_BYTES) * CHUNK_BYTES
+
+
+WORKER_THREADS = 4
+"""Worker threads started at once and kept (writeback, reads of written-back
+pages, punches): more are started only when more run at the same time."""
+
+
+def keep_worker_threads() -> bool:
+    """trio ends a worker thread idle for 10 s and starts another later; a
+    thread's start and exit map and unmap memory (its Python frame stack),
+    which a swap server must not do while it serves (see
+    :mod:`uzram.zram.arena`). Keep them: trio reads the timeout from its
+    thread cache module each time a worker waits. False if trio changed."""
+    try:
+        cache = importlib.import_module("trio._core._thread_cache")
+    except ImportError:
+        return False
+    if not isinstance(getattr(cache, "IDLE_TIMEOUT", None), (int, float)):
+        return False
+    setattr(cache, "IDLE_TIMEOUT", -1)    # Lock.acquire(timeout=-1): no timeout
+    return True
+
+
+async def start_worker_threads(n: int = WORKER_THREADS) -> None:
+    """Start ``n`` worker threads now, all at once, so later work finds them."""
+    barrier = threading.Barrier(n)
+
+    def meet() -> None:
+        try:
+            barrier.wait(5)
+        except threading.BrokenBarrierError:
+            pass
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(n):
+            nursery.start_soon(trio.to_thread.run_sync, meet)
 
 
 def prefault_table(table: SlotTable) -> None:
@@ -59,6 +116,10 @@ async def keep_reserves(registry: DeviceRegistry, setting: int, locked: bool,
     """Give each device's pool its feed and reserve; report refused stores
     and (``admission``) entering and leaving the low-reserve state."""
     pools: dict[int, tuple[ZsPool, str, int]] = {}   # id -> pool, device, misses reported
+    if keep_worker_threads():
+        await start_worker_threads()
+    else:
+        event(log, logging.WARNING, "worker threads are not kept: trio's thread cache changed")
     while True:
         live: set[int] = set()
         for dev in registry.devices():
@@ -68,11 +129,10 @@ async def keep_reserves(registry: DeviceRegistry, setting: int, locked: bool,
             live.add(id(pool))
             if id(pool) not in pools:
                 pools[id(pool)] = (pool, dev.name, 0)
-                pool.locked = locked
                 if dev.table is not None:
                     await trio.to_thread.run_sync(prefault_table, dev.table)
                 if dev.pool is pool:
-                    pool.set_feed(ChunkFeed(prefaulted_chunk, f"uzram-feed-{dev.name}"),
+                    pool.set_feed(ChunkFeed(pool.feed_fill, f"uzram-feed-{dev.name}"),
                                   reserve_for(dev.disksize, setting) >> 12)
                     event(log, logging.INFO, "pool reserve", device=dev.name,
                           reserve=pool.reserve_pages << 12, locked=locked)

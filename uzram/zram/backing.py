@@ -33,8 +33,7 @@ The store holds other processes' memory (swap), so opening it is strict:
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
+import contextlib
 import errno
 import fcntl
 import logging
@@ -42,22 +41,16 @@ import mmap
 import os
 import stat
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
+from .arena import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, fallocate
 from .sizeclass import PAGE_SIZE
 
-FALLOC_FL_KEEP_SIZE = 1
-FALLOC_FL_PUNCH_HOLE = 2
 IOV_MAX = 1024
 
 FREE, USED, PUNCH = 0, 1, 2
 
 log = logging.getLogger("uzram.zram")
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_fallocate = _libc.fallocate
-_fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
-_fallocate.restype = ctypes.c_int
 
 Buffer = bytes | bytearray | memoryview
 
@@ -69,9 +62,7 @@ _held_lock = threading.Lock()
 
 
 def punch_hole(fd: int, offset: int, length: int) -> None:
-    if _fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
+    fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
 
 
 def _refuse(path: str, code: int, why: str) -> OSError:
@@ -257,10 +248,14 @@ class BackingStore:
         """Write one page-sized buffer per block, contiguous blocks in one
         ``pwritev``; returns an error (or None) per block."""
         if self.direct:
-            aligned, views = _aligned(len(bufs))
-            for view, buf in zip(views, bufs):
-                view[: len(buf)] = buf
-            return self._vectored(os.pwritev, blocks, views)
+            errors: list[OSError | None] = []
+            with ALIGNED.take() as views:
+                for k in range(0, len(bufs), len(views)):
+                    part = bufs[k : k + len(views)]
+                    for view, buf in zip(views, part):
+                        view[: len(buf)] = buf
+                    errors += self._vectored(os.pwritev, blocks[k : k + len(views)], views[: len(part)])
+            return errors
         errors = self._vectored(os.pwritev, blocks, bufs)
         written = [b for b, e in zip(blocks, errors) if e is None]
         if written:
@@ -275,9 +270,13 @@ class BackingStore:
     def read_blocks(self, blocks: Sequence[int]) -> list[bytes | OSError]:
         """Read whole blocks; each result is the page or the error."""
         if self.direct:
-            aligned, views = _aligned(len(blocks))
-            errors = self._vectored(os.preadv, blocks, views)
-            return [e if e is not None else bytes(v) for v, e in zip(views, errors)]
+            results: list[bytes | OSError] = []
+            with ALIGNED.take() as views:
+                for k in range(0, len(blocks), len(views)):
+                    part = blocks[k : k + len(views)]
+                    errs = self._vectored(os.preadv, part, views[: len(part)])
+                    results += [e if e is not None else bytes(v) for v, e in zip(views, errs)]
+            return results
         bufs = [bytearray(PAGE_SIZE) for _ in blocks]
         errors = self._vectored(os.preadv, blocks, bufs)
         self._drop_cache(blocks)
@@ -339,12 +338,47 @@ def _set_direct(fd: int) -> bool:
     return True
 
 
-def _aligned(n: int) -> tuple[mmap.mmap, list[memoryview]]:
-    """``n`` zeroed, page-aligned page buffers (anonymous memory, freed with
-    the mmap when the caller drops it)."""
-    area = mmap.mmap(-1, max(1, n) * PAGE_SIZE)
-    whole = memoryview(area)
-    return area, [whole[k * PAGE_SIZE : (k + 1) * PAGE_SIZE] for k in range(n)]
+class AlignedBuffers:
+    """Page-aligned buffers for O_DIRECT I/O, made once and kept: a swap
+    server must not map (or unmap) memory while it serves (see
+    :mod:`uzram.zram.arena`). ``count`` areas of ``pages`` pages; a thread
+    that finds none free waits for one."""
+
+    def __init__(self, count: int = 2, pages: int = 256) -> None:
+        self.count, self.pages = count, pages
+        self._free: list[list[memoryview]] = []
+        self._made = 0
+        self._cond = threading.Condition()
+
+    def prepare(self) -> None:
+        """Make every area now (at start, before any pressure)."""
+        with self._cond:
+            while self._made < self.count:
+                self._free.append(self._area())
+                self._made += 1
+
+    def _area(self) -> list[memoryview]:
+        whole = memoryview(mmap.mmap(-1, self.pages * PAGE_SIZE))
+        return [whole[k * PAGE_SIZE : (k + 1) * PAGE_SIZE] for k in range(self.pages)]
+
+    @contextlib.contextmanager
+    def take(self) -> Iterator[list[memoryview]]:
+        with self._cond:
+            if not self._free and self._made < self.count:
+                self._free.append(self._area())
+                self._made += 1
+            self._cond.wait_for(lambda: bool(self._free))
+            views = self._free.pop()
+        try:
+            yield views
+        finally:
+            with self._cond:
+                self._free.append(views)
+                self._cond.notify()
+
+
+ALIGNED = AlignedBuffers()
+"""The process's O_DIRECT buffers, shared by every backing store."""
 
 
 def _runs(blocks: Sequence[int]) -> list[tuple[int, int]]:

@@ -1,28 +1,49 @@
-"""Prefaulted pool chunks, made ahead by a thread of their own.
+"""Pool memory made resident ahead of need, by a thread of its own.
 
 Under ``uzramd --swap`` a pool never faults in new memory on the thread that
-stores pages: it takes resident frames (its reserve), else a chunk this feed
-has prefaulted, else waits briefly for the one being made; if none comes in
-time the system is short of memory and the store fails with ENOMEM (as
-zram's zs_malloc fails) instead of waiting on reclaim that may need the very
-swap-out being stored. The page faults happen here, on the feed's thread.
+stores pages: it takes resident frames (its reserve), else waits briefly for
+this feed; if none comes in time the system is short of memory and the store
+fails with ENOMEM (as zram's zs_malloc fails) instead of waiting on reclaim
+that may need the very swap-out being stored. The allocations (and the
+reclaim they may wait on) happen here, on the feed's thread, through calls
+that take no mmap_lock (:mod:`uzram.zram.arena`).
+
+A job is whatever the pool asks to make resident (a new chunk, freed frames);
+``fill`` does it. A job that fails (ENOMEM, EFBIG) is retried after
+``RETRY`` seconds, so every job asked for is delivered once memory allows.
 """
 
 from __future__ import annotations
 
-import queue
+import ctypes
+import os
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
+RETRY = 0.05
+PR_SET_NAME = 15
+
+
+def name_thread(name: str) -> None:
+    """The calling thread's name as the kernel shows it (ps, sysrq dumps;
+    cut to 15 bytes)."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
 
 class ChunkFeed(Generic[T]):
-    def __init__(self, make: Callable[[], T], name: str = "uzram-feed") -> None:
-        self._make = make
-        self._ready: queue.SimpleQueue[T] = queue.SimpleQueue()
-        self._wanted = threading.Semaphore(0)
+    def __init__(self, fill: Callable[[T], None], name: str = "uzram-feed") -> None:
+        self._fill = fill
+        self._jobs: deque[T] = deque()
+        self._ready: deque[T] = deque()
+        self._cond = threading.Condition()
         self._closed = False
         self.made = 0
         self.failed = 0
@@ -30,36 +51,52 @@ class ChunkFeed(Generic[T]):
         self._thread.start()
 
     def _run(self) -> None:
+        name_thread(self._thread.name)
+        try:   # a real-time daemon's feed must not take the real-time share of free memory
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        except OSError:
+            pass
+        cond = self._cond
         while True:
-            self._wanted.acquire()
-            if self._closed:
-                return
+            with cond:
+                while not self._jobs and not self._closed:
+                    cond.wait()
+                if self._closed:
+                    return
+                job = self._jobs[0]
             try:
-                chunk = self._make()
-            except OSError:           # ENOMEM from mmap: asked again later
+                self._fill(job)
+            except OSError:           # no memory now: the same job again later
                 self.failed += 1
+                with cond:
+                    cond.wait(RETRY)
                 continue
-            self.made += 1
-            self._ready.put(chunk)
+            with cond:
+                self._jobs.popleft()
+                self._ready.append(job)
+                self.made += 1
+                cond.notify_all()
 
-    def request(self, n: int = 1) -> None:
-        """Ask for ``n`` more chunks (they arrive in :meth:`poll`/:meth:`take`)."""
-        if n > 0:
-            self._wanted.release(n)
+    def request(self, job: T) -> None:
+        """Ask for ``job`` to be made resident (it comes back from :meth:`poll`/:meth:`take`)."""
+        with self._cond:
+            self._jobs.append(job)
+            self._cond.notify_all()
 
     def poll(self) -> T | None:
         try:
-            return self._ready.get_nowait()
-        except queue.Empty:
+            return self._ready.popleft()
+        except IndexError:
             return None
 
     def take(self, timeout: float) -> T | None:
-        """A chunk, waiting up to ``timeout`` seconds for one being made."""
-        try:
-            return self._ready.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        """A finished job, waiting up to ``timeout`` seconds for one."""
+        with self._cond:
+            if not self._ready:
+                self._cond.wait_for(lambda: bool(self._ready) or self._closed, timeout)
+            return self._ready.popleft() if self._ready else None
 
     def close(self) -> None:
-        self._closed = True
-        self._wanted.release()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()

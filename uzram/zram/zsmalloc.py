@@ -1,7 +1,7 @@
-"""A zsmalloc-style slab pool over private anonymous memory.
+"""A zsmalloc-style slab pool over a memfd (:mod:`uzram.zram.arena`).
 
-Layout: memory comes in 4 MiB ``mmap`` chunks (MAP_PRIVATE|MAP_ANONYMOUS, so
-untouched pages cost nothing and ``MADV_DONTNEED`` really frees). Each chunk
+Layout: memory comes in 4 MiB chunks of an arena (untouched pages cost
+nothing, and a frame given back is punched out of the file). Each chunk
 is cut into frames of one size (1..16 pages); a zspage occupies one frame, so
 its objects are contiguous and may straddle page boundaries as in zsmalloc.
 
@@ -28,13 +28,13 @@ window of a chunk, its low 16 bits the offset in that window in 8-byte units.
 
 Reserve (for a swap server under global memory pressure): with a ``feed``
 (:class:`uzram.zram.chunkfeed.ChunkFeed`) the pool keeps ``reserve_pages``
-pages of free frames resident: whole spare chunks prefaulted by the feed's
-thread, and freed frames kept instead of released. New zspages take resident
-frames first; with none left the pool waits up to ``FEED_WAIT`` for the
-feed, then fails the store with ENOMEM (as zram's zs_malloc fails) rather
-than fault in memory on the storing thread. When the daemon's memory is
-locked (``locked``), a frame is munlocked before ``MADV_DONTNEED`` (which
-refuses locked pages) and locked again (on fault) when reused.
+pages of free frames resident: spare chunks and released frames made
+resident by the feed's thread, and freed frames kept instead of released.
+New zspages take resident frames first; with none left the pool waits up to
+``FEED_WAIT`` for the feed, then fails the store with ENOMEM (as zram's
+zs_malloc fails) rather than fault in memory on the storing thread. Nothing
+here maps, unmaps, locks or unlocks memory after an arena is made (see
+:mod:`uzram.zram.arena` for why).
 
 Not thread-safe: one thread owns the pool (the device's owner thread), and
 nothing here locks. Views of objects (``view``) stay valid only until the
@@ -43,14 +43,14 @@ next mutation; ``pin`` keeps one in place across mutations.
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import mmap
 import os
+import time
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from .arena import ARENA_BYTES, Arena
 from .chunkfeed import ChunkFeed
 from .sizeclass import (
     CHAIN_SIZE_DEFAULT,
@@ -79,67 +79,29 @@ INUSE_RATIO_99 = 10
 INUSE_RATIO_100 = 11
 _ALLOC_GROUPS = ((1 << (INUSE_RATIO_99 + 1)) - 1) & ~1  # groups 1..10
 _ISOLATED = -1
-_MAP_FLAGS = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
 
 
-_MADV_POPULATE_WRITE = 23
-_MLOCK_ONFAULT = 1
 FEED_WAIT = 0.2
 """Seconds a store waits for the feed's next chunk before failing with ENOMEM."""
+FEED_BATCH_PAGES = 256
+"""Pages of released frames made resident again per feed job."""
+FeedJob = tuple[int, "array[int]"]
+"""What the feed makes resident: ``(ppz, frame addresses)``, or ``(0, [the
+address of a new chunk])``."""
 RECENT_PAGES = 64
 """Pages of freed frames kept resident for the next new zspages (without a
 reserve): a device overwriting pages frees and makes zspages all the time,
 and each ``MADV_DONTNEED`` costs a system call and a page fault per page later."""
 
-try:
-    _libc: ctypes.CDLL | None = ctypes.CDLL("libc.so.6", use_errno=True)
-except OSError:
-    _libc = None
-
-
 class _Chunk:
-    __slots__ = ("mm", "mv", "q", "_addr")
+    """4 MiB of an arena: ``mv`` (bytes) and ``q`` (8-byte words) views."""
+    __slots__ = ("arena", "off", "mv", "q")
 
-    def __init__(self, populate: bool = False) -> None:
-        self.mm = mmap.mmap(-1, CHUNK_BYTES, flags=_MAP_FLAGS)
-        self._addr = 0
-        if populate:
-            populate_mapping(self.mm, self.addr())
-        self.mv = memoryview(self.mm)
+    def __init__(self, arena: Arena, off: int) -> None:
+        self.arena = arena
+        self.off = off
+        self.mv = arena.mv[off : off + CHUNK_BYTES]
         self.q = self.mv.cast("Q")
-
-    def addr(self) -> int:
-        if not self._addr:
-            self._addr = ctypes.addressof(ctypes.c_char.from_buffer(self.mm))
-        return self._addr
-
-    def unlock(self, base: int, length: int) -> None:
-        if _libc is not None:
-            _libc.munlock(ctypes.c_void_p(self.addr() + base), ctypes.c_size_t(length))
-
-    def relock(self, base: int, length: int) -> None:
-        if _libc is not None:
-            _libc.mlock2(ctypes.c_void_p(self.addr() + base), ctypes.c_size_t(length), _MLOCK_ONFAULT)
-
-
-def populate_mapping(mm: mmap.mmap, addr: int = 0, fresh: bool = True) -> None:
-    """Fault a mapping in, with the GIL released: a thread faulting in
-    memory under pressure must not stop the others. Not MAP_POPULATE, which
-    mlockall(MCL_ONFAULT) turns off, nor mmap.madvise, which holds the GIL.
-    Before Linux 5.14 (no MADV_POPULATE_WRITE) only a ``fresh`` (all zero)
-    mapping is faulted in, by zeroing it."""
-    if _libc is None:
-        return
-    if not addr:
-        addr = ctypes.addressof(ctypes.c_char.from_buffer(mm))
-    if _libc.madvise(ctypes.c_void_p(addr), ctypes.c_size_t(len(mm)), _MADV_POPULATE_WRITE) != 0 and fresh:
-        ctypes.memset(addr, 0, len(mm))   # memset releases the GIL too
-
-
-def prefaulted_chunk() -> _Chunk:
-    """A chunk whose pages are all resident (and locked, under mlockall):
-    made outside the pool's thread, for :meth:`ZsPool.add_spare`."""
-    return _Chunk(populate=True)
 
 
 class Window:
@@ -211,7 +173,7 @@ class ClassStat:
 class ZsPool:
     """zs_malloc / zs_free / object access / zs_compact, with zsmalloc's policies."""
 
-    def __init__(self, chain_size: int = CHAIN_SIZE_DEFAULT) -> None:
+    def __init__(self, chain_size: int = CHAIN_SIZE_DEFAULT, name: str = "uzram-pool") -> None:
         table = build_class_table(chain_size)
         self.chain_size = chain_size
         self.huge_class_size = table.huge_class_size
@@ -235,9 +197,11 @@ class ZsPool:
         self.reserve_pages = 0
         self.reserve_free = 0      # pages in warm frames and spare chunks
         self.reserve_misses = 0    # stores refused (ENOMEM): no resident frame in time
-        self.feed: ChunkFeed[_Chunk] | None = None
-        self._requested = 0        # chunks asked of the feed, not received yet
-        self.locked = False
+        self.feed: ChunkFeed[FeedJob] | None = None
+        self._pending = 0          # pages asked of the feed, not received yet
+        self._pending_chunks = 0   # of which new chunks
+        self._arenas: list[Arena] = []
+        self.name = name
         self.pages_allocated = 0
         self.pages_compacted = 0
         self.objects = 0
@@ -277,29 +241,45 @@ class ZsPool:
     # -- reserve -------------------------------------------------------------
 
     def reserve_short(self) -> bool:
-        """Whether the reserve wants another spare chunk."""
+        """Whether the reserve wants more resident frames."""
         return self.reserve_free < self.reserve_pages
 
-    def add_spare(self, chunk: _Chunk) -> None:
-        self._spare.append(self._register(chunk))
-        self.reserve_free += CHUNK_PAGES
-
-    def _register(self, chunk: _Chunk) -> int:
-        """Number a chunk: its windows and page table entries. Returns its address."""
+    def _register(self) -> int:
+        """Number a new chunk: its arena range, windows and page table
+        entries. Returns its address (not resident yet, nor in the file)."""
         addr = len(self._chunks) << CHUNK_SHIFT
         if (addr + CHUNK_BYTES - 1) >> LOC_SHIFT > 0xFFFFFFFF and self._loc.itemsize < 8:
             self._loc = array("Q", self._loc)
             self._zfree = array("Q", self._zfree)
+        while addr // ARENA_BYTES >= len(self._arenas):
+            self._arenas.append(Arena(self.name))
+        chunk = _Chunk(self._arenas[addr // ARENA_BYTES], addr % ARENA_BYTES)
         self._chunks.append(chunk)
         for w in range(WINDOWS_PER_CHUNK):
             self._windows.append(Window(w << WINDOW_SHIFT, chunk.mv))
         self._page_zid.extend(array("i", [_NONE]) * CHUNK_PAGES)
         return addr
 
-    def set_feed(self, feed: ChunkFeed[_Chunk] | None, reserve_pages: int) -> None:
-        """Keep ``reserve_pages`` resident, refilled by ``feed`` (None: stop)."""
+    def _fill(self, job: FeedJob) -> None:
+        """Make a job's frames resident (the feed's thread: touches no
+        bookkeeping, only memory), contiguous frames in one call."""
+        ppz, addrs = job
+        length = ppz * PAGE_SIZE if ppz else CHUNK_BYTES
+        runs: list[list[int]] = []
+        for addr in sorted(addrs):
+            if runs and runs[-1][1] == addr and addr % ARENA_BYTES:
+                runs[-1][1] = addr + length
+            else:
+                runs.append([addr, addr + length])
+        for start, end in runs:
+            self._arenas[start // ARENA_BYTES].fill(start % ARENA_BYTES, end - start)
+
+    def set_feed(self, feed: ChunkFeed[FeedJob] | None, reserve_pages: int) -> None:
+        """Keep ``reserve_pages`` resident, refilled by ``feed`` (None: stop).
+        The feed is made by the caller around :meth:`feed_fill`."""
         if self.feed is not None:
             self.feed.close()
+            self._take_delivered(self.feed)   # delivered: resident, keep them
         self.feed = feed
         if feed is not None:   # the reserve decides what stays resident from now on
             recent, self._recent, self._recent_pages = self._recent, {}, 0
@@ -307,20 +287,43 @@ class ZsPool:
                 for addr in frames:
                     self._release_frame(addr, ppz)
         self.reserve_pages = reserve_pages
-        self._requested = 0
+        self._pending = 0
+        self._pending_chunks = 0
         self._ask_feed()
 
+    @property
+    def feed_fill(self) -> Callable[[FeedJob], None]:
+        """What a feed for this pool runs on its thread."""
+        return self._fill
+
+    def _take_delivered(self, feed: ChunkFeed[FeedJob]) -> None:
+        while (job := feed.poll()) is not None:
+            self._ready_job(job)
+
     def _ask_feed(self) -> None:
+        """Take what the feed delivered; ask for what the reserve lacks:
+        released frames made resident again first (the address space does
+        not grow), then new chunks; and always one spare chunk, so that a
+        class whose frame size the warm frames lack can still grow."""
         feed = self.feed
         if feed is None:
             return
-        while (chunk := feed.poll()) is not None:
-            self._requested -= 1
-            self.add_spare(chunk)
-        missing = -(-(self.reserve_pages - self.reserve_free) // CHUNK_PAGES) - self._requested
-        if missing > 0:
-            self._requested += missing
-            feed.request(missing)
+        self._take_delivered(feed)
+        need = self.reserve_pages - self.reserve_free - self._pending
+        for ppz in list(self._frames):
+            cold = self._frames[ppz]
+            while need > 0 and cold:
+                n = min(len(cold), max(1, min(need, FEED_BATCH_PAGES) // ppz))
+                addrs = cold[-n:]
+                del cold[-n:]
+                feed.request((ppz, addrs))
+                self._pending += n * ppz
+                need -= n * ppz
+        while need > 0 or not (self._spare or self._pending_chunks):
+            feed.request((0, array("q", [self._register()])))
+            self._pending += CHUNK_PAGES
+            self._pending_chunks += 1
+            need -= CHUNK_PAGES
 
     def _carve(self, addr: int, ppz: int) -> array[int]:
         """The frames of the chunk at ``addr``, the first one last (popped first)."""
@@ -329,8 +332,8 @@ class ZsPool:
 
     def _take_frame(self, ppz: int) -> int:
         """The address of a frame of ``ppz`` pages: resident ones first (the
-        reserve), then released ones, then a new chunk; under pressure,
-        ENOMEM instead."""
+        reserve), then released ones, then a new chunk; with a feed, only
+        resident ones, waiting up to FEED_WAIT for the feed, else ENOMEM."""
         warm = self._warm.get(ppz)
         if warm:
             self.reserve_free -= ppz
@@ -343,33 +346,51 @@ class ZsPool:
             if recent:
                 self._recent_pages -= ppz
                 return recent.pop()
-        if feed is not None:
-            self._ask_feed()
-            if not self._spare:
-                # faulting memory in here could wait on the very swap-out this
-                # store is part of: wait a little for the feed, else ENOMEM
-                chunk = feed.take(FEED_WAIT)
-                if chunk is None:
-                    self.reserve_misses += 1
-                    raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM) + " (pool reserve exhausted)")
-                self._requested -= 1
-                self.add_spare(chunk)
-        if self._spare:
+            released = self._frames.get(ppz)
+            if released:
+                return released.pop()      # faulted in again when used
+            addr = self._register()
+            chunk = self._chunks[addr >> CHUNK_SHIFT]
+            chunk.arena.grow(chunk.off + CHUNK_BYTES)
+            frames = self._frames[ppz] = self._carve(addr, ppz)
+            return frames.pop()
+        # faulting memory in here could wait on the very swap-out this
+        # store is part of: wait a little for the feed, else ENOMEM
+        self._ask_feed()
+        deadline = 0.0
+        while not self._spare and not self._warm.get(ppz):
+            now = time.monotonic()
+            deadline = deadline or now + FEED_WAIT
+            job = feed.take(deadline - now) if now < deadline else None
+            if job is None:
+                self.reserve_misses += 1
+                self._ask_feed()
+                raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM) + " (pool reserve exhausted)")
+            self._ready_job(job)
+        warm = self._warm.get(ppz)
+        if warm:
+            self.reserve_free -= ppz
+            frame = warm.pop()
+        else:
             frames = self._carve(self._spare.pop(), ppz)
             self.reserve_free -= CHUNK_PAGES - (len(frames) - 1) * ppz
             frame = frames.pop()
             self._warm.setdefault(ppz, array("q")).extend(frames)
-            if feed is not None:
-                self._ask_feed()
-            return frame
-        released = self._frames.get(ppz)
-        if released:
-            addr = released.pop()
-            if self.locked:
-                self._chunks[addr >> CHUNK_SHIFT].relock(addr & OFFSET_MASK, ppz * PAGE_SIZE)
-            return addr
-        frames = self._frames[ppz] = self._carve(self._register(_Chunk()), ppz)
-        return frames.pop()
+        self._ask_feed()
+        return frame
+
+    def _ready_job(self, job: FeedJob) -> None:
+        """Account one job taken from the feed by hand (``take``)."""
+        ppz, addrs = job
+        if ppz:
+            self._warm.setdefault(ppz, array("q")).extend(addrs)
+            pages = ppz * len(addrs)
+        else:
+            self._spare.extend(addrs)
+            self._pending_chunks -= len(addrs)
+            pages = CHUNK_PAGES * len(addrs)
+        self.reserve_free += pages
+        self._pending -= pages
 
     def _release_frame(self, addr: int, ppz: int) -> None:
         """Keep a freed frame resident while the reserve wants it, else give
@@ -382,10 +403,8 @@ class ZsPool:
             self._recent.setdefault(ppz, array("q")).append(addr)
             self._recent_pages += ppz
             return
-        chunk, base, length = self._chunks[addr >> CHUNK_SHIFT], addr & OFFSET_MASK, ppz * PAGE_SIZE
-        if self.locked:
-            chunk.unlock(base, length)
-        chunk.mm.madvise(mmap.MADV_DONTNEED, base, length)
+        chunk = self._chunks[addr >> CHUNK_SHIFT]
+        chunk.arena.punch(chunk.off + (addr & OFFSET_MASK), ppz * PAGE_SIZE)
         self._frames.setdefault(ppz, array("q")).append(addr)
 
     # -- zspages -------------------------------------------------------------
@@ -761,8 +780,11 @@ class ZsPool:
 
     def release_steps(self, per_step: int = 2048) -> Iterator[None]:
         """Drop every object, zspage and chunk (a few chunks at a time:
-        unmapping a resident one takes about a millisecond per 16 MiB). The
+        giving back a resident one takes about a millisecond per 16 MiB). The
         pool is empty and unusable afterwards (reset drops it)."""
+        if self.feed is not None:
+            self.feed.close()
+            self.feed = None
         for cls in self.classes:
             cls.hot = _NONE
             cls.tail = [_NONE] * NR_FULLNESS_GROUPS
@@ -773,8 +795,11 @@ class ZsPool:
         yield None
         chunks, self._chunks = self._chunks, []
         while chunks:
+            for chunk in chunks[-4:]:
+                chunk.arena.punch(chunk.off, CHUNK_BYTES)
             del chunks[-4:]
             yield None
+        self._arenas = []    # each closes its file when its last view goes
         self._loc = array("I", [0])
         self.pages_allocated = self.objects = 0
 
