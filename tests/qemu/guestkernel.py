@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 # every module any test mode loads (the dependencies are found automatically)
-WANTED_MODULES = ("virtio_pci", "virtio_blk", "nbd", "9pnet_virtio", "9p")
+WANTED_MODULES = ("virtio_pci", "virtio_blk", "nbd", "9pnet_virtio", "9p", "zram", "lz4", "zstd")
 KERNEL_PKG_ENV = "UZRAM_QEMU_KERNEL_PKG"
 
 
@@ -193,7 +193,8 @@ def fetch(cache: Path) -> GuestKernel:
                 raise KernelUnavailable("cannot resolve linux-image-amd64 with apt-cache (no package lists?)")
             pkg = cached[-1].read_text().strip()
         dest = kroot / pkg
-        if not (dest / "package").is_file():
+        if not (dest / "package").is_file() or not all(
+                (dest / "modules" / f"{m}.ko").is_file() for m in WANTED_MODULES):
             shutil.rmtree(dest, ignore_errors=True)
             dest.mkdir(parents=True)
             dl = Path(tempfile.mkdtemp(prefix="dl-", dir=cache))

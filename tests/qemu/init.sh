@@ -4,6 +4,7 @@
 # Settings come from /etc/uzram-test.conf (written by tests/qemu/vm.py).
 #   MODE=a  swap on /dev/vda: virtio-blk backed by QEMU's NBD client, which
 #           talks to uzramd on the host.
+#   MODE=k  the guest kernel's own zram0 (the anchor for mode b under pressure)
 #   MODE=b  the host's / is mounted read-only over virtio-9p; uzramd runs from
 #           the host's venv inside the guest (chroot), the host's nbd-client
 #           attaches it to /dev/nbd0 and the guest swaps on that. With
@@ -125,6 +126,11 @@ b)
         say "writeback of idle pages every ${WRITEBACK_EVERY}s"
     fi
     ;;
+k)  # the anchor: the guest kernel's own zram under the same load
+    DEV=zram0
+    echo "${ZRAM_ALGORITHM:-lz4}" > /sys/block/zram0/comp_algorithm &&
+        echo "${ZRAM_DISKSIZE:-512M}" > /sys/block/zram0/disksize || fail "cannot set up zram0"
+    ;;
 *) fail "unknown MODE $MODE" ;;
 esac
 
@@ -133,7 +139,7 @@ for kv in $SYSCTLS; do sysctl -w "$kv" >/dev/null || fail "sysctl $kv"; done
 
 # swap treats only non-rotational devices cluster-wise, and only then are
 # freed clusters discarded (TRIM): zram is non-rotational too
-echo 0 > /sys/block/$DEV/queue/rotational
+echo 0 > /sys/block/$DEV/queue/rotational 2>/dev/null
 # as systemd/uzram-swap does: no writeback throttling on the NBD queue (zram
 # has none); it holds back reclaim's swap-outs while uzramd waits for memory
 [ $MODE = b ] && echo 0 > /sys/block/$DEV/queue/wbt_lat_usec

@@ -8,6 +8,7 @@ uzramd in the same guest (see ``test_swap.global_pressure``). Example::
     .venv/bin/python -m tests.qemu.pressure_loop -n 5 --variant zstd \\
         --sysctls ""        # without the guest settings uzram-swap makes
     .venv/bin/python -m tests.qemu.pressure_loop -n 5 --variant lz4-writeback
+    .venv/bin/python -m tests.qemu.pressure_loop -n 5 --kernel-zram   # the anchor
 
 Console logs are kept in ``--workdir`` (one folder per run).
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 from .guestkernel import fetch
 from .test_swap import (GLOBAL_TIMEOUT, GLOBAL_VARIANTS, PRODUCT_SYSCTLS, STALL, boot, check_guest_swap,
                         global_pressure, global_pressure_devices)
-from .vm import CACHE, QemuAssets, build_memhog, ensure_packages, static_busybox
+from .vm import CACHE, GuestConfig, QemuAssets, build_memhog, ensure_packages, static_busybox
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=GLOBAL_TIMEOUT)
     p.add_argument("--workdir", type=Path, default=CACHE / "pressure")
     p.add_argument("--stop-on-hang", action="store_true")
+    p.add_argument("--kernel-zram", action="store_true",
+                   help="the anchor: the same guest and hog swapping on the guest kernel's own zram0 "
+                        "(the variant's algorithm, 512M), no uzramd")
     args = p.parse_args(argv)
 
     ensure_packages(["qemu-system-x86", "busybox-static", "gcc", "libc6-dev", "nbd-client"])
@@ -48,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     device, writeback_every = GLOBAL_VARIANTS[args.variant]
     args.device = args.device or device
     cfg = global_pressure(args.daemon_options, args.device, args.sysctls, writeback_every)
+    if args.kernel_zram:
+        alg = args.device.split("comp_algorithm=")[1].split(",")[0]
+        cfg = GuestConfig("k", mem_mb=cfg.mem_mb, hog_mb=cfg.hog_mb, hog_passes=cfg.hog_passes,
+                          extra={"SYSCTLS": args.sysctls, "ZRAM_ALGORITHM": alg, "ZRAM_DISKSIZE": "512M"},
+                          modules=("zstd",) if alg == "zstd" else ())
+        writeback_every = 0
     counts = {"pass": 0, "fail": 0, "hang": 0}
     times: list[float] = []
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -57,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         run = boot(assets, cfg, global_pressure_devices(cfg, work), work, timeout=args.timeout, stall=args.stall)
         if run.hung:
             outcome, why = "hang", f"no progress for {args.stall:.0f}s after: {run.last_progress}"
+        elif args.kernel_zram:
+            outcome, why = ("pass" if run.passed else "fail"), run.result or "no result"
+            if run.passed:
+                times.append(run.seconds)
         else:
             try:
                 check_guest_swap(run, writeback=bool(writeback_every))
@@ -74,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     spread = (f"; pass times {min(times):.0f}-{max(times):.0f}s, median {statistics.median(times):.0f}s"
               if times else "")
     print(f"{ran} runs: {counts['pass']} passed, {counts['fail']} failed, {counts['hang']} hung{spread}"
-          f" [variant {args.variant}, device {args.device}; uzramd {args.daemon_options or '(defaults)'}; "
+          f" [variant {args.variant}, device {args.device}; "
+          f"{'the kernel' + chr(39) + 's zram' if args.kernel_zram else 'uzramd ' + (args.daemon_options or '(defaults)')}; "
           f"sysctls {args.sysctls or 'none'}]")
     return 0 if counts["pass"] == ran else 1
 

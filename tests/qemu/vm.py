@@ -119,7 +119,7 @@ def build_memhog(cache: Path = CACHE) -> Path:
 class GuestConfig:
     """What the guest does; becomes /etc/uzram-test.conf (shell variables)."""
 
-    mode: str                       # "a" or "b"
+    mode: str                       # "a", "b" or "k" (the guest kernel's zram, the anchor)
     mem_mb: int = 128               # guest RAM
     hog_mb: int = 192               # memhog size (more than the guest may use)
     hog_passes: int = 1             # verify passes after the hold
@@ -136,7 +136,8 @@ class GuestConfig:
         return "".join(f"{k}={shlex.quote(v)}\n" for k, v in items.items())
 
 
-MODULES = {"a": ["virtio_pci", "virtio_blk"], "b": ["virtio_pci", "nbd", "9pnet_virtio", "9p"]}
+MODULES = {"a": ["virtio_pci", "virtio_blk"], "b": ["virtio_pci", "nbd", "9pnet_virtio", "9p"],
+           "k": ["zram", "lz4"]}
 
 
 def build_initramfs(kernel: GuestKernel, cfg: GuestConfig, memhog: Path, busybox: Path, dest: Path) -> Path:
