@@ -2,7 +2,11 @@
 partial pages, discard and write-zeroes.
 
 A new object is stored (and the memory limit checked) before the slot's old
-contents are freed, so a failed write leaves the old contents. Work that
+contents are freed, so a failed write leaves the old contents. A new object
+that takes the pool class of the old one (a primary-compressed or huge
+object in RAM) is written over it instead, when no memory limit is set: no
+allocation, so nothing can fail, and the pool's occupancy is what the store
+and the free would leave. Work that
 grows with the request, and partial writes into written-back pages (whose
 block must be read off the owner thread), are also jobs (``*_steps``).
 """
@@ -17,11 +21,12 @@ from . import lanes
 from .jobs import Job, Offload, run
 from .readpath import ReadPath
 from .sizeclass import PAGE_SHIFT, PAGE_SIZE
-from .slots import ACCESS_CLEAR, ALLOCATED, HUGE, SAME, SIZE_MASK, SPECIAL, WB
+from .slots import ACCESS_CLEAR, ALLOCATED, HUGE, PRIO_MASK, SAME, SIZE_MASK, SPECIAL, WB
 
 _SAME_CANDIDATE = 64  # every same-filled page compresses below this with any backend
 STEP_SCAN = 1 << 14    # slots scanned by one step of a job (a few byte scans, well under 1 ms)
 STEP_FREE = 128        # allocated slots freed by one step of a job (~0.5 ms)
+_NOT_IN_PLACE = SAME | WB | PRIO_MASK   # an overwrite of these frees the old contents first
 
 Buffer = bytes | bytearray | memoryview
 
@@ -46,11 +51,14 @@ class WritePath(ReadPath):
         table = disk.table
         flags, handles, ac_time = table.flags, table.handle, table.ac_time
         pool = disk.pool
-        store, pool_free = pool.store, pool.free
+        store, pool_free, view = pool.store, pool.free, pool.view
         compress = disk.compress
         is_zero = ZERO_PAGE.startswith
         huge_class_size = self.huge_class_size
         limit = self.settings.limit_pages
+        # the in-place overwrite is for devices without a memory limit: at
+        # the limit, the kernel's store-then-free may fail where it would not
+        class_of_size = self.class_of_size if not limit else b""
         pos = 0
         for i in range(first, first + count):
             page = data[pos : pos + PAGE_SIZE] if count > 1 else data
@@ -58,22 +66,37 @@ class WritePath(ReadPath):
             if is_zero(page):
                 self._store_same(disk, i, 0, now)
                 continue
-            comp = compress(page)
+            comp: bytes | memoryview = compress(page)
             clen = len(comp)
             if clen < _SAME_CANDIDATE:
                 whole = page.tobytes()
                 if whole.startswith(page[8:]):   # page[:-8] == page[8:]
                     self._store_same(disk, i, int.from_bytes(whole[:8], "little"), now)
                     continue
+            old = flags[i]
             if clen >= huge_class_size:
-                h = store(page)
-                new_flags = HUGE | PAGE_SIZE
+                comp = page
                 clen = PAGE_SIZE
+                new_flags = HUGE | PAGE_SIZE
                 st.huge_pages += 1
                 st.huge_pages_since += 1
             else:
-                h = store(comp)
                 new_flags = clen
+            if class_of_size and old & SIZE_MASK and not old & _NOT_IN_PLACE and \
+                    class_of_size[old & SIZE_MASK] == class_of_size[clen]:
+                # The old object (in RAM, made by the primary) is in the class
+                # the new one would take: the new one replaces it in place. No
+                # allocation, so nothing can fail, and the pool holds what a
+                # store and a free would leave (one object more and one less
+                # in the class); only the zspage holding it may differ.
+                view(handles[i], clen)[:] = comp
+                if old & HUGE:
+                    st.huge_pages -= 1
+                st.compr_data_size += clen - (old & SIZE_MASK)
+                flags[i] = new_flags
+                ac_time[i] = now
+                continue
+            h = store(comp)
             pages = pool.pages_allocated
             if pages > st.max_used_pages:
                 st.max_used_pages = pages
@@ -83,7 +106,6 @@ class WritePath(ReadPath):
                     st.huge_pages -= 1
                     st.huge_pages_since -= 1
                 raise oserror(errno.ENOMEM, f"{self.name}: mem_limit reached ({limit << PAGE_SHIFT} bytes)")
-            old = flags[i]
             if old & ALLOCATED:
                 if old & SPECIAL:
                     self.slot_free(disk, i)

@@ -1,0 +1,140 @@
+"""An overwrite whose new object takes the old one's pool class reuses the
+old object's room: the contents, the accounting and the pool's invariants
+must be exactly what a store of the new object and a free of the old one
+leave (only the zspage holding the object may differ)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from uzram.zram.device import ZramDevice
+from uzram.zram.slots import HUGE, IDLE, PP_SLOT, PRIO_SHIFT, SIZE_MASK
+
+PAGE = 4096
+
+
+def page(fill: int, seed: int) -> bytes:
+    """``fill`` random bytes, then zeros: compresses to a little more than ``fill``."""
+    return _random(fill, seed) + bytes(PAGE - fill)
+
+
+def _random(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def device(pages: int = 16) -> ZramDevice:
+    dev = ZramDevice("zram0")
+    dev.store("disksize", str(pages * PAGE))
+    return dev
+
+
+def same_class_pair(dev: ZramDevice, fill: int = 1000) -> tuple[bytes, bytes]:
+    """Two different pages whose objects take the same class."""
+    disk = dev.disk
+    assert disk is not None
+    a = page(fill, 1)
+    cls = dev.class_of_size[len(disk.compress(a))]
+    for seed in range(2, 200):
+        b = page(fill, seed)
+        if dev.class_of_size[len(disk.compress(b))] == cls and b != a:
+            return a, b
+    raise AssertionError("no two pages of one class")
+
+
+def counts(dev: ZramDevice) -> tuple[int, ...]:
+    st = dev.stats
+    pool = dev.pool
+    assert pool is not None
+    return (st.pages_stored, st.huge_pages, pool.objects, pool.pages_allocated)
+
+
+@pytest.mark.parametrize("size", [PAGE, 2 * PAGE])
+def test_compressed_over_compressed_of_one_class(size: int) -> None:
+    dev = device()
+    a, b = same_class_pair(dev)
+    dev.write(PAGE, a * (size // PAGE))
+    before = counts(dev)
+    h = dev.slot_state(1)[0]
+    dev.write(PAGE, b * (size // PAGE))
+    assert dev.slot_state(1)[0] == h            # the same object, rewritten
+    assert dev.read(PAGE, size) == b * (size // PAGE)
+    assert counts(dev) == before
+    disk = dev.disk
+    assert disk is not None
+    assert dev.stats.compr_data_size == len(disk.compress(b)) * (size // PAGE)
+    assert dev.slot_state(1)[1] == len(disk.compress(b))
+    assert dev.pool is not None
+    dev.pool.check()
+
+
+def test_huge_over_huge() -> None:
+    dev = device()
+    dev.write(0, _random(PAGE, 1))
+    h = dev.slot_state(0)[0]
+    dev.write(0, _random(PAGE, 2))
+    assert dev.slot_state(0)[0] == h
+    assert dev.slot_state(0)[1] == HUGE | PAGE
+    assert dev.read(0, PAGE) == _random(PAGE, 2)
+    st = dev.stats
+    assert (st.huge_pages, st.huge_pages_since, st.pages_stored, st.compr_data_size) == (1, 2, 1, PAGE)
+    assert dev.pool is not None
+    dev.pool.check()
+
+
+def test_other_class_stores_and_frees() -> None:
+    dev = device()
+    dev.write(0, page(1000, 1))
+    dev.write(0, page(3000, 1))
+    assert dev.read(0, PAGE) == page(3000, 1)
+    assert dev.pool is not None and dev.pool.objects == 1
+    assert dev.stats.pages_stored == 1
+    assert dev.disk is not None
+    assert dev.stats.compr_data_size == len(dev.disk.compress(page(3000, 1)))
+    dev.pool.check()
+
+
+def test_marks_are_dropped() -> None:
+    dev = device()
+    a, b = same_class_pair(dev)
+    dev.write(0, a)
+    dev.mark_idle(None)
+    assert dev.disk is not None
+    dev.disk.table.flags[0] |= PP_SLOT     # as a post-processing scan marks it
+    assert dev.slot_state(0)[1] & (IDLE | PP_SLOT) == IDLE | PP_SLOT
+    dev.write(0, b)
+    assert dev.slot_state(0)[1] & (IDLE | PP_SLOT) == 0
+    assert not dev.pp_marked(0)
+
+
+def test_recompressed_object_is_replaced() -> None:
+    """An object made by a recompression algorithm is freed, not rewritten:
+    its priority must not survive the write."""
+    dev = device()
+    a, b = same_class_pair(dev)
+    dev.write(0, a)
+    assert dev.disk is not None
+    dev.disk.table.flags[0] |= 1 << PRIO_SHIFT   # as if recompressed (the primary decodes it here)
+    dev.disk.comps[1] = dev.disk.comps[0]
+    dev.write(0, b)
+    f = dev.slot_state(0)[1]
+    assert f >> PRIO_SHIFT == 0 and f & SIZE_MASK == len(dev.disk.compress(b))
+    assert dev.read(0, PAGE) == b
+    assert dev.pool is not None and dev.pool.objects == 1
+    dev.pool.check()
+
+
+def test_memory_limit_keeps_store_then_free() -> None:
+    """With mem_limit set, an overwrite stores before it frees, as the kernel
+    does (so it fails at the limit as the kernel's would)."""
+    dev = device()
+    a, b = same_class_pair(dev)
+    dev.write(0, a)
+    dev.store("mem_limit", str(1 << 20))
+    h = dev.slot_state(0)[0]
+    dev.write(0, b)
+    assert dev.read(0, PAGE) == b
+    assert dev.slot_state(0)[0] != h
+    assert dev.pool is not None
+    dev.pool.check()
