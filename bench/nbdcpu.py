@@ -74,7 +74,7 @@ def cprofile(work: Path, img: Path, nbytes: int, workloads: list[str], seconds: 
         cmd = [sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "uzram.daemon", "-q",
                "--listen", f"unix:{sock}", "--control", str(ctl),
                "--device", f"zram0:comp_algorithm=lz4,disksize={nbytes}"]
-        srv = Server("uzramd", cmd, sock, [ctl])
+        srv = Server("uzramd", cmd, sock, [ctl], cwd=ROOT)
         try:
             subprocess.run(nbdcopy_cmd(img, srv.uri("zram0")), check=True, capture_output=True)
             n = run_fio({**nbd_fio(srv.uri("zram0")), **WORKLOADS[name], "size": str(nbytes)}, work, seconds)
