@@ -8,9 +8,15 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import rule
 
 from uzram.zram.device import ZramDevice
 from uzram.zram.slots import HUGE, IDLE, PP_SLOT, PRIO_SHIFT, SIZE_MASK
+
+from .test_device_model import NR_PAGES
+from .test_postprocess_model import PostProcessMachine
 
 PAGE = 4096
 
@@ -138,3 +144,28 @@ def test_memory_limit_keeps_store_then_free() -> None:
     assert dev.slot_state(0)[0] != h
     assert dev.pool is not None
     dev.pool.check()
+
+
+# -- the same, interleaved with everything else ---------------------------------
+
+class InPlaceMachine(PostProcessMachine):
+    """The post-processing model (writeback batches copied out and completed
+    later, recompression, pending reads of written-back pages, discards,
+    compaction) plus writes that change one word of pages: their objects
+    mostly keep their class, so most of them are rewritten in place, also
+    while a writeback of the slot is in flight."""
+
+    @rule(first=st.integers(0, NR_PAGES - 1), count=st.integers(1, 3), at=st.integers(0, PAGE - 8),
+          seed=st.integers(0, 2**32))
+    def modify_word(self, first: int, count: int, at: int, seed: int) -> None:
+        count = min(count, NR_PAGES - first)
+        data = bytearray(self.model.read(first * PAGE, count * PAGE))
+        rnd = random.Random(seed)
+        for k in range(count):
+            data[k * PAGE + at : k * PAGE + at + 8] = rnd.randbytes(8)
+        self.dev.write(first * PAGE, data)
+        self.model.write(first * PAGE, bytes(data))
+
+
+TestInPlaceMachine = InPlaceMachine.TestCase
+TestInPlaceMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
