@@ -8,14 +8,14 @@ from __future__ import annotations
 import random
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import rule
 
 from uzram.zram.device import ZramDevice
 from uzram.zram.slots import HUGE, IDLE, PP_SLOT, PRIO_SHIFT, SIZE_MASK
 
-from .test_device_model import NR_PAGES
+from .test_device_model import NR_PAGES, make
 from .test_postprocess_model import PostProcessMachine
 
 PAGE = 4096
@@ -169,3 +169,33 @@ class InPlaceMachine(PostProcessMachine):
 
 TestInPlaceMachine = InPlaceMachine.TestCase
 TestInPlaceMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+@settings(max_examples=60, deadline=None)
+@given(writes=st.lists(st.tuples(st.integers(0, 7), st.lists(st.sampled_from(["zero", "same", "random", "text", "half"]),
+                                                                  min_size=1, max_size=4), st.integers(0, 2**32)),
+                       min_size=1, max_size=12),
+       limit=st.sampled_from([0, 1 << 20]))
+def test_one_page_path_equals_the_run(writes: list[tuple[int, list[str], int]], limit: int) -> None:
+    """A 4 KiB write (``_write_page``) leaves what ``_write_run`` leaves for
+    the same page: the same slot flags, statistics and pool occupancy."""
+    one, run = device(), device()
+    for dev in (one, run):
+        if limit:
+            dev.store("mem_limit", str(limit))
+    for first, kinds, seed in writes:
+        rnd = random.Random(seed)
+        data = b"".join(make(k, rnd) for k in kinds)[: (16 - first) * PAGE]
+        for k in range(len(data) // PAGE):
+            one.write((first + k) * PAGE, data[k * PAGE:(k + 1) * PAGE])
+        assert run.disk is not None
+        run._write_run(run.disk, first, memoryview(data), len(data) // PAGE, run.clock())
+    assert one.read(0, 16 * PAGE) == run.read(0, 16 * PAGE)
+    assert [one.slot_state(i)[1] for i in range(16)] == [run.slot_state(i)[1] for i in range(16)]
+    skip = {"write_ios", "write_sectors"}
+    assert [getattr(one.stats, n) for n in one.stats.__slots__ if n not in skip] == \
+        [getattr(run.stats, n) for n in run.stats.__slots__ if n not in skip]
+    assert one.pool is not None and run.pool is not None
+    assert (one.pool.objects, one.pool.pages_allocated) == (run.pool.objects, run.pool.pages_allocated)
+    one.pool.check()
+    run.pool.check()

@@ -33,8 +33,66 @@ Buffer = bytes | bytearray | memoryview
 
 class WritePath(ReadPath):
     def _write_page(self, disk: Disk, i: int, page: memoryview, now: int) -> None:
-        """``zram_write_page`` + ``mark_slot_accessed`` for a full page."""
-        self._write_run(disk, i, page, 1, now)
+        """``zram_write_page`` + ``mark_slot_accessed`` for a full page:
+        ``_write_run``'s loop body for one page, with the same outcome (a
+        test holds the two together), without the loop's set-up (3-8% of a
+        4 KiB write's CPU time)."""
+        if ZERO_PAGE.startswith(page):
+            self._store_same(disk, i, 0, now)
+            return
+        comp: bytes | memoryview = disk.compress(page)
+        clen = len(comp)
+        if clen < _SAME_CANDIDATE:
+            whole = page.tobytes()
+            if whole.startswith(page[8:]):   # page[:-8] == page[8:]
+                self._store_same(disk, i, int.from_bytes(whole[:8], "little"), now)
+                return
+        table = disk.table
+        flags = table.flags
+        old = flags[i]
+        st = self.stats
+        if clen >= self.huge_class_size:
+            comp = page
+            clen = PAGE_SIZE
+            new_flags = HUGE | PAGE_SIZE
+            st.huge_pages += 1
+            st.huge_pages_since += 1
+        else:
+            new_flags = clen
+        pool = disk.pool
+        limit = self.settings.limit_pages
+        if (not limit and old & SIZE_MASK and not old & _NOT_IN_PLACE
+                and self.class_of_size[old & SIZE_MASK] == self.class_of_size[clen]):
+            pool.view(table.handle[i], clen)[:] = comp   # in place: see _write_run
+            if old & HUGE:
+                st.huge_pages -= 1
+            st.compr_data_size += clen - (old & SIZE_MASK)
+            flags[i] = new_flags
+            table.ac_time[i] = now
+            return
+        h = pool.store(comp)
+        pages = pool.pages_allocated
+        if pages > st.max_used_pages:
+            st.max_used_pages = pages
+        if limit and pages > limit:
+            pool.free(h)
+            if new_flags & HUGE:
+                st.huge_pages -= 1
+                st.huge_pages_since -= 1
+            raise oserror(errno.ENOMEM, f"{self.name}: mem_limit reached ({limit << PAGE_SHIFT} bytes)")
+        if old & ALLOCATED:
+            if old & SPECIAL:
+                self.slot_free(disk, i)
+                st.pages_stored += 1
+            else:
+                pool.free(table.handle[i])
+                st.compr_data_size -= old & SIZE_MASK
+        else:
+            st.pages_stored += 1
+        table.handle[i] = h
+        flags[i] = new_flags
+        table.ac_time[i] = now
+        st.compr_data_size += clen
 
     def _write_run(self, disk: Disk, first: int, data: memoryview, count: int, now: int) -> None:
         """``_write_page`` for ``count`` whole pages of ``data`` from slot
@@ -148,7 +206,9 @@ class WritePath(ReadPath):
         disk = self.disk
         if not (single and disk is not None and 0 <= offset < disk.disksize):
             disk = self.check_range(offset, length, True)
-        self._count_write(length)
+        st = self.stats
+        st.write_ios += 1   # _count_write
+        st.write_sectors += (length + 511) >> SECTOR_SHIFT
         if disk is None or not length:
             return
         now = self.clock()
@@ -156,7 +216,7 @@ class WritePath(ReadPath):
             run(self._write_parts(disk, offset, mv, now))
             return
         try:
-            self._write_run(disk, offset >> PAGE_SHIFT, mv, 1, now)
+            self._write_page(disk, offset >> PAGE_SHIFT, mv, now)
         except OSError:
             self.stats.failed_writes += 1
             raise
