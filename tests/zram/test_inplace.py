@@ -1,7 +1,8 @@
 """An overwrite whose new object takes the old one's pool class reuses the
-old object's room: the contents, the accounting and the pool's invariants
-must be exactly what a store of the new object and a free of the old one
-leave (only the zspage holding the object may differ)."""
+old object's room: the contents, the statistics and the class's object
+count must be what a store of the new object and a free of the old one
+leave, and the pool's invariants hold (only the zspage holding the object,
+and so the pool's page count, may differ)."""
 
 from __future__ import annotations
 

@@ -5,8 +5,10 @@ A new object is stored (and the memory limit checked) before the slot's old
 contents are freed, so a failed write leaves the old contents. A new object
 that takes the pool class of the old one (a primary-compressed or huge
 object in RAM) is written over it instead, when no memory limit is set: no
-allocation, so nothing can fail, and the pool's occupancy is what the store
-and the free would leave. Work that
+allocation, so nothing can fail; the class holds as many objects as after
+the store and the free, which would only have moved the object into the
+class's fullest zspage (the rewrite neither makes nor cures fragmentation;
+compaction does the latter). Work that
 grows with the request, and partial writes into written-back pages (whose
 block must be read off the owner thread), are also jobs (``*_steps``).
 """
@@ -144,9 +146,9 @@ class WritePath(ReadPath):
                     class_of_size[old & SIZE_MASK] == class_of_size[clen]:
                 # The old object (in RAM, made by the primary) is in the class
                 # the new one would take: the new one replaces it in place. No
-                # allocation, so nothing can fail, and the pool holds what a
-                # store and a free would leave (one object more and one less
-                # in the class); only the zspage holding it may differ.
+                # allocation, so nothing can fail, and the class holds as many
+                # objects as a store and a free would leave (which would have
+                # put the object in the class's fullest zspage instead).
                 view(handles[i], clen)[:] = comp
                 if old & HUGE:
                     st.huge_pages -= 1
