@@ -1,9 +1,11 @@
 """The zram core's hot paths in process: µs per page through ZramDevice.
 
-Four workloads on the seeded corpus (bench/corpus.py), as NBD would issue
+Five workloads on the seeded corpus (bench/corpus.py), as NBD would issue
 them but without NBD: 128 KiB sequential writes into a fresh device,
 128 KiB sequential reads (``read_chunks``), 4 KiB random overwrites (every
-page rewritten with another corpus page) and 4 KiB random reads.
+page rewritten with another corpus page), 4 KiB random reads, and 4 KiB
+random modifications (every page rewritten with its contents, one 8-byte
+word changed: an application updating its data in place).
 
     python bench/core.py [--mib 64] [--rounds 5] [--baseline REV] [--profile]
 
@@ -31,7 +33,7 @@ if sys.path and Path(sys.path[0]).resolve() == HERE:
     del sys.path[0]   # bench/profile.py would shadow the standard library's profile
 PAGE = 4096
 BIG = 128 << 10
-WORKLOADS = ("128k-write", "128k-read", "4k-randwrite", "4k-randread")
+WORKLOADS = ("128k-write", "128k-read", "4k-randwrite", "4k-randread", "4k-modify")
 
 
 def run_workloads(corpus_path: Path) -> dict[str, float]:
@@ -80,10 +82,20 @@ def run_workloads(corpus_path: Path) -> dict[str, float]:
     timed("128k-read", seq_read, 3)
     timed("4k-randwrite", rand_write)
     timed("4k-randread", rand_read, 3)
-    # the contents must be what was written last
     expect = bytearray(size)
     for i, j in zip(order, shifted):
         expect[i * PAGE:(i + 1) * PAGE] = data[j * PAGE:(j + 1) * PAGE]
+    modified = memoryview(expect)
+    for i in order:   # one word of every page changed, outside the timed part
+        at = i * PAGE + (i * 72) % (PAGE - 8)
+        expect[at:at + 8] = bytes(b ^ 0x5A for b in expect[at:at + 8])
+
+    def rand_modify() -> None:
+        for i in order:
+            write(i * PAGE, modified[i * PAGE:(i + 1) * PAGE])
+
+    timed("4k-modify", rand_modify)
+    # the contents must be what was written last
     assert dev.read(0, size) == expect, "read back differs from what was written"
     return out
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 MiB = 1 << 20
+ROOT = Path(__file__).resolve().parent.parent   # the checkout whose uzram the daemon runs by default
 PERCENTILES = (1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99, 99.5, 99.9)
 
 
@@ -50,10 +51,10 @@ class Server:
     """An NBD server child process listening on a UNIX socket."""
 
     def __init__(self, name: str, cmd: list[str], sock: Path, extra: Sequence[Path] = (),
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
         self.name = name
         self.sock = sock
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=cwd)
         for p in [sock, *extra]:
             wait_for(p, self.proc, name)
 
@@ -81,8 +82,11 @@ def uzramd(work: Path, name: str, devices: Sequence[str], tree: Path | None = No
            "--control", str(work / (name + ".ctl")), *extra]
     for d in devices:
         cmd += ["--device", d]
-    env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree.resolve())}
-    return Server("uzramd", cmd, work / (name + ".sock"), [work / (name + ".ctl")], env=env)
+    # ``-m`` puts the working directory first on sys.path, before PYTHONPATH:
+    # the daemon runs in the tree whose package it must import
+    tree = (tree or ROOT).resolve()
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    return Server("uzramd", cmd, work / (name + ".sock"), [work / (name + ".ctl")], env=env, cwd=tree)
 
 
 # -- the host kernel's zram0

@@ -146,7 +146,11 @@ class DeviceState:
     def __init__(self, name: str, chain_size: int, clock: Callable[[], int] | None) -> None:
         self.name = name
         self.chain_size = chain_size
-        self.huge_class_size = build_class_table(chain_size).huge_class_size
+        classes = build_class_table(chain_size)
+        self.huge_class_size = classes.huge_class_size
+        # stored size (0..PAGE_SIZE) -> the pool class a store of it takes: an
+        # overwrite whose new object takes the old one's class reuses its room
+        self.class_of_size = bytes(classes.for_request(max(n, 1)) for n in range(PAGE_SIZE + 1))
         self.clock = clock or boottime
         self.settings = Settings()
         self.disk: Disk | None = None
