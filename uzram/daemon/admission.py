@@ -8,10 +8,15 @@ in the *low-reserve* state until every reserve is back to half (the gap
 keeps it from flapping):
 
 - refused with EAGAIN, as a request to try again later: attribute stores
-  that allocate (``compact``, ``recompress``, ``idle`` marking scans,
-  ``disksize``) and ``hot_add``; ``writeback``, ``reset`` and
-  ``hot_remove`` are always admitted (they free memory), and so is every
-  request that only reads (status, attributes, ``hardening``);
+  that allocate (``recompress``, ``idle`` marking scans, ``disksize``) and
+  ``hot_add``; ``writeback``, ``compact``, ``reset`` and ``hot_remove``
+  are always admitted (they free memory: compaction moves objects into
+  zspages already there and frees the emptied ones, allocating nothing),
+  and so is every request that only reads (status, attributes,
+  ``hardening``);
+- the daemon compacts a pool whose reserve is below half by itself
+  (``reserve.keep_reserves``), as zsmalloc's shrinker compacts when the
+  kernel reclaims: freed frames refill the reserve;
 - a job already running goes on: holding it would keep the device lock
   from the writeback that frees memory (they are serialised).
 
@@ -34,7 +39,7 @@ from .registry import DeviceRegistry
 
 log = logging.getLogger("uzram.daemon")
 
-SHED_STORES = frozenset({"compact", "recompress", "idle", "disksize"})
+SHED_STORES = frozenset({"recompress", "idle", "disksize"})
 """Attribute stores that allocate and can wait: refused while the reserve is low."""
 
 
@@ -46,6 +51,8 @@ class Admission:
         self.low = False
         self.episodes = 0          # times the low-reserve state was entered
         self.shed = 0              # requests refused with EAGAIN, since start
+        self.shrinks = 0           # compactions the daemon ran for a low reserve
+        self.shrunk_pages = 0      # pages they freed
         self._since = 0.0
         self._shed_at_entry = 0
         self._low_devices: list[str] = []
@@ -83,7 +90,7 @@ class Admission:
             self._since = time.monotonic()
             self._shed_at_entry = self.shed
             self._low_devices = quarter
-            event(log, logging.WARNING, "pool reserve low: shedding compaction, recompression, "
+            event(log, logging.WARNING, "pool reserve low: shedding recompression, "
                   "idle scans, disksize and hot_add until it recovers", devices=" ".join(quarter),
                   reserve=kept << 12, reserve_free=free << 12, episode=self.episodes)
         elif self.low and not half:
@@ -106,5 +113,6 @@ class Admission:
         kept, free, _, _ = self._reserves()
         return {"reserve": kept << 12, "reserve_free": free << 12, "low_reserve": self.update(),
                 "low_reserve_episodes": self.episodes, "shed_requests": self.shed,
+                "pressure_compactions": self.shrinks, "pressure_compacted_pages": self.shrunk_pages,
                 "refused_writes": sum(d.pool.reserve_misses for d in self.registry.devices()
                                       if d.pool is not None)}

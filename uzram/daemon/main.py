@@ -82,7 +82,7 @@ async def run(cfg: config_mod.Config, quiet: bool = False, reserve_setting: int 
             nursery.start_soon(gcpolicy.collect_when_quiet, lambda: activity(registry, nbd, daemon))
             if reserve_setting:
                 nursery.start_soon(reserve.keep_reserves, registry, reserve_setting,
-                                   bool(hardening.STATE.get("locked")), daemon.admission)
+                                   bool(hardening.STATE.get("locked")), daemon.admission, daemon.shrink)
             event(log, logging.INFO, "ready", listen=" ".join(names), control=str(cfg.control),
                   devices=" ".join(d.name for d in registry.devices()),
                   max_connections=nbd.max_connections, max_buffer_memory=limits.max_buffer_memory)

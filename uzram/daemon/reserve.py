@@ -21,12 +21,14 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
+from collections.abc import Awaitable, Callable
 
 import trio
 
+from ..zram import ZramDevice
+from ..zram.arena import populate_mapping
 from ..zram.chunkfeed import ChunkFeed
 from ..zram.slots import SlotTable
-from ..zram.arena import populate_mapping
 from ..zram.zsmalloc import CHUNK_BYTES, ZsPool
 from .admission import Admission
 from .config import AUTO_RESERVE
@@ -111,15 +113,46 @@ def prefault_table(table: SlotTable) -> None:
             populate_mapping(m, fresh=False)
 
 
+SHRINK_MIN_PAGES = 64
+"""Compact a pool for its low reserve only if that would free this much."""
+
+
 async def keep_reserves(registry: DeviceRegistry, setting: int, locked: bool,
-                        admission: Admission | None = None, every: float = 0.1) -> None:
+                        admission: Admission | None = None,
+                        shrink: Callable[[ZramDevice], Awaitable[int]] | None = None,
+                        every: float = 0.1) -> None:
     """Give each device's pool its feed and reserve; report refused stores
-    and (``admission``) entering and leaving the low-reserve state."""
-    pools: dict[int, tuple[ZsPool, str, int]] = {}   # id -> pool, device, misses reported
+    and (``admission``) entering and leaving the low-reserve state; compact
+    (``shrink``) a pool whose reserve is below half."""
     if keep_worker_threads():
         await start_worker_threads()
     else:
         event(log, logging.WARNING, "worker threads are not kept: trio's thread cache changed")
+    shrinking: set[str] = set()
+
+    async def compact(dev: ZramDevice) -> None:
+        assert shrink is not None
+        try:
+            freed = await shrink(dev)
+            event(log, logging.INFO, "compacted for a low pool reserve", device=dev.name, pages=freed)
+        except OSError as e:
+            event(log, logging.INFO, "no compaction for a low pool reserve", device=dev.name, error=str(e))
+        finally:
+            shrinking.discard(dev.name)
+
+    async with trio.open_nursery() as nursery:
+        await _keep(registry, setting, locked, admission, every,
+                    lambda dev: nursery.start_soon(compact, dev) if shrink is not None else None, shrinking)
+
+
+def _worth_compacting(pool: ZsPool) -> bool:
+    return pool.reserve_free * 2 < pool.reserve_pages and \
+        sum(c.can_compact() for c in pool.classes) >= SHRINK_MIN_PAGES
+
+
+async def _keep(registry: DeviceRegistry, setting: int, locked: bool, admission: Admission | None,
+                every: float, start_shrink: Callable[[ZramDevice], None], shrinking: set[str]) -> None:
+    pools: dict[int, tuple[ZsPool, str, int]] = {}   # id -> pool, device, misses reported
     while True:
         live: set[int] = set()
         for dev in registry.devices():
@@ -136,6 +169,10 @@ async def keep_reserves(registry: DeviceRegistry, setting: int, locked: bool,
                                   reserve_for(dev.disksize, setting) >> 12)
                     event(log, logging.INFO, "pool reserve", device=dev.name,
                           reserve=pool.reserve_pages << 12, locked=locked)
+            pool.refill()
+            if dev.name not in shrinking and _worth_compacting(pool):
+                shrinking.add(dev.name)
+                start_shrink(dev)
             p, name, reported = pools[id(pool)]
             if pool.reserve_misses != reported:
                 event(log, logging.WARNING, "pool reserve ran out: writes failed with ENOMEM "

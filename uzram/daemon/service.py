@@ -104,6 +104,17 @@ class Daemon:
         job, status = attrs.store_job(dev, attr, value)
         await work.run(job, serialised=attr in attrs.SERIALISED, status=status, progress=progress)
 
+    async def shrink(self, dev: ZramDevice) -> int:
+        """Compact ``dev``'s pool for a low reserve (the daemon's own
+        request, like zsmalloc's shrinker); returns the pages freed."""
+        pool = dev.pool
+        before = pool.pages_compacted if pool is not None else 0
+        await self._in_service(self._store, dev, "compact", "1", None)
+        freed = (pool.pages_compacted - before) if pool is not None else 0
+        self.admission.shrinks += 1
+        self.admission.shrunk_pages += freed
+        return freed
+
     def hot_add(self) -> str:
         """zram-control's hot_add (refused while the pool reserve is low)."""
         self.admission.admit("hot_add")

@@ -96,7 +96,7 @@ async def run(spec: WorkerSpec) -> int:
             nursery.start_soon(gcpolicy.collect_when_quiet, lambda: activity(registry, nbd, daemon))
             if spec.reserve:
                 nursery.start_soon(reserve.keep_reserves, registry, spec.reserve,
-                                   bool(hardening.STATE.get("locked")), daemon.admission)
+                                   bool(hardening.STATE.get("locked")), daemon.admission, daemon.shrink)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 await send_message(handoff, {"ready": export_info(registry, spec.name)})
                 stop = trio.Event()

@@ -31,7 +31,18 @@ _LEN = struct.Struct(">I")
 _COOKIE = struct.Struct(">Q")
 
 
+_SPARE_RINGS: list[mmap.mmap] = []
+MAX_SPARE_RINGS = 4
+"""Prefaulted rings kept for later connections (``prefault_ring``, a swap
+server: mapping and unmapping memory while serving takes the mmap_lock for
+writing, which a swap server under pressure must never wait for)."""
+
+
 def _new_ring(cfg: ServerConfig) -> mmap.mmap:
+    if cfg.prefault_ring:
+        for i, spare in enumerate(_SPARE_RINGS):
+            if len(spare) == cfg.ring_size:
+                return _SPARE_RINGS.pop(i)
     # private anonymous memory: pages the traffic never reaches stay uncommitted
     ring = mmap.mmap(-1, cfg.ring_size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if cfg.prefault_ring:   # by touch: MAP_POPULATE is ignored under mlockall(MCL_ONFAULT)
@@ -42,8 +53,19 @@ def _new_ring(cfg: ServerConfig) -> mmap.mmap:
 
 async def receive(chan: Channel, disp: Dispatcher, cfg: ServerConfig, trailing: bytes) -> None:
     """Read and dispatch requests until DISC, EOF, an error or a stop."""
-    size = cfg.ring_size
     ring = _new_ring(cfg)
+    try:
+        await _receive(chan, disp, cfg, trailing, ring)
+    finally:
+        # nothing refers to the ring now: payloads that outlive their
+        # request are copied (deferred writes, write jobs); its old bytes
+        # are never sent, only those a later connection receives into it
+        if cfg.prefault_ring and len(_SPARE_RINGS) < MAX_SPARE_RINGS:
+            _SPARE_RINGS.append(ring)
+
+
+async def _receive(chan: Channel, disp: Dispatcher, cfg: ServerConfig, trailing: bytes, ring: mmap.mmap) -> None:
+    size = cfg.ring_size
     view = memoryview(ring)
     end = len(trailing)
     ring[:end] = trailing

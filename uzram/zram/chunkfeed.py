@@ -16,7 +16,6 @@ A job is whatever the pool asks to make resident (a new chunk, freed frames);
 from __future__ import annotations
 
 import ctypes
-import os
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -52,10 +51,6 @@ class ChunkFeed(Generic[T]):
 
     def _run(self) -> None:
         name_thread(self._thread.name)
-        try:   # a real-time daemon's feed must not take the real-time share of free memory
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-        except OSError:
-            pass
         cond = self._cond
         while True:
             with cond:

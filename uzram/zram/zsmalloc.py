@@ -296,6 +296,12 @@ class ZsPool:
         """What a feed for this pool runs on its thread."""
         return self._fill
 
+    def refill(self) -> None:
+        """Take what the feed delivered and ask for what the reserve lacks
+        (the owner thread, now and then: stores do it only when they take
+        frames)."""
+        self._ask_feed()
+
     def _take_delivered(self, feed: ChunkFeed[FeedJob]) -> None:
         while (job := feed.poll()) is not None:
             self._ready_job(job)
