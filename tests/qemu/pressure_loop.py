@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stop-on-hang", action="store_true")
     p.add_argument("--kernel-zram", action="store_true",
                    help="the anchor: the same guest and hog swapping on the guest kernel's own zram0 "
-                        "(the variant's algorithm, 512M), no uzramd")
+                        "(the variant's algorithm and disksize), no uzramd")
     args = p.parse_args(argv)
 
     ensure_packages(["qemu-system-x86", "busybox-static", "gcc", "libc6-dev", "nbd-client"])
@@ -54,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = global_pressure(args.daemon_options, args.device, args.sysctls, writeback_every)
     if args.kernel_zram:
         alg = args.device.split("comp_algorithm=")[1].split(",")[0]
+        size = args.device.split("disksize=")[1].split(",")[0]
         cfg = GuestConfig("k", mem_mb=cfg.mem_mb, hog_mb=cfg.hog_mb, hog_passes=cfg.hog_passes,
-                          extra={"SYSCTLS": args.sysctls, "ZRAM_ALGORITHM": alg, "ZRAM_DISKSIZE": "512M"},
+                          extra={"SYSCTLS": args.sysctls, "ZRAM_ALGORITHM": alg, "ZRAM_DISKSIZE": size},
                           modules=("zstd",) if alg == "zstd" else ())
         writeback_every = 0
     counts = {"pass": 0, "fail": 0, "hang": 0}
