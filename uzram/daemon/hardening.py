@@ -42,7 +42,7 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 M_TOP_PAD = -2
 M_ARENA_MAX = -8
-HEAP_CUSHION = 8 << 20
+HEAP_CUSHION = 16 << 20
 """Heap faulted in (and locked) at start under --swap: Python objects made
 while swap-outs are stored (zspages, handles) come from memory already there."""
 MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
