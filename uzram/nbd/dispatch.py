@@ -7,7 +7,8 @@ is queued on the :class:`~.channel.Channel`, to go out with the others of
 the batch.  No task, coroutine, checkpoint or cancel scope is spent per
 request on this path; each request is one call of :meth:`Dispatcher._write`,
 :meth:`Dispatcher._read` or :meth:`Dispatcher._other`, which every way of
-running a request shares (at once, deferred, or completed later).
+running a request shares (at once, deferred, or completed later); only a
+READ run at once has ``_read``'s body written out in :meth:`process`.
 
 When an export call returns an awaitable, the request completes in its own
 task and its reply is queued whenever it is ready (out of order).
@@ -77,7 +78,6 @@ class Dispatcher:
         """A READ larger than a piece, for :meth:`stream_read`."""
         self._export_write = export.write
         self._export_read = export.read
-        self._read_header = tx.read_header
         self._pack_ok = _SIMPLE.pack
         self._append = chan.out.append
         self._extend = chan.out.extend
@@ -93,7 +93,14 @@ class Dispatcher:
         locally and charged once."""
         chan = self.chan
         write = self._write
-        read = self._read
+        export_read = self._export_read
+        queue_data = self._queue_data
+        queue_failure = self._queue_failure
+        start_async = self._start_async
+        structured = self.tx.structured
+        pack_ok = self._pack_ok
+        append = self._append
+        extend = self._extend
         reject = self._queue_error
         parse = self.tx.parse
         max_outstanding = self.max_outstanding
@@ -143,7 +150,24 @@ class Dispatcher:
                     if (barriers or deferred) and must_wait(req):
                         self.defer(req, None)
                     else:
-                        n = read(req, offset, length, cookie)
+                        # _read, written out: the export's call, then its
+                        # buffers queued behind the header (_queue_data's)
+                        try:
+                            r = export_read(offset, length)
+                        except Exception as e:
+                            n = queue_failure(req, e)
+                        else:
+                            if type(r) is not list:
+                                start_async(cast(Awaitable[Any], r), req)
+                                n = 0
+                            elif sum(map(len, r)) == length:
+                                header = read_chunk_header(cookie, offset, length) if structured else pack_ok(
+                                    _OK_MAGIC, 0, cookie)
+                                append(header)
+                                extend(r)
+                                n = length + len(header)
+                            else:
+                                n = queue_data(cookie, offset, length, r)
                         if n:
                             out_bytes += n
                             if out_bytes >= room:
@@ -212,15 +236,13 @@ class Dispatcher:
 
     def _queue_data(self, cookie: int, offset: int, length: int, bufs: list[Any]) -> int:
         """Queue a READ's reply carrying ``bufs``."""
-        total = 0
-        for b in bufs:
-            total += len(b)
-        if total != length:
+        if sum(map(len, bufs)) != length:
             fixed = _fix_read(bufs, length)
             if fixed is None:
                 return self._queue_error((_READ, 0, cookie, offset, length, 0), C.EIO, "short read")
             bufs = fixed
-        header = self._read_header(cookie, offset, length)
+        header = (read_chunk_header(cookie, offset, length) if self.tx.structured
+                  else self._pack_ok(_OK_MAGIC, 0, cookie))
         self._append(header)
         self._extend(bufs)
         return length + len(header)
