@@ -36,14 +36,20 @@ def test_corrupt_object_reads_as_eio_and_counts(length: int) -> None:
     rng = random.Random(1)
     data = b"".join(pages.compressible(rng) for _ in range(3))
     dev.write(0, data)
-    corrupt(dev, 0)
+    corrupt(dev, 1)
+    clock[0] = 20
     with pytest.raises(OSError) as e:
-        dev.read_chunks(0, length)
+        dev.read_chunks(PAGE if length == PAGE else 0, length)
     assert e.value.errno == errno.EIO
     assert dev.stats.failed_reads == 1
     assert dev.stats.read_ios == 1
+    t = dev.table
+    assert t is not None
+    # the slots read up to the failing one, that one included, were accessed
+    assert list(t.ac_time[:3]) == ([10, 20, 10] if length == PAGE else [20, 20, 10])
     # the other pages still read
-    assert b"".join(dev.read_chunks(PAGE, 2 * PAGE)) == data[PAGE:]  # type: ignore[arg-type]
+    assert dev.read_chunks(0, PAGE) == [data[:PAGE]]
+    assert dev.read_chunks(2 * PAGE, PAGE) == [data[2 * PAGE:]]
 
 
 def test_same_filled_pages_any_number_of_words() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import errno
+from array import array
 from itertools import compress
 from typing import cast
 
@@ -55,6 +56,13 @@ def _same_page(word: int) -> bytes:
             _SAME_PAGES.clear()
         page = _SAME_PAGES[word] = word.to_bytes(8, "little") * (PAGE_SIZE // 8)
     return page
+
+
+def _set_access_times(ac: memoryview, fl: list[int], first: int, stop: int, now: int) -> None:
+    """``ac_time`` of the allocated slots in [first, stop) (``fl``: the flags from ``first`` on)."""
+    for i in range(first, stop):
+        if fl[i - first] & ALLOCATED:
+            ac[i] = now
 
 
 def _trim(chunks: list[bytes], offset: int, length: int) -> list[bytes]:
@@ -110,40 +118,52 @@ class ReadPath(DeviceState):
     def _read_run(self, disk: Disk, first: int, stop: int, now: int, defer: list[tuple[int, int]] | None) -> Chunks:
         """``_read_page`` over [first, stop), inlined for multi-page requests
         (the pool's ``view`` and the decompress-and-check too, the check's
-        error path taken only on failure)."""
+        error path taken only on failure). The slots' flags and handles are
+        read in one go (reading changes neither), and the access times are
+        stored once the pages are read: in one store when every slot holds
+        data, and up to the failing slot if a read fails."""
         table = disk.table
-        flags, handles, ac = table.flags, table.handle, table.ac_time
+        flags, ac = table.flags, table.ac_time
         loc, zspages = disk.pool.locator()
         decompress0 = disk.decompress0
         out: Chunks = []
         append = out.append
-        for i in range(first, stop):
-            f = flags[i]
-            if not f & ALLOCATED:
-                append(ZERO_PAGE)
-                continue
-            if f & _MARKS:
-                flags[i] = f & ACCESS_CLEAR
-            ac[i] = now
-            if f & SPECIAL:
-                if f & SAME:   # as _read_special does, without the call
-                    word = handles[i]
-                    append(_same_page(word) if word else ZERO_PAGE)
-                else:
-                    append(self._read_special(disk, i, f, defer))
-                continue
-            where = loc[handles[i]]   # ZsPool.view, inlined
-            zs = zspages[where >> 16]
-            assert zs is not None, "a handle into a freed zspage"
-            start = zs.base + (where & 0xFFFF) * zs.size + zs.hdr
-            obj = zs.mv[start : start + (f & SIZE_MASK)]
-            try:
-                page = decompress0(obj, PAGE_SIZE)
-            except Exception:
-                page = b""   # the checked call below raises EIO
-            if len(page) != PAGE_SIZE:
-                page = self.decompress(decompress0, obj)
-            append(page)
+        fl = flags[first:stop].tolist()
+        every = True   # every slot allocated
+        i = first
+        try:
+            for i, f, h in zip(range(first, stop), fl, table.handle[first:stop].tolist()):
+                if not f & ALLOCATED:
+                    append(ZERO_PAGE)
+                    every = False
+                    continue
+                if f & _MARKS:
+                    flags[i] = f & ACCESS_CLEAR
+                if f & SPECIAL:
+                    if f & SAME:   # as _read_special does, without the call
+                        append(_same_page(h) if h else ZERO_PAGE)
+                    else:
+                        append(self._read_special(disk, i, f, defer))
+                    continue
+                where = loc[h]   # ZsPool.view, inlined
+                zs = zspages[where >> 16]
+                assert zs is not None, "a handle into a freed zspage"
+                start = zs.base + (where & 0xFFFF) * zs.size + zs.hdr
+                obj = zs.mv[start : start + (f & SIZE_MASK)]
+                try:
+                    page = decompress0(obj, PAGE_SIZE)
+                except Exception:
+                    page = b""   # the checked call below raises EIO
+                if len(page) != PAGE_SIZE:
+                    page = self.decompress(decompress0, obj)
+                append(page)
+        except BaseException:
+            _set_access_times(ac, fl, first, i + 1, now)   # the failing slot was accessed too
+            raise
+        if every:
+            ac[first:stop] = array("I", [now]) * (stop - first)
+        else:
+            _set_access_times(ac, fl, first, stop, now)
         return out
 
     def _read_special(self, disk: Disk, i: int, f: int, defer: list[tuple[int, int]] | None) -> bytes | None:
