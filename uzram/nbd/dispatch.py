@@ -52,6 +52,11 @@ _DISC: Final = C.CMD_DISC
 _FUA: Final = C.CMD_FLAG_FUA
 _OK_MAGIC: Final = C.SIMPLE_REPLY_MAGIC
 _SIMPLE = struct.Struct(">IIQ")
+# proto.read_chunk_header's chunk, packed in place on the READ path
+_DATA_HDR = struct.Struct(">IHHQIQ")
+_SR_MAGIC: Final = C.STRUCTURED_REPLY_MAGIC
+_DONE: Final = C.REPLY_FLAG_DONE
+_OFFSET_DATA: Final = C.REPLY_TYPE_OFFSET_DATA
 
 
 class Dispatcher:
@@ -99,6 +104,7 @@ class Dispatcher:
         start_async = self._start_async
         structured = self.tx.structured
         pack_ok = self._pack_ok
+        pack_data = _DATA_HDR.pack
         append = self._append
         extend = self._extend
         reject = self._queue_error
@@ -161,8 +167,8 @@ class Dispatcher:
                                 start_async(cast(Awaitable[Any], r), req)
                                 n = 0
                             elif sum(map(len, r)) == length:
-                                header = read_chunk_header(cookie, offset, length) if structured else pack_ok(
-                                    _OK_MAGIC, 0, cookie)
+                                header = (pack_data(_SR_MAGIC, _DONE, _OFFSET_DATA, cookie, 8 + length, offset)
+                                          if structured else pack_ok(_OK_MAGIC, 0, cookie))
                                 append(header)
                                 extend(r)
                                 n = length + len(header)
