@@ -20,9 +20,9 @@ runs this tree's workloads under cProfile instead.
 ``--instructions`` counts instead the instructions per page of the two read
 workloads under valgrind's callgrind (user space only: no system time, no
 waits, the same count on every run to within a few tenths of a percent):
-each runs on a device filled untimed, with none and with two passes of
-reads, and the difference is divided by the pages read. Use a small corpus
-(valgrind is some 50 times slower).
+each reads a filled device once untimed, then once counted (only the
+instructions inside that pass count). Use a small corpus (valgrind is
+some 50 times slower).
 """
 
 from __future__ import annotations
@@ -110,8 +110,9 @@ def run_workloads(corpus_path: Path) -> dict[str, float]:
     return out
 
 
-def run_reads(corpus_path: Path, workload: str, passes: int) -> None:
-    """Fill a device (128 KiB writes), then read it ``passes`` times as ``workload``."""
+def run_reads(corpus_path: Path, workload: str) -> None:
+    """Fill a device (128 KiB writes), read it once as ``workload``, then
+    once more inside ``sys.call_tracing``: callgrind counts only that call."""
     import numpy as np
 
     import uzram.zram.arena as arena
@@ -127,28 +128,27 @@ def run_reads(corpus_path: Path, workload: str, passes: int) -> None:
     read_chunks = dev.read_chunks
     if workload == "4k-randread":
         offsets = (np.random.default_rng(1).permutation(size // PAGE) * PAGE).tolist()
-        for _ in range(passes):
-            for off in offsets:
-                read_chunks(off, PAGE)
+        length = PAGE
     else:
-        for _ in range(passes):
-            for off in range(0, size, BIG):
-                read_chunks(off, BIG)
+        offsets = list(range(0, size, BIG))
+        length = BIG
+
+    def reads() -> None:
+        for off in offsets:
+            read_chunks(off, length)
+    reads()
+    sys.call_tracing(reads, ())
 
 
 def instructions(src: Path, corpus_path: Path, workload: str, pages: int) -> float:
-    """Instructions per page of ``workload`` (callgrind, two passes less none)."""
-    # compiled beforehand: else the first run alone would count the compiling
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(src / "uzram")], check=True)
-    counts = []
-    for passes in (0, 2):
-        res = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-                              sys.executable, __file__, "--worker", str(src), "--corpus", str(corpus_path),
-                              "--reads", workload, "--passes", str(passes)],
-                             check=True, capture_output=True, text=True)
-        collected = [line for line in res.stderr.splitlines() if "Collected :" in line]
-        counts.append(int(collected[-1].rsplit(":", 1)[1]))
-    return (counts[1] - counts[0]) / (2 * pages)
+    """Instructions per page of one pass of ``workload`` (callgrind)."""
+    res = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                          "--collect-atstart=no", "--toggle-collect=sys_call_tracing",
+                          sys.executable, __file__, "--worker", str(src), "--corpus", str(corpus_path),
+                          "--reads", workload],
+                         check=True, capture_output=True, text=True)
+    collected = [line for line in res.stderr.splitlines() if "Collected :" in line]
+    return int(collected[-1].rsplit(":", 1)[1]) / pages
 
 
 def worker(src: Path, corpus_path: Path) -> None:
@@ -173,11 +173,10 @@ def main() -> int:
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--reads", choices=READS, help=argparse.SUPPRESS)
-    ap.add_argument("--passes", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker and args.reads:
         sys.path.insert(0, str(args.worker))
-        run_reads(args.corpus, args.reads, args.passes)
+        run_reads(args.corpus, args.reads)
         return 0
     if args.worker:
         worker(args.worker, args.corpus)
