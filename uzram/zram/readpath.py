@@ -139,11 +139,17 @@ class ReadPath(DeviceState):
                     continue
                 if f & _MARKS:
                     flags[i] = f & ACCESS_CLEAR
-                if f & SPECIAL:
-                    if f & SAME:   # as _read_special does, without the call
+                if f & SPECIAL:   # as _read_special does; same-filled and huge without the call
+                    if f & SAME:
                         append(_same_page(h) if h else ZERO_PAGE)
-                    else:
+                    elif f & WB or f & SIZE_MASK != PAGE_SIZE:
                         append(self._read_special(disk, i, f, defer))
+                    else:   # huge: the page as stored, copied
+                        where = loc[h]
+                        zs = zspages[where >> 16]
+                        assert zs is not None, "a handle into a freed zspage"
+                        start = zs.base + (where & 0xFFFF) * zs.size + zs.hdr
+                        append(bytes(zs.mv[start : start + PAGE_SIZE]))
                     continue
                 where = loc[h]   # ZsPool.view, inlined
                 zs = zspages[where >> 16]
