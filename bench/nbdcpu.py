@@ -39,10 +39,15 @@ from bench.targets import Server, nbd_fio, nbdcopy_cmd, need, uzramd  # noqa: E4
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / _TICK, int(fields[12]) / _TICK
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    return sum(cpu_times(pid))
 
 
 def run_fio(opts: dict[str, str], work: Path, seconds: float) -> int:
@@ -57,12 +62,15 @@ def run_fio(opts: dict[str, str], work: Path, seconds: float) -> int:
     return int(j["read"]["total_ios"] + j["write"]["total_ios"])
 
 
-def measure(server: Server, name: str, work: Path, nbytes: int, seconds: float) -> tuple[float, float]:
-    """(CPU µs per request, requests per second) of one workload."""
+def measure(server: Server, name: str, work: Path, nbytes: int, seconds: float) -> tuple[float, float, float]:
+    """(CPU µs per request, requests per second, system time's share of
+    the CPU time) of one workload."""
     opts = {**nbd_fio(server.uri("zram0")), **WORKLOADS[name], "size": str(nbytes)}
-    before = cpu_seconds(server.proc.pid)
+    u0, s0 = cpu_times(server.proc.pid)
     n = run_fio(opts, work, seconds)
-    return (cpu_seconds(server.proc.pid) - before) * 1e6 / max(n, 1), n / seconds
+    u1, s1 = cpu_times(server.proc.pid)
+    cpu = (u1 - u0) + (s1 - s0)
+    return cpu * 1e6 / max(n, 1), n / seconds, (s1 - s0) / cpu if cpu else 0.0
 
 
 def cprofile(work: Path, img: Path, nbytes: int, workloads: list[str], seconds: float, out: Path) -> None:
@@ -109,24 +117,25 @@ def main() -> int:
             trees = {"old": baseline_tree(args.baseline, old), "new": None}
         servers = {name: uzramd(work, name, [f"zram0:comp_algorithm=lz4,disksize={nbytes}"], tree=tree)
                    for name, tree in trees.items()}
-        best: dict[str, dict[str, tuple[float, float]]] = {n: {} for n in trees}
+        best: dict[str, dict[str, tuple[float, float, float]]] = {n: {} for n in trees}
         try:
             for s in servers.values():
                 subprocess.run(nbdcopy_cmd(img, s.uri("zram0")), check=True, capture_output=True)
             for _ in range(args.rounds):
                 for w in workloads:
                     for name, s in servers.items():
-                        us, rate = measure(s, w, work, nbytes, args.seconds)
-                        if w not in best[name] or us < best[name][w][0]:
-                            best[name][w] = (us, rate)
+                        res = measure(s, w, work, nbytes, args.seconds)
+                        if w not in best[name] or res[0] < best[name][w][0]:
+                            best[name][w] = res
         finally:
             for s in servers.values():
                 s.stop()
         print(f"uzramd CPU µs per request at QD16, best of {args.rounds} rounds of {args.seconds:g} s "
-              f"(load {os.getloadavg()[0]:.1f}); requests/s in brackets")
-        print("%-14s" % "workload" + "".join("%20s" % n for n in trees) + ("   speed-up" if len(trees) > 1 else ""))
+              f"(load {os.getloadavg()[0]:.1f}); requests/s, then system time's share, in brackets")
+        print("%-14s" % "workload" + "".join("%26s" % n for n in trees) + ("   speed-up" if len(trees) > 1 else ""))
         for w in workloads:
-            row = "%-14s" % w + "".join("%11.2f (%6.0f)" % best[n][w] for n in trees)
+            row = "%-14s" % w + "".join("%11.2f (%6.0f, %3.0f%%)" % (best[n][w][0], best[n][w][1], 100 * best[n][w][2])
+                                        for n in trees)
             if len(trees) > 1:
                 row += "%10.2fx" % (best["old"][w][0] / best["new"][w][0])
             print(row)

@@ -7,7 +7,8 @@ is queued on the :class:`~.channel.Channel`, to go out with the others of
 the batch.  No task, coroutine, checkpoint or cancel scope is spent per
 request on this path; each request is one call of :meth:`Dispatcher._write`,
 :meth:`Dispatcher._read` or :meth:`Dispatcher._other`, which every way of
-running a request shares (at once, deferred, or completed later).
+running a request shares (at once, deferred, or completed later); only a
+READ run at once has ``_read``'s body written out in :meth:`process`.
 
 When an export call returns an awaitable, the request completes in its own
 task and its reply is queued whenever it is ready (out of order).
@@ -51,6 +52,11 @@ _DISC: Final = C.CMD_DISC
 _FUA: Final = C.CMD_FLAG_FUA
 _OK_MAGIC: Final = C.SIMPLE_REPLY_MAGIC
 _SIMPLE = struct.Struct(">IIQ")
+# proto.read_chunk_header's chunk, packed in place on the READ path
+_DATA_HDR = struct.Struct(">IHHQIQ")
+_SR_MAGIC: Final = C.STRUCTURED_REPLY_MAGIC
+_DONE: Final = C.REPLY_FLAG_DONE
+_OFFSET_DATA: Final = C.REPLY_TYPE_OFFSET_DATA
 
 
 class Dispatcher:
@@ -66,6 +72,11 @@ class Dispatcher:
         self.peers = peers
         """The server's connections: the budget is shared among them."""
         self.order = Ordering(getattr(export, "ordering_granularity", 1))
+        self.exact_reads = bool(getattr(export, "exact_reads", False))
+        """The export declares (an optional ``exact_reads = True``) that a READ
+        answered at once returns ``bytes`` whose lengths add up to the length
+        asked: :meth:`process` then does not sum them (other exports' buffers
+        are checked, and a short read answered with EIO)."""
         self.outstanding = 0  # export awaitables being awaited
         self.next_token = 0
         self.limited = False
@@ -77,7 +88,6 @@ class Dispatcher:
         """A READ larger than a piece, for :meth:`stream_read`."""
         self._export_write = export.write
         self._export_read = export.read
-        self._read_header = tx.read_header
         self._pack_ok = _SIMPLE.pack
         self._append = chan.out.append
         self._extend = chan.out.extend
@@ -93,7 +103,16 @@ class Dispatcher:
         locally and charged once."""
         chan = self.chan
         write = self._write
-        read = self._read
+        export_read = self._export_read
+        queue_data = self._queue_data
+        queue_failure = self._queue_failure
+        start_async = self._start_async
+        structured = self.tx.structured
+        exact = self.exact_reads
+        pack_ok = self._pack_ok
+        pack_data = _DATA_HDR.pack
+        append = self._append
+        extend = self._extend
         reject = self._queue_error
         parse = self.tx.parse
         max_outstanding = self.max_outstanding
@@ -143,7 +162,24 @@ class Dispatcher:
                     if (barriers or deferred) and must_wait(req):
                         self.defer(req, None)
                     else:
-                        n = read(req, offset, length, cookie)
+                        # _read, written out: the export's call, then its
+                        # buffers queued behind the header (_queue_data's)
+                        try:
+                            r = export_read(offset, length)
+                        except Exception as e:
+                            n = queue_failure(req, e)
+                        else:
+                            if type(r) is not list:
+                                start_async(cast(Awaitable[Any], r), req)
+                                n = 0
+                            elif exact or sum(map(len, r)) == length:
+                                header = (pack_data(_SR_MAGIC, _DONE, _OFFSET_DATA, cookie, 8 + length, offset)
+                                          if structured else pack_ok(_OK_MAGIC, 0, cookie))
+                                append(header)
+                                extend(r)
+                                n = length + len(header)
+                            else:
+                                n = queue_data(cookie, offset, length, r)
                         if n:
                             out_bytes += n
                             if out_bytes >= room:
@@ -212,15 +248,13 @@ class Dispatcher:
 
     def _queue_data(self, cookie: int, offset: int, length: int, bufs: list[Any]) -> int:
         """Queue a READ's reply carrying ``bufs``."""
-        total = 0
-        for b in bufs:
-            total += len(b)
-        if total != length:
+        if sum(map(len, bufs)) != length:
             fixed = _fix_read(bufs, length)
             if fixed is None:
                 return self._queue_error((_READ, 0, cookie, offset, length, 0), C.EIO, "short read")
             bufs = fixed
-        header = self._read_header(cookie, offset, length)
+        header = (read_chunk_header(cookie, offset, length) if self.tx.structured
+                  else self._pack_ok(_OK_MAGIC, 0, cookie))
         self._append(header)
         self._extend(bufs)
         return length + len(header)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import errno
+from array import array
 from itertools import compress
 from typing import cast
 
@@ -19,6 +20,8 @@ from . import lanes
 from .disk import SECTOR_SHIFT, ZERO_PAGE, DeviceState, Disk, oserror
 from .sizeclass import PAGE_SHIFT, PAGE_SIZE
 from .slots import ACCESS_CLEAR, ALLOCATED, HUGE, SAME, SIZE_MASK, SPECIAL, WB
+
+_MARKS = ~ACCESS_CLEAR & 0xFFFFFFFF   # IDLE, PP_SLOT: what an access clears (stored only if set)
 
 Chunks = list[bytes | None]   # one page per slot; None: a deferred backing read
 
@@ -38,6 +41,28 @@ assert ALLOCATED == 0x7FFF and SAME == 0x2000
 _ALLOC_HI = lanes.table(lambda x: (x & 0x7F) != 0)
 _SAME_HI = lanes.table(lambda x: (x & 0x20) != 0)
 _UNALLOCATED_CODE = lanes.table(lambda x: 0 if x else 2)
+
+
+_SAME_PAGES: dict[int, bytes] = {}
+_SAME_PAGES_MAX = 64   # a few distinct fill words are usual (0xFF.., a pattern)
+
+
+def _same_page(word: int) -> bytes:
+    """The page filled with the 8-byte ``word`` (nonzero), shared: a read of a
+    same-filled page returns it without building a new one each time."""
+    page = _SAME_PAGES.get(word)
+    if page is None:
+        if len(_SAME_PAGES) >= _SAME_PAGES_MAX:
+            _SAME_PAGES.clear()
+        page = _SAME_PAGES[word] = word.to_bytes(8, "little") * (PAGE_SIZE // 8)
+    return page
+
+
+def _set_access_times(ac: memoryview, fl: list[int], first: int, stop: int, now: int) -> None:
+    """``ac_time`` of the allocated slots in [first, stop) (``fl``: the flags from ``first`` on)."""
+    for i in range(first, stop):
+        if fl[i - first] & ALLOCATED:
+            ac[i] = now
 
 
 def _trim(chunks: list[bytes], offset: int, length: int) -> list[bytes]:
@@ -93,46 +118,65 @@ class ReadPath(DeviceState):
     def _read_run(self, disk: Disk, first: int, stop: int, now: int, defer: list[tuple[int, int]] | None) -> Chunks:
         """``_read_page`` over [first, stop), inlined for multi-page requests
         (the pool's ``view`` and the decompress-and-check too, the check's
-        error path taken only on failure)."""
+        error path taken only on failure). The slots' flags and handles are
+        read in one go (reading changes neither), and the access times are
+        stored once the pages are read: in one store when every slot holds
+        data, and up to the failing slot if a read fails."""
         table = disk.table
-        flags, handles, ac = table.flags, table.handle, table.ac_time
+        flags, ac = table.flags, table.ac_time
         loc, zspages = disk.pool.locator()
         decompress0 = disk.decompress0
         out: Chunks = []
         append = out.append
-        for i in range(first, stop):
-            f = flags[i]
-            if not f & ALLOCATED:
-                append(ZERO_PAGE)
-                continue
-            flags[i] = f & ACCESS_CLEAR
-            ac[i] = now
-            if f & SPECIAL:
-                if f & SAME:   # as _read_special does, without the call
-                    word = handles[i]
-                    append(word.to_bytes(8, "little") * (PAGE_SIZE // 8) if word else ZERO_PAGE)
-                else:
-                    append(self._read_special(disk, i, f, defer))
-                continue
-            where = loc[handles[i]]   # ZsPool.view, inlined
-            zs = zspages[where >> 16]
-            assert zs is not None, "a handle into a freed zspage"
-            start = zs.base + (where & 0xFFFF) * zs.size + zs.hdr
-            obj = zs.mv[start : start + (f & SIZE_MASK)]
-            try:
-                page = decompress0(obj, PAGE_SIZE)
-            except Exception:
-                page = b""   # the checked call below raises EIO
-            if len(page) != PAGE_SIZE:
-                page = self.decompress(decompress0, obj)
-            append(page)
+        fl = flags[first:stop].tolist()
+        every = True   # every slot allocated
+        i = first
+        try:
+            for i, f, h in zip(range(first, stop), fl, table.handle[first:stop].tolist()):
+                if not f & ALLOCATED:
+                    append(ZERO_PAGE)
+                    every = False
+                    continue
+                if f & _MARKS:
+                    flags[i] = f & ACCESS_CLEAR
+                if f & SPECIAL:   # as _read_special does; same-filled and huge without the call
+                    if f & SAME:
+                        append(_same_page(h) if h else ZERO_PAGE)
+                    elif f & WB or f & SIZE_MASK != PAGE_SIZE:
+                        append(self._read_special(disk, i, f, defer))
+                    else:   # huge: the page as stored, copied
+                        where = loc[h]
+                        zs = zspages[where >> 16]
+                        assert zs is not None, "a handle into a freed zspage"
+                        start = zs.base + (where & 0xFFFF) * zs.size + zs.hdr
+                        append(bytes(zs.mv[start : start + PAGE_SIZE]))
+                    continue
+                where = loc[h]   # ZsPool.view, inlined
+                zs = zspages[where >> 16]
+                assert zs is not None, "a handle into a freed zspage"
+                start = zs.base + (where & 0xFFFF) * zs.size + zs.hdr
+                obj = zs.mv[start : start + (f & SIZE_MASK)]
+                try:
+                    page = decompress0(obj, PAGE_SIZE)
+                except Exception:
+                    page = b""   # the checked call below raises EIO
+                if len(page) != PAGE_SIZE:
+                    page = self.decompress(decompress0, obj)
+                append(page)
+        except BaseException:
+            _set_access_times(ac, fl, first, i + 1, now)   # the failing slot was accessed too
+            raise
+        if every:
+            ac[first:stop] = array("I", [now]) * (stop - first)
+        else:
+            _set_access_times(ac, fl, first, stop, now)
         return out
 
     def _read_special(self, disk: Disk, i: int, f: int, defer: list[tuple[int, int]] | None) -> bytes | None:
         """Same-filled, written-back, huge and recompressed slots."""
         handle = disk.table.handle[i]
         if f & SAME:
-            return ZERO_PAGE if handle == 0 else handle.to_bytes(8, "little") * (PAGE_SIZE // 8)
+            return _same_page(handle) if handle else ZERO_PAGE
         if f & WB:
             backing = self.settings.backing
             assert backing is not None, "a written-back slot without a backing store"
@@ -166,22 +210,49 @@ class ReadPath(DeviceState):
     def read_chunks(self, offset: int, length: int) -> list[bytes] | PendingRead:
         """Read ``length`` bytes at ``offset`` as a list of buffers (one per page
         touched, the first and last trimmed), or a PendingRead when written-back
-        pages must be read off this thread. The NBD fast path."""
+        pages must be read off this thread. The NBD fast path: a 4 KiB aligned
+        read runs ``_read_page`` inlined, its decompress-and-check too (the
+        check's error path taken only on failure)."""
         disk = self.disk
         st = self.stats
-        if disk is not None and length == PAGE_SIZE and not offset & (PAGE_SIZE - 1) and 0 <= offset < disk.disksize:
+        if length == PAGE_SIZE and disk is not None and not offset & (PAGE_SIZE - 1) and 0 <= offset < disk.disksize:
             st.read_ios += 1
             st.read_sectors += PAGE_SIZE >> SECTOR_SHIFT
+            i = offset >> PAGE_SHIFT
+            table = disk.table
+            flags = table.flags
+            f = flags[i]
+            if not f & ALLOCATED:
+                return [ZERO_PAGE]
+            if f & _MARKS:
+                flags[i] = f & ACCESS_CLEAR
+            table.ac_time[i] = self.clock()
+            if not f & SPECIAL:
+                obj = disk.pool.view(table.handle[i], f & SIZE_MASK)
+                try:
+                    page = disk.decompress0(obj, PAGE_SIZE)
+                except Exception:
+                    page = b""   # the checked call below raises EIO
+                if len(page) == PAGE_SIZE:
+                    return [page]
+                try:
+                    return [self.decompress(disk.decompress0, obj)]
+                except OSError:
+                    st.failed_reads += 1
+                    raise
+            if f & SAME:
+                word = table.handle[i]
+                return [_same_page(word) if word else ZERO_PAGE]
             defer: list[tuple[int, int]] | None = [] if self.async_backing_reads else None
             try:
-                page = self._read_page(disk, offset >> PAGE_SHIFT, self.clock(), defer)
+                special = self._read_special(disk, i, f, defer)
             except OSError:
                 st.failed_reads += 1
                 raise
-            if page is None:
+            if special is None:
                 assert defer is not None
                 return PendingRead(self, [None], defer, offset, length)
-            return [page]
+            return [special]
         disk = self.check_range(offset, length, False)
         st.read_ios += 1
         st.read_sectors += (length + 511) >> SECTOR_SHIFT
