@@ -35,7 +35,6 @@ class ZramExport:
 
     read_only = False
     ordering_granularity = 4096   # partial-page writes read-modify-write the whole page
-    exact_reads = True   # read's list: bytes adding up to the length asked (ReadPath's _trim)
 
     def __init__(self, dev: ZramDevice) -> None:
         self.dev = dev

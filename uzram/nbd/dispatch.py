@@ -72,11 +72,6 @@ class Dispatcher:
         self.peers = peers
         """The server's connections: the budget is shared among them."""
         self.order = Ordering(getattr(export, "ordering_granularity", 1))
-        self.exact_reads = bool(getattr(export, "exact_reads", False))
-        """The export declares (an optional ``exact_reads = True``) that a READ
-        answered at once returns ``bytes`` whose lengths add up to the length
-        asked: :meth:`process` then does not sum them (other exports' buffers
-        are checked, and a short read answered with EIO)."""
         self.outstanding = 0  # export awaitables being awaited
         self.next_token = 0
         self.limited = False
@@ -108,7 +103,6 @@ class Dispatcher:
         queue_failure = self._queue_failure
         start_async = self._start_async
         structured = self.tx.structured
-        exact = self.exact_reads
         pack_ok = self._pack_ok
         pack_data = _DATA_HDR.pack
         append = self._append
@@ -172,7 +166,7 @@ class Dispatcher:
                             if type(r) is not list:
                                 start_async(cast(Awaitable[Any], r), req)
                                 n = 0
-                            elif exact or sum(map(len, r)) == length:
+                            elif sum(map(len, r)) == length:
                                 header = (pack_data(_SR_MAGIC, _DONE, _OFFSET_DATA, cookie, 8 + length, offset)
                                           if structured else pack_ok(_OK_MAGIC, 0, cookie))
                                 append(header)
