@@ -59,20 +59,26 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
         raise OSError(e, os.strerror(e))
 
 
-def populate_mapping(mm: mmap.mmap, addr: int = 0, length: int = 0, fresh: bool = True) -> None:
+def populate_mapping(mm: mmap.mmap, addr: int = 0, length: int = 0, fresh: bool = True,
+                     strict: bool = False) -> None:
     """Fault ``length`` bytes of a mapping in (all of it by default) at
     ``addr``, with the GIL released: a thread faulting in memory under
     pressure must not stop the others. Not MAP_POPULATE, which
     mlockall(MCL_ONFAULT) turns off, nor mmap.madvise, which holds the GIL.
     Before Linux 5.14 (no MADV_POPULATE_WRITE) only a ``fresh`` (all zero)
-    range is faulted in, by zeroing it."""
+    range is faulted in, by zeroing it. ``strict``: other failures (ENOMEM)
+    raise OSError."""
     if _libc is None:
         return
     if not addr:
         addr = ctypes.addressof(ctypes.c_char.from_buffer(mm))
     length = length or len(mm)
-    if _libc.madvise(ctypes.c_void_p(addr), ctypes.c_size_t(length), _MADV_POPULATE_WRITE) != 0 and fresh:
-        ctypes.memset(addr, 0, length)   # memset releases the GIL too
+    if _libc.madvise(ctypes.c_void_p(addr), ctypes.c_size_t(length), _MADV_POPULATE_WRITE) != 0:
+        e = ctypes.get_errno()
+        if strict and e != errno.EINVAL:
+            raise OSError(e, os.strerror(e))
+        if fresh:
+            ctypes.memset(addr, 0, length)   # memset releases the GIL too
 
 
 class Arena:
@@ -109,14 +115,7 @@ class Arena:
         (any thread: this is the feed's work). Raises OSError (ENOMEM when
         the system has no page to give, EFBIG past RLIMIT_FSIZE)."""
         self.grow(offset + length)
-        if _libc is None:
-            return
-        addr = ctypes.c_void_p(self.base + offset)
-        if _libc.madvise(addr, ctypes.c_size_t(length), _MADV_POPULATE_WRITE) != 0:
-            e = ctypes.get_errno()
-            if e != errno.EINVAL:          # EINVAL: before Linux 5.14, fault by touch
-                raise OSError(e, os.strerror(e))
-            ctypes.memset(self.base + offset, 0, length)
+        populate_mapping(self.mm, self.base + offset, length, strict=True)
 
     def punch(self, offset: int, length: int) -> None:
         """Give a range's pages back; it reads as zeros afterwards."""
