@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from uzram.zram import ZramDevice
+from uzram.zram.slots import SAME, SIZE_MASK, WB
 
 from .model import PAGE, DeviceModel
 
@@ -32,9 +33,12 @@ ranges = st.integers(0, SIZE - 1).flatmap(lambda off: st.tuples(st.just(off), st
 
 
 class DeviceMachine(RuleBasedStateMachine):
+    DEDUP = False   # the variant below: pages read and written again share objects
+
     @initialize(alg=st.sampled_from(["lz4", "zstd"]), chain=st.sampled_from([4, 8, 16]))
     def setup(self, alg, chain):
         self.dev = ZramDevice("zram0", chain_size=chain)
+        self.dev.dedup = self.DEDUP
         self.dev.store("comp_algorithm", alg)
         self.dev.store("disksize", str(SIZE))
         self.model = DeviceModel(NR_PAGES, alg, self.dev.huge_class_size)
@@ -56,6 +60,15 @@ class DeviceMachine(RuleBasedStateMachine):
         data = rnd.randbytes(n) if rnd.random() < 0.5 else bytes([rnd.randrange(256)]) * n
         self.dev.write(off, data)
         self.model.write(off, data)
+
+    @rule(src=st.integers(0, NR_PAGES - 1), dst=st.integers(0, NR_PAGES - 1), n=st.integers(1, 3))
+    def reswap(self, src, dst, n):
+        """Pages read, then written elsewhere unchanged (swap-in, swap-out)."""
+        n = min(n, NR_PAGES - src, NR_PAGES - dst)
+        data = self.dev.read(src * PAGE, n * PAGE)
+        assert data == self.model.read(src * PAGE, n * PAGE)
+        self.dev.write(dst * PAGE, data)
+        self.model.write(dst * PAGE, data)
 
     @rule(r=ranges)
     def read(self, r):
@@ -88,9 +101,35 @@ class DeviceMachine(RuleBasedStateMachine):
         assert f[5] == exp["same"]
         assert f[7] == exp["huge"]
         assert f[1] == exp["compr"]
-        assert f[2] >= f[1]
+        if not self.DEDUP:
+            assert f[2] >= f[1]
         self.dev.pool.check()
+        check_sharing(self.dev)
+
+
+def check_sharing(dev) -> None:
+    """The pool holds one object per distinct handle of the in-RAM slots,
+    with one reference per slot."""
+    refs: dict[int, int] = {}
+    for i in range(dev.disk.nr_pages):
+        h, f, _ = dev.slot_state(i)
+        if f & SIZE_MASK and not f & (SAME | WB):
+            refs[h] = refs.get(h, 0) + 1
+    pool = dev.pool
+    assert pool.objects == len(refs)
+    assert pool.shared == {h: n - 1 for h, n in refs.items() if n > 1}
+    assert pool.shared_refs == sum(refs.values()) - len(refs)
+    if not dev.dedup:
+        assert not pool.shared
 
 
 TestDeviceMachine = DeviceMachine.TestCase
 TestDeviceMachine.settings = settings(max_examples=80, stateful_step_count=30, deadline=None)
+
+
+class DedupDeviceMachine(DeviceMachine):
+    DEDUP = True
+
+
+TestDedupDeviceMachine = DedupDeviceMachine.TestCase
+TestDedupDeviceMachine.settings = settings(max_examples=80, stateful_step_count=30, deadline=None)

@@ -21,7 +21,7 @@ from uzram.zram.postprocess import RecompressJob, WritebackJob
 from uzram.zram.slots import HUGE, SAME, SIZE_MASK, WB
 
 from .model import PAGE, DeviceModel
-from .test_device_model import NR_PAGES, SIZE, DeviceMachine, make, page_kinds, ranges
+from .test_device_model import NR_PAGES, SIZE, DeviceMachine, check_sharing, make, page_kinds, ranges
 
 
 class PostProcessMachine(DeviceMachine):
@@ -35,6 +35,7 @@ class PostProcessMachine(DeviceMachine):
         os.ftruncate(fd, backing_pages * PAGE)
         os.close(fd)
         self.dev = ZramDevice()
+        self.dev.dedup = self.DEDUP
         self.dev.store("recomp_algorithm", "algo=zstd")
         self.dev.store("backing_dev", self.path)
         self.dev.store("compressed_writeback", "1" if compressed else "0")
@@ -141,7 +142,16 @@ class PostProcessMachine(DeviceMachine):
         bd_count = int(dev.show("bd_stat").split()[0])
         assert bd_count == len(wb_blocks) + in_flight + pinned_released
         dev.pool.check()
+        check_sharing(dev)
 
 
 TestPostProcessMachine = PostProcessMachine.TestCase
 TestPostProcessMachine.settings = settings(max_examples=120, stateful_step_count=40, deadline=None)
+
+
+class DedupPostProcessMachine(PostProcessMachine):
+    DEDUP = True
+
+
+TestDedupPostProcessMachine = DedupPostProcessMachine.TestCase
+TestDedupPostProcessMachine.settings = settings(max_examples=120, stateful_step_count=40, deadline=None)

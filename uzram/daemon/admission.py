@@ -115,4 +115,7 @@ class Admission:
                 "low_reserve_episodes": self.episodes, "shed_requests": self.shed,
                 "pressure_compactions": self.shrinks, "pressure_compacted_pages": self.shrunk_pages,
                 "refused_writes": sum(d.pool.reserve_misses for d in self.registry.devices()
-                                      if d.pool is not None)}
+                                      if d.pool is not None),
+                "dedup": any(d.dedup for d in self.registry.devices()),
+                "dedup_pages": sum(d.pool.shared_refs for d in self.registry.devices() if d.pool is not None),
+                "dedup_shares": sum(d.pool.shares for d in self.registry.devices() if d.pool is not None)}

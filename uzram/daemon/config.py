@@ -45,6 +45,7 @@ class Config:
     swap_settings: dict[str, dict[str, str]] = field(default_factory=dict)  # zram-generator's, per device
     swap: bool = False                       # serve swap on this machine (--swap)
     reserve: int | None = None               # pool reserve per device (--reserve); None: by ``swap``
+    dedup: bool | None = None                # share re-swapped pages (--dedup); None: as ``swap``
     warnings: list[str] = field(default_factory=list)
     tls: str | None = None                   # off, on, require; None: require with certificates
     tls_certificates: Path | None = None     # nbdkit layout: ca-cert.pem, server-cert.pem, server-key.pem
@@ -208,6 +209,10 @@ def _apply_file(path: Path, data: dict[str, Any], cfg: Config) -> None:
             if not isinstance(value, bool):
                 raise ConfigError(f"{path}: [uzramd] swap must be true or false")
             cfg.swap = value
+        elif key == "dedup":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{path}: [uzramd] dedup must be true or false")
+            cfg.dedup = value
         elif key == "process_per_device":
             if not isinstance(value, bool):
                 raise ConfigError(f"{path}: [uzramd] process_per_device must be true or false")
@@ -241,6 +246,8 @@ DAEMON_KEYS = {   # every key of [uzramd], as uzramd.toml(5) documents it
     "shutdown_timeout": "seconds given to requests in flight at SIGTERM (--shutdown-timeout)",
     "swap": "true: serve swap on this machine (--swap): locked memory, a pool reserve, admission",
     "reserve": "auto, 0 or a size: prefaulted pool memory per device under swap (--reserve)",
+    "dedup": "true: a page written with the contents of a page read lately shares its object, as a page "
+             "swapped in and out again does (--dedup; default: as swap)",
     "process_per_device": "true: serve each device from a worker process of its own, so devices use "
                           "separate cores (--process-per-device); not with TLS, fuse or metrics",
 }
@@ -307,6 +314,15 @@ def swap_mode(cfg: Config, swap_option: bool, reserve_option: str | None) -> tup
     if cfg.reserve is not None:
         return swap, cfg.reserve
     return swap, AUTO_RESERVE if swap else 0
+
+
+def dedup_mode(cfg: Config, dedup_option: str | None, swap: bool) -> bool:
+    """``--dedup on|off``, else the file's ``dedup``, else on with swap."""
+    if dedup_option is not None:
+        if dedup_option not in ("on", "off"):
+            raise ConfigError(f"--dedup: bad value {dedup_option[:40]!r}: on or off")
+        return dedup_option == "on"
+    return swap if cfg.dedup is None else cfg.dedup
 
 
 LIMIT_KEYS = ("max_buffer_memory", "max_connections", "idle_timeout", "shutdown_timeout")

@@ -29,7 +29,7 @@ log = logging.getLogger("uzram.daemon")
 
 
 async def run(cfg: config_mod.Config, quiet: bool = False, reserve_setting: int = reserve.AUTO) -> int:
-    registry = DeviceRegistry()
+    registry = DeviceRegistry(dedup=bool(cfg.dedup))
     configure_devices(registry, cfg.devices)
     tls = tls_settings(cfg)
     limits = cfg.limits
@@ -123,7 +123,12 @@ OPTION_GROUPS: tuple[tuple[str, tuple[tuple[str, str | None, str], ...]], ...] =
          "prefault receive buffers, keep a pool reserve, never trim the heap "
          "(the config file's swap = true)"),
         ("--reserve", "SIZE", "prefaulted pool memory kept per device for swap-outs under pressure "
-         "(default with --swap: auto, 1/8 of disksize within 16M..256M; else 0; the config file's reserve)"),
+         "(default with --swap: auto, the smaller of 1/8 of disksize and 1/32 of RAM, within 8M..256M; "
+         "else 0; the config file's reserve)"),
+        ("--dedup", "on|off", "a page written with the contents of a page read lately shares that "
+         "page's object, as a page swapped in and out again does: the pool holds it once, although "
+         "swap over NBD cannot say that the old slot is free (default: on with --swap; the config "
+         "file's dedup)"),
     )),
 )
 
@@ -175,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         config_mod.apply_tls(cfg, args.tls, args.tls_certificates, args.tls_verify_peer)
         tls_settings(cfg)  # certificate and policy errors before anything starts
         swap, reserve_setting = config_mod.swap_mode(cfg, args.swap, args.reserve)
+        cfg.dedup = config_mod.dedup_mode(cfg, args.dedup, swap)
     except config_mod.ConfigError as e:
         print(f"uzramd: {e}", file=sys.stderr)
         return 2

@@ -27,8 +27,9 @@ def parse_export_name(name: str) -> int | None:
 
 
 class DeviceRegistry:
-    def __init__(self) -> None:
+    def __init__(self, dedup: bool = False) -> None:
         self._exports: dict[int, ZramExport] = {}
+        self.dedup = dedup   # devices share the objects of re-swapped pages (zram/reswap.py)
 
     # -- devices ---------------------------------------------------------------
 
@@ -40,6 +41,7 @@ class DeviceRegistry:
             raise OSError(errno.EEXIST, f"zram{dev_id} already exists")
         dev = ZramDevice(f"zram{dev_id}")
         dev.async_backing_reads = True  # reads of written-back pages go to a worker thread
+        dev.dedup = self.dedup
         self._exports[dev_id] = ZramExport(dev)
         return dev
 

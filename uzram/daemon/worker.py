@@ -47,6 +47,7 @@ class WorkerSpec:
     log_level: str = "warning"
     swap: bool = False
     reserve: int = 0
+    dedup: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -71,7 +72,7 @@ def export_info(registry: DeviceRegistry, name: str) -> dict[str, Any]:
 
 async def run(spec: WorkerSpec) -> int:
     handoff = trio.socket.from_stdlib_socket(socket.socket(fileno=spec.handoff_fd))
-    registry = DeviceRegistry()
+    registry = DeviceRegistry(dedup=spec.dedup)
     try:
         configure_devices(registry, [config_mod.DeviceSpec(spec.name, list(spec.attrs))])
     except config_mod.ConfigError as e:

@@ -135,7 +135,7 @@ class Workers:
         control = worker_control_path(self.cfg.control, name)
         spec = WorkerSpec(name=name, control=str(control), handoff_fd=theirs.fileno(), attrs=[*attrs],
                           limits=asdict(self.cfg.limits), log_level=self.log_level,
-                          swap=self.swap, reserve=self.reserve)
+                          swap=self.swap, reserve=self.reserve, dedup=bool(self.cfg.dedup))
         try:
             # in this thread, quickly: a worker must not depend on a helper thread
             proc = subprocess.Popen([sys.executable, "-m", "uzram.daemon.worker", spec.to_json()],

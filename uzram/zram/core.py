@@ -22,6 +22,7 @@ from .backing import BackingStore
 from .compressors import CompParams
 from .disk import Disk, Settings, Stats, oserror
 from .jobs import Job, run
+from .reswap import RecentReads
 from .sizeclass import CHAIN_SIZE_DEFAULT, PAGE_SIZE
 from .slots import (
     ALLOCATED, HUGE, IDLE, INCOMPRESSIBLE, NUM_PRIOS, PP_SLOT, PRIO_MASK, PRIO_SHIFT, SAME, SIZE_MASK, WB,
@@ -75,6 +76,8 @@ class ZramCore(WritePath):
         if self.disk is not None:
             raise oserror(errno.EBUSY, "device already initialised; reset it first")
         disk = Disk(disksize, self.settings, self.chain_size)
+        if self.dedup:
+            disk.recent = RecentReads(disk.nr_pages)
         self.stats = Stats()
         self.disk = disk
         self.disksize = disk.disksize

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .backing import BackingStore
+from .reswap import RecentReads
 from .compressors import DEFAULT_ALGORITHM, Codec, CompParams, create_codec
 from .sizeclass import PAGE_SHIFT, PAGE_SIZE, build_class_table
 from .slots import ALLOCATED, HUGE, SAME, SIZE_MASK, WB, SlotTable, priority_of
@@ -110,7 +111,7 @@ class Disk:
     """An initialised disk (``disksize_store``): the slot table, the pool and
     the compressors, one per configured priority (the primary always)."""
 
-    __slots__ = ("disksize", "nr_pages", "table", "pool", "comps", "compress", "decompress0")
+    __slots__ = ("disksize", "nr_pages", "table", "pool", "comps", "compress", "decompress0", "recent")
 
     def __init__(self, disksize: int, settings: Settings, chain_size: int) -> None:
         comps: list[Codec | None] = [
@@ -128,6 +129,7 @@ class Disk:
         # the primary's functions, looked up once for the hot paths
         self.compress: Callable[[bytes | memoryview], bytes] = primary.compress
         self.decompress0: Decompress = primary.decompress
+        self.recent: RecentReads | None = None   # with dedup: the slots read lately (reswap.py)
 
     @property
     def num_active_comps(self) -> int:
@@ -159,6 +161,7 @@ class DeviceState:
         self.openers = 0          # NBD clients attached (reset refuses while > 0)
         self.claimed = False      # a reset is in progress: new opens are refused
         self.async_backing_reads = False  # reads of written-back slots return PendingRead
+        self.dedup = False        # a write equal to a page read lately shares its object (reswap.py)
         # Called instead of punching released backing blocks on this thread;
         # the owner then hands BackingStore.take_punches() to a worker.
         self.release_hook: Callable[[], None] | None = None

@@ -19,7 +19,7 @@ from typing import cast
 from . import lanes
 from .disk import SECTOR_SHIFT, ZERO_PAGE, DeviceState, Disk, oserror
 from .sizeclass import PAGE_SHIFT, PAGE_SIZE
-from .slots import ACCESS_CLEAR, ALLOCATED, HUGE, SAME, SIZE_MASK, SPECIAL, WB
+from .slots import ACCESS_CLEAR, ALLOCATED, HUGE, PRIO_MASK, SAME, SIZE_MASK, SPECIAL, WB
 
 _MARKS = ~ACCESS_CLEAR & 0xFFFFFFFF   # IDLE, PP_SLOT: what an access clears (stored only if set)
 
@@ -126,6 +126,7 @@ class ReadPath(DeviceState):
         flags, ac = table.flags, table.ac_time
         loc, zspages = disk.pool.locator()
         decompress0 = disk.decompress0
+        recent = disk.recent
         out: Chunks = []
         append = out.append
         fl = flags[first:stop].tolist()
@@ -149,7 +150,10 @@ class ReadPath(DeviceState):
                         zs = zspages[where >> 16]
                         assert zs is not None, "a handle into a freed zspage"
                         start = zs.base + (where & 0xFFFF) * zs.size + zs.hdr
-                        append(bytes(zs.mv[start : start + PAGE_SIZE]))
+                        obj = zs.mv[start : start + PAGE_SIZE]
+                        if recent is not None and not f & PRIO_MASK:
+                            recent.note(obj, PAGE_SIZE, i)
+                        append(bytes(obj))
                     continue
                 where = loc[h]   # ZsPool.view, inlined
                 zs = zspages[where >> 16]
@@ -162,6 +166,8 @@ class ReadPath(DeviceState):
                     page = b""   # the checked call below raises EIO
                 if len(page) != PAGE_SIZE:
                     page = self.decompress(decompress0, obj)
+                if recent is not None:
+                    recent.note(obj, f & SIZE_MASK, i)
                 append(page)
         except BaseException:
             _set_access_times(ac, fl, first, i + 1, now)   # the failing slot was accessed too
@@ -192,6 +198,8 @@ class ReadPath(DeviceState):
         size = f & SIZE_MASK
         obj = disk.pool.view(handle, size)
         if size == PAGE_SIZE:
+            if disk.recent is not None and not f & PRIO_MASK:
+                disk.recent.note(obj, PAGE_SIZE, i)
             return bytes(obj)
         return self.decompress(disk.codec_for(f), obj)
 
@@ -234,6 +242,8 @@ class ReadPath(DeviceState):
                 except Exception:
                     page = b""   # the checked call below raises EIO
                 if len(page) == PAGE_SIZE:
+                    if disk.recent is not None:
+                        disk.recent.note(obj, f & SIZE_MASK, i)
                     return [page]
                 try:
                     return [self.decompress(disk.decompress0, obj)]

@@ -63,25 +63,29 @@ class WritePath(ReadPath):
             new_flags = clen
         pool = disk.pool
         limit = self.settings.limit_pages
-        if (not limit and old & SIZE_MASK and not old & _NOT_IN_PLACE
-                and self.class_of_size[old & SIZE_MASK] == self.class_of_size[clen]):
-            pool.view(table.handle[i], clen)[:] = comp   # in place: see _write_run
-            if old & HUGE:
-                st.huge_pages -= 1
-            st.compr_data_size += clen - (old & SIZE_MASK)
-            flags[i] = new_flags
-            table.ac_time[i] = now
-            return
-        h = pool.store(comp)
-        pages = pool.pages_allocated
-        if pages > st.max_used_pages:
-            st.max_used_pages = pages
-        if limit and pages > limit:
-            pool.free(h)
-            if new_flags & HUGE:
-                st.huge_pages -= 1
-                st.huge_pages_since -= 1
-            raise oserror(errno.ENOMEM, f"{self.name}: mem_limit reached ({limit << PAGE_SHIFT} bytes)")
+        recent = disk.recent
+        h = recent.find(comp, clen, new_flags, table, pool) if recent is not None else 0
+        if not h:
+            if (not limit and old & SIZE_MASK and not old & _NOT_IN_PLACE
+                    and self.class_of_size[old & SIZE_MASK] == self.class_of_size[clen]
+                    and not (pool.shared and table.handle[i] in pool.shared)):
+                pool.view(table.handle[i], clen)[:] = comp   # in place: see _write_run
+                if old & HUGE:
+                    st.huge_pages -= 1
+                st.compr_data_size += clen - (old & SIZE_MASK)
+                flags[i] = new_flags
+                table.ac_time[i] = now
+                return
+            h = pool.store(comp)
+            pages = pool.pages_allocated
+            if pages > st.max_used_pages:
+                st.max_used_pages = pages
+            if limit and pages > limit:
+                pool.free(h)
+                if new_flags & HUGE:
+                    st.huge_pages -= 1
+                    st.huge_pages_since -= 1
+                raise oserror(errno.ENOMEM, f"{self.name}: mem_limit reached ({limit << PAGE_SHIFT} bytes)")
         if old & ALLOCATED:
             if old & SPECIAL:
                 self.slot_free(disk, i)
@@ -112,6 +116,8 @@ class WritePath(ReadPath):
         flags, handles, ac_time = table.flags, table.handle, table.ac_time
         pool = disk.pool
         store, pool_free, view = pool.store, pool.free, pool.view
+        shared = pool.shared   # objects with more than one slot: never written in place
+        recent = disk.recent
         compress = disk.compress
         is_zero = ZERO_PAGE.startswith
         huge_class_size = self.huge_class_size
@@ -142,13 +148,17 @@ class WritePath(ReadPath):
                 st.huge_pages_since += 1
             else:
                 new_flags = clen
-            if class_of_size and old & SIZE_MASK and not old & _NOT_IN_PLACE and \
-                    class_of_size[old & SIZE_MASK] == class_of_size[clen]:
-                # The old object (in RAM, made by the primary) is in the class
-                # the new one would take: the new one replaces it in place. No
-                # allocation, so nothing can fail, and the class holds as many
-                # objects as a store and a free would leave (which would have
-                # put the object in the class's fullest zspage instead).
+            h = recent.find(comp, clen, new_flags, table, pool) if recent is not None else 0
+            # (h: a page read lately, written again, shares that object)
+            if not h and class_of_size and old & SIZE_MASK and not old & _NOT_IN_PLACE and \
+                    class_of_size[old & SIZE_MASK] == class_of_size[clen] and \
+                    not (shared and handles[i] in shared):
+                # The old object (in RAM, made by the primary, not shared) is
+                # in the class the new one would take: the new one replaces it
+                # in place. No allocation, so nothing can fail, and the class
+                # holds as many objects as a store and a free would leave
+                # (which would have put the object in the class's fullest
+                # zspage instead).
                 view(handles[i], clen)[:] = comp
                 if old & HUGE:
                     st.huge_pages -= 1
@@ -156,16 +166,17 @@ class WritePath(ReadPath):
                 flags[i] = new_flags
                 ac_time[i] = now
                 continue
-            h = store(comp)
-            pages = pool.pages_allocated
-            if pages > st.max_used_pages:
-                st.max_used_pages = pages
-            if limit and pages > limit:
-                pool_free(h)
-                if new_flags & HUGE:
-                    st.huge_pages -= 1
-                    st.huge_pages_since -= 1
-                raise oserror(errno.ENOMEM, f"{self.name}: mem_limit reached ({limit << PAGE_SHIFT} bytes)")
+            if not h:
+                h = store(comp)
+                pages = pool.pages_allocated
+                if pages > st.max_used_pages:
+                    st.max_used_pages = pages
+                if limit and pages > limit:
+                    pool_free(h)
+                    if new_flags & HUGE:
+                        st.huge_pages -= 1
+                        st.huge_pages_since -= 1
+                    raise oserror(errno.ENOMEM, f"{self.name}: mem_limit reached ({limit << PAGE_SHIFT} bytes)")
             if old & ALLOCATED:
                 if old & SPECIAL:
                     self.slot_free(disk, i)

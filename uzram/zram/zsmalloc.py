@@ -205,6 +205,9 @@ class ZsPool:
         self.pages_allocated = 0
         self.pages_compacted = 0
         self.objects = 0
+        self.shared: dict[int, int] = {}   # handle -> references beyond the first (``share``)
+        self.shared_refs = 0               # the sum of ``shared``'s values
+        self.shares = 0                    # ``share`` calls since the pool was made
 
     def _new_columns(self) -> None:
         """The zspage table: one column per field, indexed by zspage id.
@@ -650,8 +653,25 @@ class ZsPool:
             cls.hot = zid if inuse != cls.opz else _NONE
         return h
 
+    def share(self, h: int) -> None:
+        """One more reference to the object of ``h``: as many ``free`` calls
+        as references release it. A shared object must not be written."""
+        self.shared[h] = self.shared.get(h, 0) + 1
+        self.shared_refs += 1
+        self.shares += 1
+
     def free(self, h: int) -> None:
-        """``zs_free``. The handle is invalid afterwards."""
+        """``zs_free`` of one reference: the object goes with the last one,
+        after which the handle is invalid."""
+        shared = self.shared
+        if shared and h in shared:
+            n = shared[h] - 1
+            if n:
+                shared[h] = n
+            else:
+                del shared[h]
+            self.shared_refs -= 1
+            return
         loc = self._loc
         where = loc[h]
         zid = self._page_zid[where >> (12 - LOC_SHIFT)]
@@ -808,6 +828,7 @@ class ZsPool:
         self._arenas = []    # each closes its file when its last view goes
         self._loc = array("I", [0])
         self.pages_allocated = self.objects = 0
+        self.shared, self.shared_refs = {}, 0
 
     # -- introspection -------------------------------------------------------------
 
