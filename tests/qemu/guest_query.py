@@ -4,8 +4,9 @@ Run by the guest's /init with the host's venv Python, chrooted into the
 read-only 9p view of the host, with the repository on PYTHONPATH (it needs
 only the standard library, ``uzram/control.py`` and ``tests/daemon.py``):
 ``python guest_query.py CONTROL_SOCK DEVICE LABEL ATTR...``. Prints
-``UZRAM-SERVER: LABEL ATTR v1 v2 ...`` per attribute; exit status 1 if the
-daemon cannot be asked.
+``UZRAM-SERVER: LABEL ATTR v1 v2 ...`` per attribute (``hardening``: the
+counters of ``HARDENING`` from that reply); exit status 1 if the daemon
+cannot be asked.
 """
 
 from __future__ import annotations
@@ -24,6 +25,16 @@ def show(sock: socket.socket, reader: io.BufferedReader, device: str, attr: str)
     return str(raise_for(read_reply(reader))["value"])
 
 
+# the hardening reply's counters printed as its "attribute" (integers, in this order)
+HARDENING = ("dedup_shares", "dedup_pages", "refused_writes", "low_reserve_episodes", "pressure_compactions")
+
+
+def hardening(sock: socket.socket, reader: io.BufferedReader) -> str:
+    sock.sendall(encode({"cmd": "hardening"}))
+    state = raise_for(read_reply(reader))["hardening"]
+    return " ".join(str(int(state.get(k, 0))) for k in HARDENING)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 4:
         print("usage: guest_query.py CONTROL_SOCK DEVICE LABEL ATTR...", file=sys.stderr)
@@ -35,7 +46,8 @@ def main(argv: list[str]) -> int:
             s.connect(path)
             reader = s.makefile("rb")
             for attr in attrs:
-                print(f"UZRAM-SERVER: {label} {attr} {' '.join(show(s, reader, device, attr).split())}")
+                value = hardening(s, reader) if attr == "hardening" else show(s, reader, device, attr)
+                print(f"UZRAM-SERVER: {label} {attr} {' '.join(value.split())}")
     except (OSError, ValueError, ProtocolError) as e:
         print(f"UZRAM-SERVER: {label} error {e}")
         return 1

@@ -195,7 +195,7 @@ guest end
 RESULT="pswpout=$(($(vmstat pswpout) - OUT0)) pswpin=$(($(vmstat pswpin) - IN0))"
 
 if [ $MODE = b ]; then
-    query end mm_stat stat bd_stat
+    query end mm_stat stat bd_stat hardening
     chroot $H nbd-client -d /dev/nbd0 >/dev/null 2>&1 || say "nbd-client -d failed"
     kill -TERM $SERVER_PID
     i=0

@@ -31,6 +31,7 @@ import pytest
 
 from tests.daemon import uzramd
 
+from .guest_query import HARDENING
 from .vm import (GuestConfig, GuestRun, QemuAssets, Unavailable, backing_disk, build_initramfs,
                  ensure_packages, host_root_9p, nbd_disk, qemu_command, run_guest)
 
@@ -181,6 +182,9 @@ def check_guest_swap(run: GuestRun, writeback: bool = False) -> None:
     check_swap(run, *server.values(), hold_written_back=hold_bd[0] if writeback else 0,
                end_written_back=end_bd[0] if writeback else 0)
     assert run.guest.get("server", {}).get("rc") == 0, "uzramd in the guest did not exit 0 on SIGTERM"
+    counters = run.server.get(("end", "hardening"))
+    if counters is not None:
+        print("uzramd: " + ", ".join(f"{k} {v}" for k, v in zip(HARDENING, counters)))
     if writeback:
         assert len(end_bd) == 3 and end_bd[2] > 0, f"no page was written back: bd_stat {end_bd}\n{run.tail()}"
         print(f"written back: {end_bd[2]} pages, read back {end_bd[1]}; on the disk at hold {hold_bd[0]}")
