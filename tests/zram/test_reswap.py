@@ -140,19 +140,17 @@ def test_writeback_and_recompression_of_a_shared_object() -> None:
 
 def test_a_stale_or_colliding_entry_is_never_used() -> None:
     dev = device()
+    recent = dev.disk.recent
+    assert isinstance(recent, RecentReads)
+    recent.size = 1                  # one entry for every key: every lookup collides
     a, b = text(1), text(2)
     dev.write(0, a)
     dev.read(0, PAGE)
     dev.write(0, b)                  # the recorded slot now holds something else
     dev.write(PAGE, a)
     assert dev.pool.shares == 0
-    assert dev.read(PAGE, PAGE) == a and dev.read(0, PAGE) == b
-    # every write's key collides with slot 0's entry: only equal bytes share
-    recent = dev.disk.recent
-    assert isinstance(recent, RecentReads)
-    recent.size = 1                  # one entry for every key
-    dev.read(0, PAGE)
-    dev.write(2 * PAGE, text(3))
+    dev.read(0, PAGE)                # slot 0, holding b, is the entry
+    dev.write(2 * PAGE, text(3))     # only equal bytes share
     assert dev.pool.shares == 0
     dev.write(3 * PAGE, b)
     assert dev.pool.shares == 1

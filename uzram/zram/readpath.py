@@ -152,7 +152,7 @@ class ReadPath(DeviceState):
                         start = zs.base + (where & 0xFFFF) * zs.size + zs.hdr
                         obj = zs.mv[start : start + PAGE_SIZE]
                         if recent is not None and not f & PRIO_MASK:
-                            recent.note(obj, PAGE_SIZE, i)
+                            recent.note(i)
                         append(bytes(obj))
                     continue
                 where = loc[h]   # ZsPool.view, inlined
@@ -167,7 +167,7 @@ class ReadPath(DeviceState):
                 if len(page) != PAGE_SIZE:
                     page = self.decompress(decompress0, obj)
                 if recent is not None:
-                    recent.note(obj, f & SIZE_MASK, i)
+                    recent.note(i)
                 append(page)
         except BaseException:
             _set_access_times(ac, fl, first, i + 1, now)   # the failing slot was accessed too
@@ -199,7 +199,7 @@ class ReadPath(DeviceState):
         obj = disk.pool.view(handle, size)
         if size == PAGE_SIZE:
             if disk.recent is not None and not f & PRIO_MASK:
-                disk.recent.note(obj, PAGE_SIZE, i)
+                disk.recent.note(i)
             return bytes(obj)
         return self.decompress(disk.codec_for(f), obj)
 
@@ -243,7 +243,7 @@ class ReadPath(DeviceState):
                     page = b""   # the checked call below raises EIO
                 if len(page) == PAGE_SIZE:
                     if disk.recent is not None:
-                        disk.recent.note(obj, f & SIZE_MASK, i)
+                        disk.recent.note(i)
                     return [page]
                 try:
                     return [self.decompress(disk.decompress0, obj)]

@@ -7,9 +7,10 @@ whole 256-slot cluster. When the page, unchanged, is swapped out again to
 another slot, the pool would hold it twice: under memory pressure, the
 memory a swap-out was meant to free.
 
-How: every read of an in-RAM object made by the primary algorithm (or
-stored raw) records the slot in a direct-mapped table, under a key taken
-from the object's CRC-32 and length. A write whose new object
+How: every write computes its object's key (CRC-32 and length) and keeps
+it with the slot; every read of an in-RAM object made by the primary
+algorithm (or stored raw) records the slot in a direct-mapped table under
+that key. A write whose new object
 has a recorded key takes a reference to the recorded slot's object instead
 of storing a copy (``ZsPool.share``), if that slot still holds an object of
 the same shape and the very same bytes. The table holds hints only: every
@@ -37,30 +38,38 @@ _crc32 = zlib.crc32
 
 
 class RecentReads:
-    """Slots read lately, by a key of their object's bytes (``key``)."""
+    """Slots read lately, by a key of their object's bytes (``key``), and
+    each slot's key as its last write computed it (so a read costs two
+    lookups, not a checksum)."""
 
-    __slots__ = ("_map", "slots", "size")
+    __slots__ = ("_maps", "slots", "keys", "size")
 
     def __init__(self, nr_pages: int) -> None:
         # one entry per slot: a page read from a slot is usually written
-        # back within the next tens of thousands of reads (the LRU's length)
+        # again within the next tens of thousands of reads (the LRU's length)
         self.size = min(max(nr_pages, 1021), MAX_ENTRIES) | 1
-        self._map = mmap.mmap(-1, self.size * 4, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        self.slots = memoryview(self._map).cast("I")   # slot + 1; 0: none
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+        self._maps = (mmap.mmap(-1, self.size * 4, flags=flags), mmap.mmap(-1, max(nr_pages, 1) * 4, flags=flags))
+        self.slots = memoryview(self._maps[0]).cast("I")   # by key: slot + 1; 0: none
+        self.keys = memoryview(self._maps[1]).cast("I")    # by slot: its object's key
 
     def key(self, obj: bytes | memoryview, n: int) -> int:
         """The table index of an object of ``n`` bytes: its CRC-32 (about
         0.3 µs for a 2 KiB object) and its length."""
         return (_crc32(obj) ^ n << 20) % self.size
 
-    def note(self, obj: memoryview, n: int, i: int) -> None:
-        """Slot ``i``, whose object ``obj`` has ``n`` bytes, was read."""
-        self.slots[self.key(obj, n)] = i + 1
+    def note(self, i: int) -> None:
+        """Slot ``i`` was read."""
+        self.slots[self.keys[i]] = i + 1
 
-    def find(self, comp: bytes | memoryview, n: int, new_flags: int, table: SlotTable, pool: ZsPool) -> int:
+    def find(self, i: int, comp: bytes | memoryview, n: int, new_flags: int, table: SlotTable, pool: ZsPool) -> int:
         """A new reference to a recorded object equal to ``comp`` (``n`` bytes,
-        to be stored with ``new_flags``), or 0."""
-        j = self.slots[self.key(comp, n)] - 1
+        to be stored in slot ``i`` with ``new_flags``), or 0. Records the
+        key as slot ``i``'s (a write that fails after this leaves a key
+        that misses: a hint, checked like any other)."""
+        k = self.key(comp, n)
+        self.keys[i] = k
+        j = self.slots[k] - 1
         if j < 0 or table.flags[j] & SHAPE != new_flags:
             return 0
         h = table.handle[j]
@@ -69,4 +78,3 @@ class RecentReads:
             return 0
         pool.share(h)
         return h
-

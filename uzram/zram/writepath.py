@@ -64,7 +64,7 @@ class WritePath(ReadPath):
         pool = disk.pool
         limit = self.settings.limit_pages
         recent = disk.recent
-        h = recent.find(comp, clen, new_flags, table, pool) if recent is not None else 0
+        h = recent.find(i, comp, clen, new_flags, table, pool) if recent is not None else 0
         if not h:
             if (not limit and old & SIZE_MASK and not old & _NOT_IN_PLACE
                     and self.class_of_size[old & SIZE_MASK] == self.class_of_size[clen]
@@ -148,7 +148,7 @@ class WritePath(ReadPath):
                 st.huge_pages_since += 1
             else:
                 new_flags = clen
-            h = recent.find(comp, clen, new_flags, table, pool) if recent is not None else 0
+            h = recent.find(i, comp, clen, new_flags, table, pool) if recent is not None else 0
             # (h: a page read lately, written again, shares that object)
             if not h and class_of_size and old & SIZE_MASK and not old & _NOT_IN_PLACE and \
                     class_of_size[old & SIZE_MASK] == class_of_size[clen] and \
