@@ -52,3 +52,57 @@ def test_queue_larger_than_the_socket_buffer_arrives_whole() -> None:
     trio.run(main)
     b.close()
     assert bytes(got) == b"".join(replies)
+
+
+def test_send_now_sends_the_queue_in_one_call() -> None:
+    a, b = socket.socketpair()
+
+    async def main() -> None:
+        chan = Channel(trio.socket.from_stdlib_socket(a), Budget(1 << 30), 60.0)
+        chan.queue(b"head")
+        chan.out.append(memoryview(b"data"))
+        chan.charge(4)
+        assert chan.send_now()
+        assert chan.out == [] and chan.out_bytes == 0 and chan.budget.used == 0
+        chan.queue(b"later")
+        chan.sending = True          # another task holds the send path
+        assert not chan.send_now()
+        assert chan.out == [b"later"]
+        chan.sending = False
+        assert chan.send_now()
+        chan.close()
+
+    trio.run(main)
+    assert b.recv(64) == b"headdatalater"
+    b.close()
+
+
+def test_send_now_leaves_what_did_not_fit_queued() -> None:
+    """A partial send: the rest stays queued, in order, and flush() sends it."""
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
+    replies = [bytes([i]) * 4096 for i in range(256)]
+    got = bytearray()
+
+    async def main() -> None:
+        chan = Channel(trio.socket.from_stdlib_socket(a), Budget(1 << 30), 60.0)
+        for r in replies:
+            chan.queue(r)
+        assert not chan.send_now()
+        assert 0 < chan.out_bytes < 4096 * 256
+        assert chan.out_bytes == sum(len(x) for x in chan.out) == chan.budget.used
+
+        async def read_all() -> None:
+            peer = trio.socket.from_stdlib_socket(b)
+            while len(got) < 4096 * 256:
+                got.extend(await peer.recv(1 << 16))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            await chan.flush()
+        assert chan.out == [] and chan.out_bytes == 0 and chan.budget.used == 0
+        chan.close()
+
+    trio.run(main)
+    b.close()
+    assert bytes(got) == b"".join(replies)

@@ -187,6 +187,36 @@ class Channel:
         else:
             self.budget.release(-n)
 
+    def send_now(self) -> bool:
+        """Send the whole queue in one call if the send path is idle and the
+        socket takes it all at once; True if nothing is left queued.
+        Otherwise nothing, or part, went out: :meth:`flush` sends the rest."""
+        out = self.out
+        if not out:
+            return True
+        if self.sending or not self.plain or self.broken or len(out) > _IOV_MAX:
+            return False
+        nbytes = self.out_bytes
+        try:
+            sent = self.raw.sendmsg(out, (), _MSG_NOSIGNAL)
+        except BlockingIOError:
+            return False
+        except OSError as e:
+            self._send_failed(e)
+            sent = nbytes          # dropped, as flush() would
+        if sent != nbytes:
+            if sent:
+                out[:] = _after(out, sent)
+                self.out_bytes = nbytes - sent
+                self.budget.release(sent)
+                self.poke()
+            return False
+        out.clear()
+        self.out_bytes = 0
+        self.budget.release(nbytes)
+        self.poke()
+        return True
+
     async def flush(self) -> None:
         """Send everything queued, unless another task is already doing so."""
         if self.sending:

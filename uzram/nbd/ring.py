@@ -71,6 +71,10 @@ async def _receive(chan: Channel, disp: Dispatcher, cfg: ServerConfig, trailing:
     ring[:end] = trailing
     pos = 0
     process = disp.process
+    send_now = chan.send_now
+    recv_now = chan.raw.recv_into
+    fd = chan.fd
+    wait_readable = trio.lowlevel.wait_readable
     while True:
         if end > pos and not disp.paused():
             try:
@@ -78,7 +82,7 @@ async def _receive(chan: Channel, disp: Dispatcher, cfg: ServerConfig, trailing:
             except ProtocolError as e:
                 log.debug("NBD: dropping client: %s", e)
                 return
-        if chan.out:
+        if chan.out and not send_now():
             await chan.flush()
         if disp.disc or chan.broken:
             return
@@ -96,6 +100,27 @@ async def _receive(chan: Channel, disp: Dispatcher, cfg: ServerConfig, trailing:
         if chan.stopping:
             _answer_cut_short(chan, ring, pos, end)
             return
+        if pos == end and chan.plain and not disp.skip:
+            # between requests, the common case: receive into the whole
+            # ring, written out (no coroutine of the channel's per batch)
+            pos = end = 0
+            if not chan.yielded:
+                await trio.lowlevel.checkpoint()  # stay fair under sustained load
+            chan.yielded = False
+            try:
+                try:
+                    n = recv_now(view)
+                except BlockingIOError:
+                    chan.yielded = True
+                    await wait_readable(fd)
+                    n = await chan.recv_timed(view, False)
+            except OSError as e:
+                log.debug("NBD: receive failed: %s", e)
+                return
+            if n == 0:
+                return       # EOF (or a stop) with no request begun
+            end = n
+            continue
         if not chan.yielded:
             await trio.lowlevel.checkpoint()  # stay fair under sustained load
         chan.yielded = False

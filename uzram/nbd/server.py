@@ -243,6 +243,8 @@ class _Connection:
             disp = Dispatcher(self.chan, self.tx, neg.export, nursery,
                               max_outstanding=self.config.max_outstanding,
                               peers=self.server._connections)
-            await receive(self.chan, disp, self.config, trailing)
+            # the reader is a task of its own: resuming it after each wait
+            # then passes through no frame of this connection's setup
+            nursery.start_soon(receive, self.chan, disp, self.config, trailing)
         # every awaited request has completed; send what is left
         await self.chan.flush()
