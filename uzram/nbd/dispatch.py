@@ -51,12 +51,16 @@ _WRITE: Final = C.CMD_WRITE
 _DISC: Final = C.CMD_DISC
 _FUA: Final = C.CMD_FLAG_FUA
 _OK_MAGIC: Final = C.SIMPLE_REPLY_MAGIC
+_REQUEST_MAGIC: Final = C.REQUEST_MAGIC
+_REQ = struct.Struct(">IHHQQI")
 _SIMPLE = struct.Struct(">IIQ")
-# proto.read_chunk_header's chunk, packed in place on the READ path
-_DATA_HDR = struct.Struct(">IHHQIQ")
-_SR_MAGIC: Final = C.STRUCTURED_REPLY_MAGIC
-_DONE: Final = C.REPLY_FLAG_DONE
-_OFFSET_DATA: Final = C.REPLY_TYPE_OFFSET_DATA
+# the hot path's replies: a constant prefix, then the fields that vary
+_OK_HEAD = struct.Struct(">8sQ")
+_OK_PREFIX: Final = struct.pack(">II", C.SIMPLE_REPLY_MAGIC, 0)
+# proto.read_chunk_header's chunk
+_DATA_HEAD = struct.Struct(">8sQIQ")
+_DATA_PREFIX: Final = struct.pack(">IHH", C.STRUCTURED_REPLY_MAGIC, C.REPLY_FLAG_DONE, C.REPLY_TYPE_OFFSET_DATA)
+_DATA_HEAD_SIZE: Final = _DATA_HEAD.size
 
 
 class Dispatcher:
@@ -95,103 +99,141 @@ class Dispatcher:
         Stops early at DISC, at a READ for :meth:`stream_read`, and when a
         bound is reached (:attr:`limited`).  This is the hot path:
         everything it needs is bound to locals, and reply bytes are counted
-        locally and charged once."""
+        locally and charged once.  A valid READ or WRITE that runs at once
+        is handled inline, from the header's fields, with no request tuple
+        (the test is :meth:`.Transmission.parse`'s first one); any other
+        request goes through ``parse``."""
         chan = self.chan
-        write = self._write
+        tx = self.tx
+        unpack = _REQ.unpack_from
+        fast_mask = tx.fast_mask
+        size = tx.size
+        writable = not tx.read_only
+        export_write = self._export_write
         export_read = self._export_read
         queue_data = self._queue_data
         queue_failure = self._queue_failure
         start_async = self._start_async
-        structured = self.tx.structured
-        pack_ok = self._pack_ok
-        pack_data = _DATA_HDR.pack
+        pack_head = _DATA_HEAD.pack if tx.structured else None
+        pack_ok = _OK_HEAD.pack
         append = self._append
         extend = self._extend
         reject = self._queue_error
-        parse = self.tx.parse
+        parse = tx.parse
+        run_or_defer = self._run_or_defer
         max_outstanding = self.max_outstanding
         budget = chan.budget
         order = self.order
         barriers = order.barriers
         deferred = order.deferred
-        must_wait = order.must_wait
+        request_magic = _REQUEST_MAGIC
         # this connection may hold up to its share while the budget has room
         held_at_entry = chan.held_extra
         room = min(budget.share(len(self.peers)) - held_at_entry,
                    budget.limit - budget.used + chan.out_bytes)
         out_bytes = chan.out_bytes
         try:
-            while True:
-                req = parse(ring, pos, end)
-                if req is None:
-                    return pos
-                cmd, flags, cookie, offset, length, err = req
-                if cmd == _WRITE:
-                    start = pos + REQUEST_SIZE
-                    pos = start + length
-                    if pos > end:
-                        if not err:
-                            return start - REQUEST_SIZE   # wait for the whole payload
-                        out_bytes += reject(req, err, "")  # reject now, discard the rest later
-                        self.skip = pos - end
-                        return end
-                    if err:
-                        out_bytes += reject(req, err, "")
-                        continue
-                    if (barriers or deferred) and must_wait(req):
-                        self.defer(req, view[start:pos])
-                    else:
-                        n = write(req, offset, view[start:pos], flags, cookie)
-                        if n:
-                            out_bytes += n
-                            continue
-                elif cmd == _READ:
-                    pos += REQUEST_SIZE
-                    if err:
-                        out_bytes += reject(req, err, "")
-                        continue
-                    if length > PIECE:
-                        self.pending_read = req   # produced and sent in pieces by the reader
-                        return pos
-                    if (barriers or deferred) and must_wait(req):
-                        self.defer(req, None)
-                    else:
-                        # _read, written out: the export's call, then its
-                        # buffers queued behind the header (_queue_data's)
-                        try:
-                            r = export_read(offset, length)
-                        except Exception as e:
-                            n = queue_failure(req, e)
+            while end - pos >= REQUEST_SIZE:
+                magic, flags, cmd, cookie, offset, length = unpack(ring, pos)
+                if (magic == request_magic and cmd <= 1 and not flags & fast_mask
+                        and 0 < length <= 0x4000000 and offset + length <= size
+                        and (cmd == _READ or writable)):
+                    if cmd == _READ:
+                        pos += REQUEST_SIZE
+                        if length > PIECE:
+                            self.pending_read = (cmd, flags, cookie, offset, length, 0)
+                            return pos   # produced and sent in pieces by the reader
+                        if barriers or deferred:
+                            n = run_or_defer((cmd, flags, cookie, offset, length, 0), None)
                         else:
-                            if type(r) is not list:
-                                start_async(cast(Awaitable[Any], r), req)
-                                n = 0
-                            elif sum(map(len, r)) == length:
-                                header = (pack_data(_SR_MAGIC, _DONE, _OFFSET_DATA, cookie, 8 + length, offset)
-                                          if structured else pack_ok(_OK_MAGIC, 0, cookie))
-                                append(header)
-                                extend(r)
-                                n = length + len(header)
+                            # _read, written out: the export's call, then its
+                            # buffers queued behind the header (_queue_data's)
+                            try:
+                                r = export_read(offset, length)
+                            except Exception as e:
+                                n = queue_failure((cmd, flags, cookie, offset, length, 0), e)
                             else:
-                                n = queue_data(cookie, offset, length, r)
+                                if type(r) is not list:
+                                    start_async(cast(Awaitable[Any], r), (cmd, flags, cookie, offset, length, 0))
+                                    n = 0
+                                elif (len(r) == 1 and len(r[0]) == length) or sum(map(len, r)) == length:
+                                    if pack_head is not None:
+                                        append(pack_head(_DATA_PREFIX, cookie, 8 + length, offset))
+                                        n = length + _DATA_HEAD_SIZE
+                                    else:
+                                        append(pack_ok(_OK_PREFIX, cookie))
+                                        n = length + 16
+                                    extend(r)
+                                else:
+                                    n = queue_data(cookie, offset, length, r)
                         if n:
                             out_bytes += n
                             if out_bytes >= room:
                                 self.limited = True
                                 return pos
                             continue
-                else:
-                    pos += REQUEST_SIZE
-                    if cmd == _DISC:
-                        self.disc = True
-                        return pos
-                    if err:
-                        out_bytes += reject(req, err, "")
-                        continue
-                    if (barriers or deferred) and must_wait(req):
-                        self.defer(req, None)
                     else:
-                        n = self._other(req)
+                        start = pos + REQUEST_SIZE
+                        stop = start + length
+                        if stop > end:
+                            return pos              # wait for the whole payload
+                        pos = stop
+                        if barriers or deferred:
+                            n = run_or_defer((cmd, flags, cookie, offset, length, 0), view[start:stop])
+                            if n:
+                                out_bytes += n
+                                continue
+                        else:
+                            # _write, written out
+                            try:
+                                w = export_write(offset, view[start:stop], flags & _FUA != 0)
+                            except Exception as e:
+                                out_bytes += queue_failure((cmd, flags, cookie, offset, length, 0), e)
+                                continue
+                            if w is None:
+                                append(pack_ok(_OK_PREFIX, cookie))
+                                out_bytes += 16
+                                continue
+                            start_async(w, (cmd, flags, cookie, offset, length, 0))
+                else:
+                    # anything else: parsed and validated in full
+                    req = parse(ring, pos, end)
+                    assert req is not None
+                    cmd, flags, cookie, offset, length, err = req
+                    if cmd == _WRITE:
+                        start = pos + REQUEST_SIZE
+                        pos = start + length
+                        if pos > end:
+                            if not err:
+                                return start - REQUEST_SIZE   # wait for the whole payload
+                            out_bytes += reject(req, err, "")  # reject now, discard the rest later
+                            self.skip = pos - end
+                            return end
+                        n = reject(req, err, "") if err else run_or_defer(req, view[start:pos])
+                        if n:
+                            out_bytes += n
+                            continue
+                    elif cmd == _READ:
+                        pos += REQUEST_SIZE
+                        if err:
+                            out_bytes += reject(req, err, "")
+                            continue
+                        if length > PIECE:
+                            self.pending_read = req   # produced and sent in pieces by the reader
+                            return pos
+                        n = run_or_defer(req, None)
+                        if n:
+                            out_bytes += n
+                            if out_bytes >= room:
+                                self.limited = True
+                                return pos
+                            continue
+                    else:
+                        pos += REQUEST_SIZE
+                        if cmd == _DISC:
+                            self.disc = True
+                            return pos
+                        n = reject(req, err, "") if err else run_or_defer(req, None)
                         if n:
                             out_bytes += n
                             continue
@@ -200,6 +242,7 @@ class Dispatcher:
                         or out_bytes + chan.held_extra - held_at_entry >= room):
                     self.limited = True
                     return pos
+            return pos
         finally:
             budget.charge(out_bytes - chan.out_bytes)
             chan.out_bytes = out_bytes
@@ -288,6 +331,15 @@ class Dispatcher:
             return self._queue_error(req, C.EIO, "no extents")
         self._append(reply)
         return len(reply)
+
+    def _run_or_defer(self, req: Request, payload: memoryview | None) -> int:
+        """Run ``req`` unless it must wait behind an earlier one (then it
+        is deferred and 0 returned)."""
+        order = self.order
+        if (order.barriers or order.deferred) and order.must_wait(req):
+            self.defer(req, payload)
+            return 0
+        return self._execute(req, payload)
 
     def _execute(self, req: Request, payload: Any) -> int:
         cmd, flags, cookie, offset, length, _ = req

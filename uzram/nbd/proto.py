@@ -169,7 +169,7 @@ class Transmission:
         "structured",
         "meta_context_id",
         "read_only",
-        "_fast_mask",
+        "fast_mask",
         "_unpack",
     )
 
@@ -179,8 +179,8 @@ class Transmission:
         self.structured = negotiated.structured_replies
         self.meta_context_id = negotiated.meta_context_id
         self.read_only = bool(self.flags & C.FLAG_READ_ONLY)
-        # flag bits that force the slow validation path for READ/WRITE
-        self._fast_mask = 0xFFFF & ~C.CMD_FLAG_FUA if self.flags & C.FLAG_SEND_FUA else 0xFFFF
+        self.fast_mask = 0xFFFF & ~C.CMD_FLAG_FUA if self.flags & C.FLAG_SEND_FUA else 0xFFFF
+        """Flag bits that send a READ or WRITE down the full validation."""
         self._unpack = _REQ.unpack_from
 
     def parse(self, buf: bytes | bytearray | memoryview | mmap.mmap, pos: int, end: int) -> Request | None:
@@ -191,10 +191,11 @@ class Transmission:
         if end - pos < 28:
             return None
         magic, flags, cmd, cookie, offset, length = self._unpack(buf, pos)
+        # the test Dispatcher.process repeats inline
         if (
             magic == 0x25609513
             and cmd <= 1
-            and not flags & self._fast_mask
+            and not flags & self.fast_mask
             and 0 < length <= 0x4000000
             and offset + length <= self.size
             and (cmd == 0 or not self.read_only)
