@@ -152,8 +152,18 @@ class Channel:
         ``idle_timeout`` counts as gone (0 is returned, as at EOF)."""
         if not mid_request:
             return await self.recv_into(view)
-        with trio.move_on_after(self.idle_timeout):
-            return await self.recv_into(view)
+        if self.plain:
+            try:
+                return self.raw.recv_into(view)   # no timer for bytes already here
+            except BlockingIOError:
+                pass
+            with trio.move_on_after(self.idle_timeout):
+                self.yielded = True
+                await trio.lowlevel.wait_readable(self.fd)
+                return await self.recv_into(view)
+        else:
+            with trio.move_on_after(self.idle_timeout):
+                return await self.recv_into(view)
         log.debug("NBD: client stalled in the middle of a request; closing")
         return 0
 
