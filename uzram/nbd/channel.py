@@ -6,8 +6,9 @@ checkpoint.  After STARTTLS, :attr:`Channel.recv_into` and
 :attr:`Channel.send_list` are replaced by the TLS stream's.
 
 Replies never interleave: whichever task finds the send path idle becomes
-the sender and drains the queue (:meth:`Channel.flush`), the others only
-append to it.  Queued reply bytes, and bytes held for requests before their
+the sender and drains the queue (:meth:`Channel.flush`; the reader first
+tries :meth:`Channel.send_now`, one plain call), the others only append to
+it.  Queued reply bytes, and bytes held for requests before their
 reply is queued, are charged to the server-wide :class:`~.budget.Budget`.
 """
 

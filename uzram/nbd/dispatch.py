@@ -7,8 +7,10 @@ is queued on the :class:`~.channel.Channel`, to go out with the others of
 the batch.  No task, coroutine, checkpoint or cancel scope is spent per
 request on this path; each request is one call of :meth:`Dispatcher._write`,
 :meth:`Dispatcher._read` or :meth:`Dispatcher._other`, which every way of
-running a request shares (at once, deferred, or completed later); only a
-READ run at once has ``_read``'s body written out in :meth:`process`.
+running a request shares (at once, deferred, or completed later), except a
+valid READ or WRITE run at once: :meth:`process` has their bodies written
+out, and takes such a request's fields from its header without building
+its tuple.
 
 When an export call returns an awaitable, the request completes in its own
 task and its reply is queued whenever it is ready (out of order).
