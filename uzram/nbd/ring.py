@@ -113,7 +113,10 @@ async def _receive(chan: Channel, disp: Dispatcher, cfg: ServerConfig, trailing:
                 except BlockingIOError:
                     chan.yielded = True
                     await wait_readable(fd)
-                    n = await chan.recv_timed(view, False)
+                    try:
+                        n = recv_now(view)
+                    except BlockingIOError:
+                        n = await chan.recv_timed(view, False)
             except OSError as e:
                 log.debug("NBD: receive failed: %s", e)
                 return
