@@ -143,11 +143,12 @@ BACKING_MB = 512
 WRITEBACK_EVERY = 10          # seconds between rounds of idle writeback in the guest
 
 # the global-pressure variants: zram0's algorithm, and writeback to a virtio disk.
-# 1G, over twice the guest's RAM, as README's "Swap inside a VM" asks: swap
-# frees a slot on swap-in once it is half full, and over NBD the slot's copy
-# then stays in uzram until a whole cluster is discarded (zram frees it at
-# once); at 512M the hog was OOM-killed in its verify passes (no hang)
-GLOBAL_DISKSIZE = "1G"
+# 512M, 4/3 of the guest's RAM: swap then runs over half full and frees a
+# slot as its page is swapped in, the page goes to a new slot when evicted
+# again, and over NBD the old slot's copy stays in uzram until its whole
+# cluster is discarded. Before uzramd shared such re-swapped pages
+# (--dedup) the hog was OOM-killed here in its verify passes.
+GLOBAL_DISKSIZE = "512M"
 GLOBAL_VARIANTS = {
     "lz4": (f"comp_algorithm=lz4,disksize={GLOBAL_DISKSIZE}", 0),
     "zstd": (f"comp_algorithm=zstd,disksize={GLOBAL_DISKSIZE}", 0),
@@ -224,7 +225,7 @@ def test_swap_guest_uzramd_nbd_ko(qemu_assets: QemuAssets, tmp_path: Path) -> No
                                      for v in GLOBAL_VARIANTS])
 def test_swap_guest_uzramd_global_pressure(qemu_assets: QemuAssets, tmp_path: Path, variant: str) -> None:
     """Mode B, the whole guest short of memory: uzramd must keep serving
-    swap-outs, with lz4 (in every run of the suite: about 5 minutes), and
+    swap-outs, with lz4 (in every run of the suite: about 10 minutes), and
     when asked (``-m stress``) with zstd and with lz4 while idle pages are
     written back to a virtio disk in the guest."""
     try:

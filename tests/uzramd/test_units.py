@@ -282,8 +282,8 @@ def test_uzram_swap_stop_detaches_after_a_successful_swapoff(swap_loop):
     r = uzram_swap(env, "start", "zram0")
     assert r.returncode == 0, r.stderr
     assert swap_active(loop)
-    # a device smaller than twice the RAM is used, with advice (README: Swap inside a VM)
-    assert "less than twice this machine's RAM" in r.stderr and "disksize=" in r.stderr, r.stderr
+    # a device smaller than 4/3 of the RAM is used, with advice (README: Swap inside a VM)
+    assert "less than 4/3 of this machine's RAM" in r.stderr and "disksize=" in r.stderr, r.stderr
     r = uzram_swap(env, "stop", "zram0")
     assert r.returncode == 0, r.stderr
     assert not swap_active(loop)
