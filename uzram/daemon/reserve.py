@@ -28,6 +28,7 @@ import trio
 from ..zram import ZramDevice
 from ..zram.arena import populate_mapping
 from ..zram.chunkfeed import ChunkFeed
+from ..zram.reswap import RecentReads
 from ..zram.slots import SlotTable
 from ..zram.zsmalloc import CHUNK_BYTES, ZsPool
 from .admission import Admission
@@ -105,9 +106,10 @@ async def start_worker_threads(n: int = WORKER_THREADS) -> None:
             nursery.start_soon(trio.to_thread.run_sync, meet)
 
 
-def prefault_table(table: SlotTable) -> None:
-    """Fault the slot table in (a store into a new slot must not fault)."""
-    maps = table._maps
+def prefault_table(table: SlotTable, recent: RecentReads | None = None) -> None:
+    """Fault the slot table in, and dedup's table of recent reads (a store
+    into a new slot must not fault)."""
+    maps = [*table._maps, *(recent.maps if recent is not None else ())]
     if sum(len(m) for m in maps) <= MAX_TABLE_PREFAULT:
         for m in maps:
             populate_mapping(m, fresh=False)
@@ -163,7 +165,8 @@ async def _keep(registry: DeviceRegistry, setting: int, locked: bool, admission:
             if id(pool) not in pools:
                 pools[id(pool)] = (pool, dev.name, 0)
                 if dev.table is not None:
-                    await trio.to_thread.run_sync(prefault_table, dev.table)
+                    recent = dev.disk.recent if dev.disk is not None else None
+                    await trio.to_thread.run_sync(prefault_table, dev.table, recent)
                 if dev.pool is pool:
                     pool.set_feed(ChunkFeed(pool.feed_fill, f"uzram-feed-{dev.name}"),
                                   reserve_for(dev.disksize, setting) >> 12)

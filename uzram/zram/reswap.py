@@ -53,6 +53,11 @@ class RecentReads:
         self.slots = memoryview(self._maps[0]).cast("I")   # by key: slot + 1; 0: none
         self.keys = memoryview(self._maps[1]).cast("I")    # by slot: its object's key
 
+    @property
+    def maps(self) -> tuple[mmap.mmap, mmap.mmap]:
+        """The two tables' mappings (prefaulted with the slot table under --swap)."""
+        return self._maps
+
     def key(self, obj: bytes | memoryview, n: int) -> int:
         """The table index of an object of ``n`` bytes: its CRC-32 (about
         0.3 µs for a 2 KiB object) and its length."""
