@@ -7,6 +7,7 @@ from __future__ import annotations
 import mmap
 import socket
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -74,26 +75,34 @@ def test_inline_reply_equals_the_validated_one(read_only: bool, structured: bool
     want, want_writes = expected(tx, Export(read_only), cmd, flags, cookie, offset, length)
     got: list[Any] = []
 
+    def check(disp: Dispatcher, chan: Channel, view: memoryview) -> None:
+        pos = disp.process(ring, view, 0, end)
+        assert pos == end and disp.skip == 0
+        got.extend(bytes(x) for x in chan.out)
+        assert chan.out_bytes == sum(map(len, got))
+        chan.out.clear()
+
+    dispatch(ring, tx, export, check)
+    assert got == want
+    assert export.writes == want_writes
+
+
+def dispatch(ring: mmap.mmap, tx: Transmission, export: Any,
+             check: Callable[[Dispatcher, Channel, memoryview], None]) -> None:
+    """Run ``check`` with a Dispatcher over ``ring`` and a channel to a socket pair."""
     async def main() -> None:
         a, b = socket.socketpair()
         chan = Channel(trio.socket.from_stdlib_socket(a), Budget(1 << 30), 60.0)
         view = memoryview(ring)
         try:
             async with trio.open_nursery() as nursery:
-                disp = Dispatcher(chan, tx, export, nursery, max_outstanding=16, peers=())
-                pos = disp.process(ring, view, 0, end)
-                assert pos == end and disp.skip == 0
-                got.extend(bytes(x) for x in chan.out)
-                assert chan.out_bytes == sum(map(len, got))
-                chan.out.clear()
+                check(Dispatcher(chan, tx, export, nursery, max_outstanding=16, peers=()), chan, view)
         finally:
             view.release()
             chan.close()
             b.close()
 
     trio.run(main)
-    assert got == want
-    assert export.writes == want_writes
 
 
 def test_bad_magic_still_ends_the_connection() -> None:
@@ -104,22 +113,11 @@ def test_bad_magic_still_ends_the_connection() -> None:
     ring = mmap.mmap(-1, 4096)
     _REQ.pack_into(ring, 0, 0x12345678, 0, C.CMD_READ, 1, 0, 512)
 
-    async def main() -> None:
-        a, b = socket.socketpair()
-        chan = Channel(trio.socket.from_stdlib_socket(a), Budget(1 << 30), 60.0)
-        view = memoryview(ring)
+    def check(disp: Dispatcher, chan: Channel, view: memoryview) -> None:
         try:
-            async with trio.open_nursery() as nursery:
-                disp = Dispatcher(chan, tx, export, nursery, max_outstanding=16, peers=())
-                try:
-                    disp.process(ring, view, 0, REQUEST_SIZE)
-                except ProtocolError:
-                    pass
-                else:
-                    raise AssertionError("a bad magic was accepted")
-        finally:
-            view.release()
-            chan.close()
-            b.close()
+            disp.process(ring, view, 0, REQUEST_SIZE)
+        except ProtocolError:
+            return
+        raise AssertionError("a bad magic was accepted")
 
-    trio.run(main)
+    dispatch(ring, tx, export, check)
