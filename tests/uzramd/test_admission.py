@@ -41,9 +41,15 @@ def wait_for(d: Uzramd, what: str, cond, timeout: float = 30) -> dict:
 
 
 def pool_file_size(pid: int) -> int:
-    """The size of the daemon's pool memfds (the largest)."""
-    sizes = [os.stat(f"/proc/{pid}/fd/{fd}").st_size for fd in os.listdir(f"/proc/{pid}/fd")
-             if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:uzram-pool")]
+    """The size of the daemon's pool memfds (the largest). Descriptors that
+    close while they are listed (a control connection's) are passed over."""
+    sizes = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:uzram-pool"):
+                sizes.append(os.stat(f"/proc/{pid}/fd/{fd}").st_size)
+        except FileNotFoundError:
+            continue
     assert sizes, "no pool memfd"
     return max(sizes)
 

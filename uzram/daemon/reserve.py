@@ -164,9 +164,9 @@ async def _keep(registry: DeviceRegistry, setting: int, locked: bool, admission:
             live.add(id(pool))
             if id(pool) not in pools:
                 pools[id(pool)] = (pool, dev.name, 0)
-                if dev.table is not None:
-                    recent = dev.disk.recent if dev.disk is not None else None
-                    await trio.to_thread.run_sync(prefault_table, dev.table, recent)
+                disk = dev.disk
+                if disk is not None:
+                    await trio.to_thread.run_sync(prefault_table, disk.table, disk.recent)
                 if dev.pool is pool:
                     pool.set_feed(ChunkFeed(pool.feed_fill, f"uzram-feed-{dev.name}"),
                                   reserve_for(dev.disksize, setting) >> 12)

@@ -19,7 +19,7 @@ from typing import cast
 from . import lanes
 from .disk import SECTOR_SHIFT, ZERO_PAGE, DeviceState, Disk, oserror
 from .sizeclass import PAGE_SHIFT, PAGE_SIZE
-from .slots import ACCESS_CLEAR, ALLOCATED, HUGE, PRIO_MASK, SAME, SIZE_MASK, SPECIAL, WB
+from .slots import ACCESS_CLEAR, ALLOCATED, HUGE, SAME, SIZE_MASK, SPECIAL, WB
 
 _MARKS = ~ACCESS_CLEAR & 0xFFFFFFFF   # IDLE, PP_SLOT: what an access clears (stored only if set)
 
@@ -151,7 +151,7 @@ class ReadPath(DeviceState):
                         assert zs is not None, "a handle into a freed zspage"
                         start = zs.base + (where & 0xFFFF) * zs.size + zs.hdr
                         obj = zs.mv[start : start + PAGE_SIZE]
-                        if recent is not None and not f & PRIO_MASK:
+                        if recent is not None:
                             recent.note(i)
                         append(bytes(obj))
                     continue
@@ -198,7 +198,7 @@ class ReadPath(DeviceState):
         size = f & SIZE_MASK
         obj = disk.pool.view(handle, size)
         if size == PAGE_SIZE:
-            if disk.recent is not None and not f & PRIO_MASK:
+            if disk.recent is not None:
                 disk.recent.note(i)
             return bytes(obj)
         return self.decompress(disk.codec_for(f), obj)

@@ -116,7 +116,7 @@ class WritePath(ReadPath):
         flags, handles, ac_time = table.flags, table.handle, table.ac_time
         pool = disk.pool
         store, pool_free, view = pool.store, pool.free, pool.view
-        shared = pool.shared   # objects with more than one slot: never written in place
+        shared = pool.shared   # objects of more than one slot (the pool's one dict): never written in place
         recent = disk.recent
         compress = disk.compress
         is_zero = ZERO_PAGE.startswith

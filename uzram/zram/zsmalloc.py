@@ -828,7 +828,8 @@ class ZsPool:
         self._arenas = []    # each closes its file when its last view goes
         self._loc = array("I", [0])
         self.pages_allocated = self.objects = 0
-        self.shared, self.shared_refs = {}, 0
+        self.shared.clear()
+        self.shared_refs = 0
 
     # -- introspection -------------------------------------------------------------
 
