@@ -59,11 +59,11 @@ def _on_gc(phase: str, info: dict[str, int]) -> None:
         _collections.append((info["generation"], _started[0], now - _started[0]))
 
 
-def _resident(mm: Any, addr: int = 0) -> int:
-    """Bytes of a mapping in RAM (mincore): an mmap object's, or ``addr``'s."""
+def _resident(mm: Any, addr: int = 0, length: int = 0) -> int:
+    """Bytes in RAM (mincore) of an mmap object, or of ``length`` bytes at ``addr``."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    length = len(mm)
-    if not addr:
+    if mm is not None:
+        length = len(mm)
         addr = ctypes.addressof(ctypes.c_char.from_buffer(mm))
     pages = (length + 4095) // 4096
     vec = (ctypes.c_ubyte * pages)()
@@ -82,14 +82,15 @@ def _pools() -> dict[str, int]:
             out["pool_pages"] += obj.pages_allocated
             out["pool_objects"] += obj.objects
             out["pool_chunks"] += len(obj._chunks)
-            out["pool_chunk_resident_bytes"] += sum(_resident(c.mm, c.addr()) for c in obj._chunks)
+            out["pool_chunk_resident_bytes"] += sum(
+                _resident(None, c.arena.base + c.off, len(c.mv)) for c in obj._chunks)
             out["pool_zspage_slots"] += len(obj._zcls)
             out["pool_live_zspages"] += sum(1 for c in obj._zcls if c >= 0)
             out["pool_handle_table_bytes"] += obj._loc.buffer_info()[1] * obj._loc.itemsize
             out["pool_frame_tuples"] += sum(len(v) for v in obj._frames.values())
             out["pool_warm_tuples"] += sum(len(v) for v in obj._warm.values())
         elif name == "ZramDevice":
-            table = getattr(obj, "table", None)
+            table = getattr(obj.disk, "table", None)
             if table is not None:
                 out["slot_tables"] += 1
                 out["slot_pages"] += table.nr_pages
