@@ -58,7 +58,7 @@ def test_config_page_keys_are_the_configs(pages, tmp_path):
     assert set(keys) == set(config.DAEMON_KEYS)
     values = {"listen": '"unix:/l"', "control": '"/c"', "fuse": '"/f"', "metrics": '"tcp:2"', "log_level": '"info"',
               "tls": '"off"', "tls_certificates": '"/t"', "tls_verify_peer": "false", "max_buffer_memory": '"64M"',
-              "max_connections": "8", "idle_timeout": "30", "shutdown_timeout": "5", "swap": "false",
+              "max_connections": "8", "idle_timeout": "30", "shutdown_timeout": "5", "busy_poll": "50", "swap": "false",
               "reserve": '"0"', "process_per_device": "false", "dedup": "true"}
     # every key the file accepts is documented (dashed spellings are aliases)
     accepted = {k for k in [*config._TLS_KEYS, *config.LIMIT_KEYS] if "-" not in k}

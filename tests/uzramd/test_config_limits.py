@@ -3,6 +3,7 @@ operator can make them wrong: each is a clear error, never a traceback."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,16 +20,43 @@ def test_limits_from_options_and_file(tmp_path: Path) -> None:
     f.write_text('[uzramd]\nmax_buffer_memory = "1G"\nmax_connections = 8\nidle_timeout = 5\n')
     cfg = build(str(f), [], None, [], None, {"max_connections": "9"})
     assert (cfg.limits.max_buffer_memory, cfg.limits.max_connections, cfg.limits.idle_timeout) == (1 << 30, 9, 5.0)
+    assert cfg.limits.busy_poll == 50
+    f.write_text('[uzramd]\nbusy_poll = 0\n')
+    assert build(str(f), [], None, [], None, {}).limits.busy_poll == 0
+    assert build(str(f), [], None, [], None, {"busy_poll": "200"}).limits.busy_poll == 200
 
 
 @pytest.mark.parametrize("key, value", [
     ("max_buffer_memory", "12"), ("max_buffer_memory", "64Q"), ("max_buffer_memory", "9" * 5000),
     ("max_connections", "-1"), ("max_connections", "many"), ("idle_timeout", "0"),
     ("shutdown_timeout", "nan"), ("shutdown_timeout", "1e999"),
+    ("busy_poll", "-1"), ("busy_poll", "10001"), ("busy_poll", "0.5"),
 ])
 def test_bad_limits_are_config_errors(key: str, value: str) -> None:
     with pytest.raises(ConfigError, match=key.replace("_", "-")):
         build(None, [], None, [], None, {key: value})
+
+
+BUSY_POLL = """
+import os, sys
+from uzram.daemon.hardening import busy_poll_seconds
+if sys.argv[1] == "one-cpu":
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+elif sys.argv[1] == "realtime":
+    os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(1))
+print(busy_poll_seconds(50, sys.argv[1] == "swap"))
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 or os.geteuid() != 0,
+                    reason="needs two CPUs, and root for SCHED_RR")
+@pytest.mark.parametrize("how, expected", [("plain", 50e-6), ("one-cpu", 0.0), ("realtime", 0.0), ("swap", 0.0)])
+def test_busy_poll_only_where_the_client_can_run_meanwhile(how: str, expected: float) -> None:
+    """Off on one CPU (the client could not run while the daemon spins), for
+    swap on the same machine, and under a real-time policy (a spinning
+    SCHED_RR thread would keep the client from a CPU)."""
+    r = subprocess.run([sys.executable, "-c", BUSY_POLL, how], capture_output=True, text=True, check=True)
+    assert float(r.stdout) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("text", [

@@ -61,6 +61,7 @@ class Limits:
     max_connections: int = 0          # 0: sized from the descriptor limit
     idle_timeout: float = 60.0
     shutdown_timeout: float = 10.0
+    busy_poll: int = 50               # microseconds; 0: never
 
     def set(self, key: str, value: object) -> None:
         text = str(value).strip()
@@ -80,6 +81,11 @@ class Limits:
                 if not 0 < seconds <= 86400:
                     raise ValueError("seconds, more than 0")
                 setattr(self, key, seconds)
+            elif key == "busy_poll":
+                usec = int(text)
+                if not 0 <= usec <= 10_000:
+                    raise ValueError("microseconds from 0 (off) to 10000")
+                self.busy_poll = usec
             else:
                 raise ConfigError(f"unknown key {key!r}")
         except ValueError as e:
@@ -244,6 +250,7 @@ DAEMON_KEYS = {   # every key of [uzramd], as uzramd.toml(5) documents it
     "max_connections": "NBD connections at once (--max-connections)",
     "idle_timeout": "seconds a connection may stall mid-request or leave replies unread (--idle-timeout)",
     "shutdown_timeout": "seconds given to requests in flight at SIGTERM (--shutdown-timeout)",
+    "busy_poll": "microseconds to poll a connection for its next request before sleeping; 0: never (--busy-poll)",
     "swap": "true: serve swap on this machine (--swap): locked memory, a pool reserve, admission",
     "reserve": "auto, 0 or a size: prefaulted pool memory per device under swap (--reserve)",
     "dedup": "true: a page written with the contents of a page read lately shares its object, as a page "
@@ -325,7 +332,7 @@ def dedup_mode(cfg: Config, dedup_option: str | None, swap: bool) -> bool:
     return swap if cfg.dedup is None else cfg.dedup
 
 
-LIMIT_KEYS = ("max_buffer_memory", "max_connections", "idle_timeout", "shutdown_timeout")
+LIMIT_KEYS = ("max_buffer_memory", "max_connections", "idle_timeout", "shutdown_timeout", "busy_poll")
 
 
 def build(config_file: str | None, listen: list[str], control: str | None,

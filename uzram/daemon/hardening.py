@@ -213,6 +213,21 @@ def set_realtime() -> str:
     return ""
 
 
+def busy_poll_seconds(usec: int, swap: bool) -> float:
+    """The NBD server's busy polling, in seconds: none on one usable CPU
+    (the client could not run meanwhile), nor for swap on this machine
+    (``--swap``: the CPU is the guest's and reclaim's) or under a real-time
+    policy (a spinning SCHED_RR thread would starve the client)."""
+    if swap:
+        return 0.0
+    try:
+        if len(os.sched_getaffinity(0)) < 2 or os.sched_getscheduler(0) in (os.SCHED_RR, os.SCHED_FIFO):
+            return 0.0
+    except (OSError, AttributeError):
+        return 0.0
+    return usec / 1e6
+
+
 def protect_from_oom() -> bool:
     try:
         with open("/proc/self/oom_score_adj", "w") as f:

@@ -82,7 +82,8 @@ async def run(spec: WorkerSpec) -> int:
     nbd = NBDServer(registry, ServerConfig(
         max_buffer_memory=limits.max_buffer_memory, idle_timeout=limits.idle_timeout,
         max_connections=limits.max_connections or None,
-        prefault_ring=bool(hardening.STATE.get("locked"))))
+        prefault_ring=bool(hardening.STATE.get("locked")),
+        busy_poll=hardening.busy_poll_seconds(limits.busy_poll, spec.swap)))
     daemon = Daemon(registry, nbd)
     control_path = Path(spec.control)
     control_sock = await sockets.bind_unix(control_path, 0o600)

@@ -67,6 +67,10 @@ class Channel:
         """Send every buffer (the list may be modified)."""
         self.plain = True
         """No TLS: the reply queue may be sent by the socket directly."""
+        self.polled = 0
+        """Requests that busy polling received (see :mod:`.busypoll`)."""
+        self.poll_misses = 0
+        """Polls that ended without a request (the reader then slept)."""
 
     def close(self) -> None:
         if self.tls is not None:

@@ -45,5 +45,10 @@ class ServerConfig:
     send_buffer: int | None = 2 << 20
     """SO_SNDBUF for connections (None: leave the default).  A larger send
     buffer lets big READ replies go out in fewer wakeups."""
+    busy_poll: float = 0.0
+    """Seconds to spin on the socket between requests before sleeping, for
+    a client sending one request at a time (0: never; see :mod:`.busypoll`)."""
+    busy_poll_arm: float = 1e-3
+    """Polling is armed only after a wait for a request shorter than this."""
     tls: TLSSettings = TLSSettings()
     """STARTTLS policy and certificates (see :mod:`uzram.nbd.tls`)."""

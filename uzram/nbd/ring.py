@@ -12,10 +12,12 @@ from __future__ import annotations
 import logging
 import mmap
 import struct
+import time
 from typing import Final
 
 import trio
 
+from . import busypoll
 from . import constants as C
 from .channel import Channel
 from .config import ServerConfig
@@ -75,6 +77,13 @@ async def _receive(chan: Channel, disp: Dispatcher, cfg: ServerConfig, trailing:
     recv_now = chan.raw.recv_into
     fd = chan.fd
     wait_readable = trio.lowlevel.wait_readable
+    budget = int(cfg.busy_poll * 1e9)
+    arm = int(cfg.busy_poll_arm * 1e9)
+    gate = busypoll.gate() if budget else busypoll.NEVER
+    clock = time.perf_counter_ns
+    peers = disp.peers
+    armed = False
+    misses = rest = 0    # polls in a row that found nothing; waits left unpolled
     while True:
         if end > pos and not disp.paused():
             try:
@@ -111,12 +120,31 @@ async def _receive(chan: Channel, disp: Dispatcher, cfg: ServerConfig, trailing:
                 try:
                     n = recv_now(view)
                 except BlockingIOError:
-                    chan.yielded = True
-                    await wait_readable(fd)
-                    try:
-                        n = recv_now(view)
-                    except BlockingIOError:
-                        n = await chan.recv_timed(view, False)
+                    got = None
+                    if armed and len(peers) == 1 and not disp.outstanding and gate.allows(clock()):
+                        if rest:
+                            rest -= 1
+                        else:
+                            got = busypoll.poll(recv_now, view, budget)
+                            if got is not None:
+                                chan.polled += 1
+                                misses = 0
+                            else:
+                                chan.poll_misses += 1
+                                misses += 1
+                                if misses == busypoll.MISSES:   # a client just slower than the budget
+                                    misses, rest = 0, busypoll.REST
+                    if got is None:
+                        chan.yielded = True
+                        slept = clock() if budget else 0
+                        await wait_readable(fd)
+                        armed = budget > 0 and clock() - slept < arm   # off: no clock read
+                        try:
+                            n = recv_now(view)
+                        except BlockingIOError:
+                            n = await chan.recv_timed(view, False)
+                    else:
+                        n = got
             except OSError as e:
                 log.debug("NBD: receive failed: %s", e)
                 return

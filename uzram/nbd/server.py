@@ -57,6 +57,9 @@ class NBDServer:
         self.budget = Budget(self.config.max_buffer_memory)
         self.max_connections = self.config.max_connections or default_max_connections()
         self.refused = 0
+        self.polled = 0
+        """Requests received by busy polling, over the connections ended."""
+        self.poll_misses = 0
         self._refused_logged = -1e9
         self._accept_scopes: set[trio.CancelScope] = set()
         self._stopping = False
@@ -218,6 +221,8 @@ class _Connection:
             finally:
                 neg.export.detach()
         finally:
+            self.server.polled += chan.polled
+            self.server.poll_misses += chan.poll_misses
             chan.close()
 
     async def _continue(self, state: Handover, trailing: bytes) -> None:
