@@ -77,6 +77,28 @@ async def test_not_while_another_connection_is_served(nursery: trio.Nursery, sho
     assert env.server.polled == env.server.poll_misses == 0
 
 
+async def test_not_for_a_client_with_several_requests_in_flight(nursery: trio.Nursery, short_tmp: str) -> None:
+    """Its requests pile up while the reader sleeps: batches stay large."""
+    env = await serve(nursery, short_tmp)
+    await libnbd("""
+import time
+h = nbd.NBD()
+h.connect_uri(URI)
+buf = [nbd.Buffer(4096) for _ in range(8)]
+for r in range(100):
+    for i in range(8):
+        h.aio_pread(buf[i], (r * 8 + i) % 256 * 4096, completion=lambda *a: 1)   # 1: retire
+    while h.aio_in_flight():
+        h.poll(-1)
+    time.sleep(2e-4)
+h.shutdown()
+""", env.uri)
+    await env.stop()
+    # 800 requests in bursts of 8 (0 polls here; a poll per burst, about
+    # 100, when arming ignores how many requests a receive brought)
+    assert env.server.polled + env.server.poll_misses <= 30, (env.server.polled, env.server.poll_misses)
+
+
 async def test_a_slow_client_disarms_it(nursery: trio.Nursery, short_tmp: str) -> None:
     env = await serve(nursery, short_tmp, busy_poll=1e-3, arm=2e-3)
     await libnbd(qd1(40, gap=0.01), env.uri)
