@@ -251,6 +251,11 @@ def test_the_fuse_file_refuses_too(tmp_path):
     work = tmp_path / "d"
     mnt = tmp_path / "sys"
     with uzramd(work, "--fuse", str(mnt), devices=DEVICES) as d:
+        # the sockets exist before the marker is written: a kill between
+        # the two would leave nothing to refuse
+        marker, deadline = Path(f"{d.control_sock}.state"), time.monotonic() + 20
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
         kill(d)
     subprocess.run(["umount", "-l", str(mnt)], check=False)
     with uzramd(work, "--fuse", str(mnt), devices=DEVICES) as d:
