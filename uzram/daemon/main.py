@@ -114,7 +114,7 @@ OPTION_GROUPS: tuple[tuple[str, tuple[tuple[str, str | None, str], ...]], ...] =
          "on SIGTERM, answer requests in flight for this long, then exit (default 10)"),
         ("--busy-poll", "USEC", "a client sending one request at a time is polled this long for its "
          "next one before the daemon sleeps, saving a wakeup per request (default 50; 0: never; "
-         "off on one CPU, while CPUs are contended, and under --swap's real-time policy)"),
+         "off on one CPU, while CPUs are contended, with --swap and under a real-time policy)"),
     )),
     ("scaling", (
         ("--process-per-device", None, "serve each device from a worker process of its own, so that "

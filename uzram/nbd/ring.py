@@ -139,7 +139,7 @@ async def _receive(chan: Channel, disp: Dispatcher, cfg: ServerConfig, trailing:
                         chan.yielded = True
                         slept = clock() if budget else 0
                         await wait_readable(fd)
-                        short = budget > 0 and clock() - slept < arm   # off: no clock read
+                        short = budget > 0 and clock() - slept < arm
                         try:
                             n = recv_now(view)
                         except BlockingIOError:
@@ -209,10 +209,7 @@ def _one_request(ring: mmap.mmap, n: int) -> bool:
     """Whether ``ring[:n]`` is exactly one request (a WRITE with its payload)."""
     if n == REQUEST_SIZE:
         return True
-    if n < REQUEST_SIZE or ring[7] != C.CMD_WRITE:
-        return False
-    length: int = _LEN.unpack_from(ring, 24)[0]
-    return n == REQUEST_SIZE + length
+    return n > REQUEST_SIZE and ring[7] == C.CMD_WRITE and _bytes_needed(ring, 0, n) == n
 
 
 def _answer_cut_short(chan: Channel, ring: mmap.mmap, pos: int, end: int) -> None:
