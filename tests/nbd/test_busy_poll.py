@@ -59,6 +59,31 @@ async def test_a_client_one_request_at_a_time_is_polled(nursery: trio.Nursery, s
     assert env.server.polled >= 100, (env.server.polled, env.server.poll_misses)
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="the client must run while the server spins")
+async def test_the_counts_include_open_connections(nursery: trio.Nursery, short_tmp: str, tmp_path: Path) -> None:
+    """What metrics report while a client is still connected (the server's
+    own counters grow only when a connection ends)."""
+    env = await serve(nursery, short_tmp)
+    done, release = tmp_path / "done", tmp_path / "release"
+    async with trio.open_nursery() as inner:
+        inner.start_soon(libnbd, qd1(300)[: qd1(300).rindex("h.shutdown()")] + f"""
+open({str(done)!r}, "w").close()
+import os
+while not os.path.exists({str(release)!r}):
+    time.sleep(0.01)
+h.shutdown()
+""", env.uri)
+        with trio.fail_after(60):
+            while not done.exists():
+                await trio.sleep(0.01)
+        hits, misses = env.server.busy_polls()
+        assert env.server.polled == env.server.poll_misses == 0   # nothing ended yet
+        assert hits >= 100, (hits, misses)
+        release.touch()
+    await env.stop()
+    assert env.server.busy_polls() == (env.server.polled, env.server.poll_misses) == (hits, misses)
+
+
 async def test_off_never_polls(nursery: trio.Nursery, short_tmp: str) -> None:
     env = await serve(nursery, short_tmp, busy_poll=0.0)
     await libnbd(qd1(200), env.uri)

@@ -13,6 +13,8 @@ import sys
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from uzram.daemon import hardening
+
 from ..daemon import uzramd
 
 MiB = 1 << 20
@@ -66,7 +68,7 @@ def do_io(uri: str, tmp_path) -> None:
 
 def test_scrape_over_tcp(tmp_path):
     port = free_port()
-    with uzramd(tmp_path / "d", "--metrics", f"tcp:{port}",
+    with uzramd(tmp_path / "d", "--metrics", f"tcp:{port}", "--busy-poll", "200",
                 devices=("zram0:disksize=16M", "zram1:comp_algorithm=zstd,disksize=8M", "zram2")) as d:
         do_io(d.uri("zram0"), tmp_path)
         status, ctype, body = get(http.client.HTTPConnection("127.0.0.1", port))
@@ -105,6 +107,12 @@ def test_scrape_over_tcp(tmp_path):
         assert sample(m, "uzram_nbd_request_errors", "uzram_nbd_request_errors_total",
                       export="zram0", op="read") == 0
         assert get(http.client.HTTPConnection("127.0.0.1", port), "/other")[0] == 404
+        # busy polling: its budget in force, and what it did (nbdcopy keeps
+        # 16 requests in flight: polls there are few or none)
+        assert sample(m, "uzram_nbd_busy_poll_seconds") == hardening.busy_poll_seconds(200, False)
+        polls = {r: sample(m, "uzram_nbd_busy_polls", "uzram_nbd_busy_polls_total", result=r)
+                 for r in ("request", "miss")}
+        assert all(v >= 0 for v in polls.values())
 
 
 def test_scrape_over_a_unix_socket_and_uzramctl(tmp_path):

@@ -283,6 +283,14 @@ def render(daemon: Daemon) -> str:
 def _nbd(out: _Text, daemon: Daemon) -> None:
     out.family("uzram_nbd_connections_current", "gauge", "NBD connections open on the whole server")
     out.sample("uzram_nbd_connections_current", {}, daemon.nbd.connection_count)
+    out.family("uzram_nbd_busy_poll_seconds", "gauge",
+               "how long a client at queue depth 1 is polled for its next request (0: never)")
+    out.sample("uzram_nbd_busy_poll_seconds", {}, daemon.nbd.config.busy_poll)
+    out.family("uzram_nbd_busy_polls_total", "counter",
+               "busy polls by outcome: a request received, or none in time (the reader then slept)")
+    hits, misses = daemon.nbd.busy_polls()
+    out.sample("uzram_nbd_busy_polls_total", {"result": "request"}, hits)
+    out.sample("uzram_nbd_busy_polls_total", {"result": "miss"}, misses)
     reg = daemon.nbd.registry
     stats: dict[str, ExportStats] = reg.stats if isinstance(reg, MeteredRegistry) else {}
     items = sorted(stats.items())

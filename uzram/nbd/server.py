@@ -74,6 +74,15 @@ class NBDServer:
     def connection_count(self) -> int:
         return len(self._connections)
 
+    def busy_polls(self) -> tuple[int, int]:
+        """Busy polls that received a request, and polls that ended without
+        one, over every connection served so far, open or ended."""
+        hits, misses = self.polled, self.poll_misses
+        for conn in self._connections:
+            hits += conn.chan.polled
+            misses += conn.chan.poll_misses
+        return hits, misses
+
     def stop(self) -> None:
         """Begin a graceful shutdown (idempotent; call from the trio thread).
 
