@@ -65,8 +65,9 @@ async def test_the_counts_include_open_connections(nursery: trio.Nursery, short_
     own counters grow only when a connection ends)."""
     env = await serve(nursery, short_tmp)
     done, release = tmp_path / "done", tmp_path / "release"
+    script = qd1(300)
     async with trio.open_nursery() as inner:
-        inner.start_soon(libnbd, qd1(300)[: qd1(300).rindex("h.shutdown()")] + f"""
+        inner.start_soon(libnbd, script[: script.rindex("h.shutdown()")] + f"""
 open({str(done)!r}, "w").close()
 import os
 while not os.path.exists({str(release)!r}):

@@ -4,8 +4,9 @@ time (a queue depth of 1: a guest's synchronous swap-in, ``fio --iodepth=1``).
 Sleeping in epoll between such requests costs a wakeup per request, and on a
 virtual CPU an idle CPU's wakeup is the largest part of a 4 KiB read's
 latency.  So, when the last wait was short and brought exactly one request
-(the client is in a tight loop, one request at a time), the reader first spins on a non-blocking ``recv`` for a few tens of
-microseconds, as the kernel's ``SO_BUSY_POLL`` does on a NIC queue.
+(the client is in a tight loop, one request at a time), the reader first
+spins on a non-blocking ``recv`` for a few tens of microseconds, as the
+kernel's ``SO_BUSY_POLL`` does on a NIC queue.
 
 Spinning takes a CPU from whoever else could use it, so it is gated:
 
