@@ -42,6 +42,13 @@ h.shutdown()
 """
 
 
+PATIENT_BUDGET, PATIENT_ARM = 50e-3, 200e-3
+"""A budget far longer than a loaded machine keeps a runnable client off a
+CPU (a 2 ms budget caught only 38 of 300 requests on a busy CI machine):
+the tests that count hits check that a one-at-a-time client is polled for,
+not how often a scheduler lets it back within 2 ms."""
+
+
 async def serve(nursery: trio.Nursery, tmp: str, export: MemExport | None = None,
                 busy_poll: float = 2e-3, arm: float = 10e-3) -> NBDEnv:
     export = export or MemExport(1 << 20, "", "")
@@ -51,7 +58,7 @@ async def serve(nursery: trio.Nursery, tmp: str, export: MemExport | None = None
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="the client must run while the server spins")
 async def test_a_client_one_request_at_a_time_is_polled(nursery: trio.Nursery, short_tmp: str) -> None:
-    env = await serve(nursery, short_tmp)
+    env = await serve(nursery, short_tmp, busy_poll=PATIENT_BUDGET, arm=PATIENT_ARM)
     await libnbd(qd1(300), env.uri)
     await env.stop()
     # polling reached most requests (not all: the first, and any the
@@ -63,7 +70,7 @@ async def test_a_client_one_request_at_a_time_is_polled(nursery: trio.Nursery, s
 async def test_the_counts_include_open_connections(nursery: trio.Nursery, short_tmp: str, tmp_path: Path) -> None:
     """What metrics report while a client is still connected (the server's
     own counters grow only when a connection ends)."""
-    env = await serve(nursery, short_tmp)
+    env = await serve(nursery, short_tmp, busy_poll=PATIENT_BUDGET, arm=PATIENT_ARM)
     done, release = tmp_path / "done", tmp_path / "release"
     script = qd1(300)
     async with trio.open_nursery() as inner:
@@ -74,13 +81,15 @@ while not os.path.exists({str(release)!r}):
     time.sleep(0.01)
 h.shutdown()
 """, env.uri)
-        with trio.fail_after(60):
-            while not done.exists():
-                await trio.sleep(0.01)
-        hits, misses = env.server.busy_polls()
+        try:
+            with trio.fail_after(60):
+                while not done.exists():
+                    await trio.sleep(0.01)
+            hits, misses = env.server.busy_polls()
+        finally:
+            release.touch()     # the client ends even when a check fails
         assert env.server.polled == env.server.poll_misses == 0   # nothing ended yet
         assert hits >= 100, (hits, misses)
-        release.touch()
     await env.stop()
     assert env.server.busy_polls() == (env.server.polled, env.server.poll_misses) == (hits, misses)
 
@@ -138,9 +147,11 @@ async def test_a_client_just_slower_than_the_budget_rests_it(nursery: trio.Nurse
     env = await serve(nursery, short_tmp, busy_poll=1e-3, arm=20e-3)
     await libnbd(qd1(100, gap=0.004), env.uri)
     await env.stop()
-    # every poll misses (4 ms gaps, 1 ms budget): 3 in a row, then 64 waits
-    # without; a spin per request would be about 100
-    assert env.server.polled == 0 and env.server.poll_misses <= 12, env.server.poll_misses
+    # polls miss (4 ms gaps, 1 ms budget): 3 in a row, then 64 waits
+    # without; a spin per request would be about 100.  (A server that got
+    # the CPU late may catch a request: seen once on a loaded machine.)
+    polls = (env.server.polled, env.server.poll_misses)
+    assert env.server.polled <= 2 and sum(polls) <= 16, polls
 
 
 async def test_not_while_the_cpus_are_contended(nursery: trio.Nursery, short_tmp: str,
