@@ -58,14 +58,26 @@ class Uzramd:
         return self.proc.wait(timeout)
 
 
-def _wait_for(paths: list[Path], proc: subprocess.Popen, log: Path, timeout: float) -> None:
+def _wait_for(paths: list[Path], proc: subprocess.Popen, log: Path, timeout: float,
+              notify: socket.socket | None = None) -> None:
+    """Until the sockets exist and, given ``notify``, the daemon said READY=1:
+    it binds its sockets first and handles SIGTERM, writes its unclean-exit
+    marker and its swap settings only before READY (a test acting as soon
+    as the sockets exist could race those on a loaded machine)."""
     deadline = time.monotonic() + timeout
-    while not all(p.exists() for p in paths):
+    ready = notify is None
+    while not (ready and all(p.exists() for p in paths)):
         if proc.poll() is not None:
             raise RuntimeError(f"uzramd exited with {proc.returncode}: {log.read_text()}")
         if time.monotonic() > deadline:
-            raise TimeoutError("uzramd did not create its sockets")
-        time.sleep(0.02)
+            raise TimeoutError("uzramd did not create its sockets" if ready else "uzramd did not say READY=1")
+        if notify is not None and not ready:
+            try:
+                ready = notify.recv(4096).startswith(b"READY=1")
+            except TimeoutError:
+                pass
+        else:
+            time.sleep(0.02)
 
 
 @contextmanager
@@ -80,13 +92,24 @@ def uzramd(workdir: Path, *args: str, devices: tuple[str, ...] = ("zram0:disksiz
     for d in devices:
         cmd += ["--device", d]
     cmd += list(args)
+    given = env or {}
+    env = {**os.environ, **given}
+    notify = None
+    if "NOTIFY_SOCKET" not in given:
+        # an abstract name: no path length limit, nothing left behind
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        name = f"uzram-test-{os.getpid()}-{id(notify)}-{time.monotonic_ns()}"
+        notify.bind("\0" + name)
+        notify.settimeout(0.02)
+        env["NOTIFY_SOCKET"] = "@" + name
     log = open(workdir / "uzramd.log", "wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        _wait_for([nbd, control], proc, workdir / "uzramd.log", 20)
+        _wait_for([nbd, control], proc, workdir / "uzramd.log", 20, notify)
         yield Uzramd(workdir, proc, nbd, control)
     finally:
+        if notify is not None:
+            notify.close()
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:

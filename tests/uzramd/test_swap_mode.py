@@ -36,6 +36,7 @@ def burst_faults(d: Uzramd, total: int = 8 * MiB) -> int:
         c.pwrite(0, half)
         c.pread(0, 4096)
         time.sleep(1.0)             # the reserve keeper refills after the warm-up
+        refilled(d)                 # (and on a loaded machine, waits until it has)
         before = minflt(d.proc.pid)
         for off in range(MiB, MiB + total, MiB):
             c.pwrite(off, half)
@@ -50,6 +51,15 @@ def wait_ready(d: Uzramd) -> dict:
         if st or time.monotonic() > deadline:
             return st
         time.sleep(0.1)
+
+
+def refilled(d: Uzramd, timeout: float = 30) -> None:
+    """Until the pool's reserve is full (at once without one): a sleep
+    alone leaves it to the scheduler."""
+    deadline = time.monotonic() + timeout
+    while (st := d.request(cmd="hardening")["hardening"]).get("reserve_free", 0) < st.get("reserve", 0):
+        assert time.monotonic() < deadline, st
+        time.sleep(0.05)
 
 
 def policies(pid: int) -> dict[str, set[int]]:
@@ -172,6 +182,7 @@ def test_serving_swap_changes_no_mapping(tmp_path: Path) -> None:
             with NBDClient(d.nbd_sock, "zram0") as c2:   # its ring is kept for the next connection
                 c2.pread(0, 4096)
             time.sleep(1.0)                   # the keeper has given the pool its reserve and threads
+            refilled(d)
             st = traced(d.proc.pid, tmp_path / "strace.log")
             try:
                 for rounds in range(2):

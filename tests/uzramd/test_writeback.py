@@ -194,10 +194,14 @@ def test_reset_during_writeback_waits_and_leaks_nothing(tmp_path):
                 assert d.request(cmd="store", device="zram0", attr="reset", value="1")["errno"] == errno.EBUSY
             ff.control("delay 1")                      # the first thread hop takes a second
             result = {}
+            writes = ff.counters()["writes"]
             t = threading.Thread(target=lambda: result.update(
                 d.request(cmd="store", device="zram0", attr="writeback", value="page_indexes=0-255")))
             t.start()
-            time.sleep(0.3)
+            deadline = time.monotonic() + 30
+            while ff.counters()["writes"] == writes:   # the writeback is inside its first block write
+                assert time.monotonic() < deadline, "the writeback did not start"
+                time.sleep(0.01)
             assert d.request(cmd="store", device="zram0", attr="reset", value="1")["ok"]
             t.join()
             assert result.get("errno") == errno.ECANCELED

@@ -7,13 +7,35 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
+from collections.abc import Callable
 
 import pytest
 
+from uzram.zram import zsmalloc
 from uzram.zram.chunkfeed import ChunkFeed
 from uzram.zram.zsmalloc import CHUNK_PAGES, ZsPool
 
 OBJ = b"x" * 2000
+SHORT = zsmalloc.FEED_WAIT
+
+
+@pytest.fixture(autouse=True)
+def patient(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stores that must succeed wait as long as a loaded machine may keep the
+    feed thread off a CPU; a test expecting ENOMEM sets the wait back to
+    ``SHORT`` around that store (its feed is blocked or failing: the result
+    does not depend on the wait)."""
+    monkeypatch.setattr(zsmalloc, "FEED_WAIT", 10.0)
+
+
+def until(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 def test_stores_take_chunks_only_from_the_feed() -> None:
@@ -49,7 +71,7 @@ def test_stores_take_chunks_only_from_the_feed() -> None:
         pool.set_feed(None, 0)
 
 
-def test_no_frame_in_time_is_enomem_and_the_pool_stays_consistent() -> None:
+def test_no_frame_in_time_is_enomem_and_the_pool_stays_consistent(monkeypatch: pytest.MonkeyPatch) -> None:
     gate = threading.Event()
     made = []
 
@@ -62,11 +84,13 @@ def test_no_frame_in_time_is_enomem_and_the_pool_stays_consistent() -> None:
 
     pool.set_feed(ChunkFeed(slow_fill), CHUNK_PAGES)
     try:
+        monkeypatch.setattr(zsmalloc, "FEED_WAIT", SHORT)
         with pytest.raises(OSError) as e:
             pool.store(OBJ)
         assert e.value.errno == errno.ENOMEM
         assert pool.reserve_misses == 1 and pool.objects == 0
         pool.check()
+        monkeypatch.setattr(zsmalloc, "FEED_WAIT", 10.0)
         gate.set()
         h = pool.store(OBJ)          # the feed delivers: stores succeed again
         assert bytes(pool.view(h, len(OBJ))) == OBJ
@@ -84,7 +108,7 @@ def test_without_a_feed_the_pool_grows_on_demand() -> None:
     pool.check()
 
 
-def test_a_failing_feed_retries_until_memory_comes() -> None:
+def test_a_failing_feed_retries_until_memory_comes(monkeypatch: pytest.MonkeyPatch) -> None:
     """A job the system cannot give memory for (here: the file size limit,
     as ENOMEM under pressure) is retried, not lost: the reserve refills."""
     pool = ZsPool()
@@ -99,9 +123,11 @@ def test_a_failing_feed_retries_until_memory_comes() -> None:
     feed = ChunkFeed(fill)
     pool.set_feed(feed, CHUNK_PAGES)
     try:
+        monkeypatch.setattr(zsmalloc, "FEED_WAIT", SHORT)
         with pytest.raises(OSError):
             pool.store(OBJ)
-        assert feed.failed > 0 and pool.reserve_free == 0
+        assert until(lambda: feed.failed > 0) and pool.reserve_free == 0
+        monkeypatch.setattr(zsmalloc, "FEED_WAIT", 10.0)
         fail.clear()
         h = pool.store(OBJ)
         assert bytes(pool.view(h, len(OBJ))) == OBJ
