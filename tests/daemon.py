@@ -52,6 +52,14 @@ class Uzramd:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def wait_for_clients(self, n: int, timeout: float = 60) -> None:
+        """Until the first device has ``n`` clients (a client may attach, or
+        be dropped, slowly on a loaded machine)."""
+        deadline = time.monotonic() + timeout
+        while (now := self.request(cmd="status")["devices"][0]["clients"]) != n:
+            assert time.monotonic() < deadline, f"{now} clients, not {n}"
+            time.sleep(0.05)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)

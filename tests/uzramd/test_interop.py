@@ -209,29 +209,19 @@ def test_garbage_and_abrupt_clients_do_not_hurt_others(daemon):
     assert daemon.alive()
 
 
-def wait_for_clients(daemon, n: int, timeout: float = 60) -> None:
-    """Until zram0 has ``n`` clients (nbdsh may start slowly on a loaded
-    machine: the checks after this one depend on it)."""
-    import time
-    deadline = time.monotonic() + timeout
-    while (now := daemon.request(cmd="status")["devices"][0]["clients"]) != n:
-        assert time.monotonic() < deadline, f"{now} clients, not {n}"
-        time.sleep(0.05)
-
-
 def test_reset_refused_while_a_client_is_attached(daemon):
     nbdsh = nbdsh_cmd()
     proc = subprocess.Popen([*nbdsh, "-u", daemon.uri(), "-c", "import sys; h.pwrite(b'a' * 4096, 0); sys.stdin.read()"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        wait_for_clients(daemon, 1)
+        daemon.wait_for_clients(1)
         reply = daemon.request(cmd="store", device="zram0", attr="reset", value="1")
         assert reply["ok"] is False and reply["errno"] == errno.EBUSY
         reply = daemon.request(cmd="hot_remove", value="0")
         assert reply["errno"] == errno.EBUSY
     finally:
         proc.communicate(b"", timeout=30)
-    wait_for_clients(daemon, 0)
+    daemon.wait_for_clients(0)
     daemon.store("zram0", "reset", "1")
     assert daemon.show("zram0", "disksize") == "0\n"
 

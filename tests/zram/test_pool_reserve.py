@@ -18,6 +18,7 @@ from uzram.zram.zsmalloc import CHUNK_PAGES, ZsPool
 
 OBJ = b"x" * 2000
 SHORT = zsmalloc.FEED_WAIT
+LONG = 10.0
 
 
 @pytest.fixture(autouse=True)
@@ -26,7 +27,7 @@ def patient(monkeypatch: pytest.MonkeyPatch) -> None:
     feed thread off a CPU; a test expecting ENOMEM sets the wait back to
     ``SHORT`` around that store (its feed is blocked or failing: the result
     does not depend on the wait)."""
-    monkeypatch.setattr(zsmalloc, "FEED_WAIT", 10.0)
+    monkeypatch.setattr(zsmalloc, "FEED_WAIT", LONG)
 
 
 def until(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
@@ -90,7 +91,7 @@ def test_no_frame_in_time_is_enomem_and_the_pool_stays_consistent(monkeypatch: p
         assert e.value.errno == errno.ENOMEM
         assert pool.reserve_misses == 1 and pool.objects == 0
         pool.check()
-        monkeypatch.setattr(zsmalloc, "FEED_WAIT", 10.0)
+        monkeypatch.setattr(zsmalloc, "FEED_WAIT", LONG)
         gate.set()
         h = pool.store(OBJ)          # the feed delivers: stores succeed again
         assert bytes(pool.view(h, len(OBJ))) == OBJ
@@ -127,7 +128,7 @@ def test_a_failing_feed_retries_until_memory_comes(monkeypatch: pytest.MonkeyPat
         with pytest.raises(OSError):
             pool.store(OBJ)
         assert until(lambda: feed.failed > 0) and pool.reserve_free == 0
-        monkeypatch.setattr(zsmalloc, "FEED_WAIT", 10.0)
+        monkeypatch.setattr(zsmalloc, "FEED_WAIT", LONG)
         fail.clear()
         h = pool.store(OBJ)
         assert bytes(pool.view(h, len(OBJ))) == OBJ
