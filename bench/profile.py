@@ -2,7 +2,7 @@
 drives one workload at QD16 over NBD, on a device holding the seeded corpus.
 
     python bench/profile.py [--workload 4k-randwrite|128k-read|4k-randread|128k-write]... [--seconds 10]
-                            [--rate 200] [--corpus-mib 256] [--flamegraph DIR]
+                            [--rate 200] [--corpus-mib 256] [--flamegraph DIR] [--native]
 
 For each workload: the requests served (fio), the share of the sampled time
 the daemon's thread was busy, and the functions costing the most, by self
@@ -12,12 +12,22 @@ machine that includes time the thread waits for a CPU, spread alike over the
 functions, so the shares are steadier than the µs.
 py-spy comes with ``pip install 'uzram[profile]'``; it needs ptrace rights
 over the daemon (root, or kernel.yama.ptrace_scope 0).
+
+``--native`` then samples the whole daemon with ``perf record`` for as
+long again, and splits its CPU time by where the code lives: the
+compression library, the kernel (system calls, copies into and out of
+sockets, page faults), the Python interpreter, the C library (copies,
+malloc) and the rest. The compression library and the kernel are what no
+change to uzram's Python removes; the kernel's zram spends its time on the
+same compression. Needs perf (Debian: linux-perf) and root, or
+kernel.perf_event_paranoid at most 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import os
 import re
 import shutil
 import subprocess
@@ -43,6 +53,13 @@ WORKLOADS = {
 PYSPY = str(Path(sys.executable).with_name("py-spy")) if Path(sys.executable).with_name("py-spy").exists() \
     else "py-spy"
 TRIO_RUN = "trio/_core/_run.py:run"
+NATIVE_GROUPS = (   # (group, substrings of perf's shared-object names), the first match wins
+    ("compression library", ("_block.cpython", "lz4", "zstd", "_lzo", "libz.", "zlib")),
+    ("kernel", ("[kernel",)),
+    ("Python interpreter", ("libpython", "python3")),
+    ("C library", ("libc.so", "libc-", "ld-linux", "[vdso]")),
+)
+PERF_LINE = re.compile(r"^\s*(?P<share>\d+(?:\.\d+)?)%\s+(?P<dso>\S.*?)\s*$")
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 
@@ -80,9 +97,45 @@ def tally(raw: Path) -> tuple[int, int, collections.Counter[str], collections.Co
     return total, others, own, incl
 
 
+def native_shares(report: str) -> dict[str, float]:
+    """``perf report --sort dso --stdio`` output -> % of the samples per
+    NATIVE_GROUPS group ("other" for the rest)."""
+    shares: dict[str, float] = {g: 0.0 for g, _ in NATIVE_GROUPS}
+    shares["other"] = 0.0
+    for line in report.splitlines():
+        if line.startswith("#"):
+            continue
+        m = PERF_LINE.match(line)
+        if not m:
+            continue
+        dso = m["dso"]
+        group = next((g for g, keys in NATIVE_GROUPS if any(k in dso for k in keys)), "other")
+        shares[group] += float(m["share"])
+    return shares
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def native(pid: int, work: Path, name: str, seconds: float) -> tuple[dict[str, float], float]:
+    """perf's split of the daemon's CPU time over ``seconds``, and that CPU time."""
+    data = work / f"{name}.perf"
+    before = cpu_seconds(pid)
+    subprocess.run(["perf", "record", "-q", "-o", str(data), "-p", str(pid), "--", "sleep", f"{seconds:g}"],
+                   check=True, capture_output=True)
+    used = cpu_seconds(pid) - before
+    report = subprocess.run(["perf", "report", "-i", str(data), "--sort", "dso", "--stdio"], check=True,
+                            capture_output=True, text=True).stdout
+    return native_shares(report), used
+
+
 def profile(name: str, uri: str, pid: int, work: Path, nbytes: int, seconds: float, rate: int,
-            flamegraph: Path | None) -> str:
-    job = fio({**nbd_fio(uri), **WORKLOADS[name], "size": str(nbytes)}, work, seconds=seconds + 3, ramp=1)
+            flamegraph: Path | None, with_native: bool = False) -> str:
+    runtime = seconds * (2 if with_native else 1) + 3
+    job = fio({**nbd_fio(uri), **WORKLOADS[name], "size": str(nbytes)}, work, seconds=runtime, ramp=1)
     time.sleep(1.5)   # fio has connected and ramps up
     raw = work / f"{name}.txt"
     subprocess.run([PYSPY, "record", "--pid", str(pid), "--rate", str(rate), "--duration", f"{seconds:g}",
@@ -92,6 +145,7 @@ def profile(name: str, uri: str, pid: int, work: Path, nbytes: int, seconds: flo
         svg = flamegraph / f"profile-{name}.svg"
         subprocess.run([PYSPY, "record", "--pid", str(pid), "--rate", str(rate), "--duration", "2",
                         "--output", str(svg)], check=True, capture_output=True)
+    split = native(pid, work, name, seconds) if with_native else None
     res = fio_result(job, work)
     requests = float(res["iops"]) * seconds
     busy, others, own, incl = tally(raw)
@@ -109,6 +163,17 @@ def profile(name: str, uri: str, pid: int, work: Path, nbytes: int, seconds: flo
               "| function | share | µs/request |", "|---|---|---|"]
     for func, n in incl.most_common(25):
         lines.append(f"| `{func}` | {n / busy:.1%} | {per_req(n):.2f} |")
+    if split is not None:
+        shares, used = split
+        cpu_per_req = used / requests * 1e6
+        lines += ["", f"The whole daemon under perf: {used / seconds:.0%} of a CPU, {cpu_per_req:.1f} µs "
+                  "of CPU per request, by where the code lives:", "",
+                  "| code | share | µs/request |", "|---|---|---|"]
+        for group, share in shares.items():
+            lines.append(f"| {group} | {share:.1f}% | {share / 100 * cpu_per_req:.2f} |")
+        fixed = shares["compression library"] + shares["kernel"]
+        lines += ["", f"Compression and kernel together: {fixed:.0f}% ({fixed / 100 * cpu_per_req:.2f} µs "
+                  "a request), what no change to uzram's Python takes away."]
     return "\n".join(lines)
 
 
@@ -120,8 +185,12 @@ def main() -> int:
     ap.add_argument("--corpus-mib", type=int, default=256)
     ap.add_argument("--algorithm", default="lz4")
     ap.add_argument("--flamegraph", type=Path, metavar="DIR", help="also write an SVG flame graph per workload")
+    ap.add_argument("--native", action="store_true",
+                    help="also split the daemon's CPU time by library with perf (compression, kernel, interpreter)")
     args = ap.parse_args()
     need("fio", "nbdcopy")
+    if args.native and shutil.which("perf") is None:
+        sys.exit("bench: --native needs perf (Debian: apt install linux-perf)")
     if shutil.which(PYSPY) is None:
         sys.exit("bench: py-spy is missing: pip install 'uzram[profile]'")
     work = Path(tempfile.mkdtemp(prefix="uzram-profile-"))
@@ -133,7 +202,7 @@ def main() -> int:
             subprocess.run(nbdcopy_cmd(img, uz.uri("zram0")), check=True, capture_output=True)
             for name in args.workload or ["4k-randwrite", "128k-read"]:
                 print(profile(name, uz.uri("zram0"), uz.proc.pid, work, nbytes, args.seconds, args.rate,
-                              args.flamegraph), end="\n\n", flush=True)
+                              args.flamegraph, args.native), end="\n\n", flush=True)
         finally:
             uz.stop()
     finally:

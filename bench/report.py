@@ -82,6 +82,17 @@ def rows(r: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _cpus(r: dict[str, Any], job: str) -> str:
+    """The CPUs in use alone and together, when the run measured them: on a
+    machine with few cores the clients' share bounds what two devices add."""
+    m = r["multi"][job.removeprefix("multi ")]
+    one, two = m["one"], m["two"]
+    if "machine_cpus" not in one or "machine_cpus" not in two:
+        return ""
+    return (f"; CPUs busy: {one['machine_cpus']:.1f} → {two['machine_cpus']:.1f} of "
+            f"{r['machine']['cores']}, uzramd {one['daemon_cpus']:.1f} → {two['daemon_cpus']:.1f}")
+
+
 def _mark(ok: bool | None) -> str:
     return {True: "pass", False: "**FAIL**", None: "n/a"}[ok]
 
@@ -123,7 +134,8 @@ def markdown(r: dict[str, Any]) -> str:
         ratio = f"**{row['ratio']:.2f}×** {row['versus']}" if row["ratio"] is not None else "n/a"
         if row["versus"] == "one device":
             lines.append(f"| {row['measure']} | {_fmt(row['uzram'], key)} together | | | {ratio} "
-                         f"({_fmt(row['reference'], key)} alone) | {row['target']} | {_mark(row['pass'])} |")
+                         f"({_fmt(row['reference'], key)} alone{_cpus(r, row['job'])}) | {row['target']} | "
+                         f"{_mark(row['pass'])} |")
             continue
         other = "nbdkit" if row["versus"] == "kernel zram" else "kernel zram"
         if row["uzram"] is not None and row["others"].get(other):

@@ -36,7 +36,7 @@ sys.path.insert(0, str(HERE.parent))
 from bench import corpus, ratios, report  # noqa: E402
 from bench.targets import (  # noqa: E402
     KERNEL_SYSFS, Server, copy_rate, dd_cmd, kernel_configure, kernel_fio, kernel_reset, kernel_zram_unavailable,
-    nbd_fio, nbdcopy_cmd, need, run_fio, signals_interrupt, together, uzramd)
+    nbd_fio, nbdcopy_cmd, need, run_fio, signals_interrupt, together, uzramd, with_cpu)
 from uzram.ctl.client import Client  # noqa: E402
 
 SEED = 7
@@ -47,7 +47,7 @@ FIO_JOBS = {   # name: fio options; the order within a round (writes of fio's da
     "4k randwrite": {"rw": "randwrite", "bs": "4k", "iodepth": "16", "buffer_compress_percentage": "55",
                      "buffer_compress_chunk": "4096", "refill_buffers": "1"},
 }
-KEYS = ("iops", "mbps", "lat_us")
+KEYS = ("iops", "mbps", "lat_us", "machine_cpus", "daemon_cpus")
 
 
 def machine() -> dict[str, Any]:
@@ -112,6 +112,14 @@ def medians(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def pair(a: Callable[[], dict[str, Any]], b: Callable[[], dict[str, Any]], each: str) -> Callable[[], dict[str, Any]]:
+    """Run ``a`` and ``b`` at once: their summed rates, and each one's ``each``."""
+    def run() -> dict[str, Any]:
+        x, y = together(a, b)
+        return {k: x[k] + y[k] for k in ("mbps", "iops")} | {"each": [x[each], y[each]]}
+    return run
+
+
 def measure(args: argparse.Namespace, img: Path, nbytes: int, work: Path, kernel: bool) -> dict[str, Any]:
     """The rounds: per round the two-device measures, then every job on every server."""
     seconds, ramp = args.seconds, args.ramp
@@ -151,14 +159,14 @@ def measure(args: argparse.Namespace, img: Path, nbytes: int, work: Path, kernel
             (work / d).mkdir(exist_ok=True)
         for rnd in range(args.rounds):
             # two devices, each with its own client, against one alone (this also restores the corpus in both)
+            # (with the CPUs in use: on a small machine the clients take their share)
+            pid = multi_uz.proc.pid
             m = multi["128k write"]
-            m["one"].append(copy_to("zram0")())
-            a, b = together(copy_to("zram0"), copy_to("zram1"))
-            m["two"].append({k: a[k] + b[k] for k in ("mbps", "iops")} | {"each": [a["mbps"], b["mbps"]]})
+            m["one"].append(with_cpu(copy_to("zram0"), pid)())
+            m["two"].append(with_cpu(pair(copy_to("zram0"), copy_to("zram1"), "mbps"), pid)())
             m = multi["4k randread"]
-            m["one"].append(fio_on("zram0", "a")())
-            a, b = together(fio_on("zram0", "a"), fio_on("zram1", "b"))
-            m["two"].append({k: a[k] + b[k] for k in ("mbps", "iops")} | {"each": [a["iops"], b["iops"]]})
+            m["one"].append(with_cpu(fio_on("zram0", "a"), pid)())
+            m["two"].append(with_cpu(pair(fio_on("zram0", "a"), fio_on("zram1", "b"), "iops"), pid)())
             order = servers[rnd % len(servers):] + servers[:rnd % len(servers)]
             for s in order:
                 raw.setdefault("128k write", {}).setdefault(s, []).append(copy_rate(copy[s], nbytes, seconds))

@@ -216,6 +216,45 @@ def copy_rate(cmd: list[str], nbytes: int, seconds: float) -> dict[str, float]:
     return {"mbps": mbps, "iops": mbps * 1e6 / (128 << 10), "copies": reps}
 
 
+def _machine_jiffies() -> tuple[int, int]:
+    """(busy, all) clock ticks of every CPU since boot, from /proc/stat
+    (idle and iowait are not busy; steal is: a CPU the machine did not get)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields) - fields[3] - fields[4], sum(fields)
+
+
+def _tree_ticks(pid: int) -> int:
+    """User and system ticks of ``pid`` and its children (the worker
+    processes of ``--process-per-device``)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            name_end = (text := stat.read_text()).rindex(")")
+        except (OSError, ValueError):
+            continue
+        f = text[name_end + 2:].split()
+        if int(stat.parent.name) == pid or int(f[1]) == pid:
+            total += int(f[11]) + int(f[12])
+    return total
+
+
+def with_cpu(work: Callable[[], dict[str, Any]], pid: int) -> Callable[[], dict[str, Any]]:
+    """``work``, its result with the CPUs in use meanwhile: ``machine_cpus``
+    (the whole machine, clients included) and ``daemon_cpus`` (process
+    ``pid`` and its children), each in CPUs (1.0: one CPU all the time)."""
+    def run() -> dict[str, Any]:
+        busy0, all0 = _machine_jiffies()
+        own0, t0 = _tree_ticks(pid), time.monotonic()
+        res = work()
+        busy1, all1 = _machine_jiffies()
+        own1, t1 = _tree_ticks(pid), time.monotonic()
+        cpus = os.cpu_count() or 1
+        tck = os.sysconf("SC_CLK_TCK")
+        return res | {"machine_cpus": cpus * (busy1 - busy0) / max(all1 - all0, 1),
+                      "daemon_cpus": (own1 - own0) / tck / max(t1 - t0, 1e-9)}
+    return run
+
+
 def together(*work: Callable[[], dict[str, Any]]) -> list[dict[str, Any]]:
     """Run the callables at once, each in a thread; their results in order."""
     results: list[dict[str, Any] | BaseException] = [RuntimeError("not run")] * len(work)

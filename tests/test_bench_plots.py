@@ -48,8 +48,24 @@ def test_plots_from_a_saved_result(tmp_path):
     assert "| **1.60×** one device (100,000 IOPS alone) | ≥1.5× one device | pass |" in r.stdout
     assert "| 150 MiB RSS | 110 MiB mem_used_total | | **+40 MiB** | ≤ kernel mem_used_total + 32 MiB | **FAIL** |" \
         in r.stdout
+    assert "CPUs busy" not in r.stdout   # a result saved before they were measured
     names = sorted(p.name for p in out.iterdir())
     assert names == ["bench-compression.png", "bench-latency-cdf.png", "bench-throughput.png"]
     for p in out.iterdir():
         data = p.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10000
+
+
+def test_report_shows_the_cpus_in_use(tmp_path):
+    r = result()
+    m = r["multi"]["4k randread"]
+    m["one"] |= {"machine_cpus": 1.74, "daemon_cpus": 0.98}
+    m["two"] |= {"machine_cpus": 1.98, "daemon_cpus": 1.21}
+    saved = tmp_path / "r.json"
+    saved.write_text(json.dumps(r))
+    p = subprocess.run([sys.executable, str(ROOT / "bench/run.py"), "--from-json", str(saved)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert ("| **1.60×** one device (100,000 IOPS alone; CPUs busy: 1.7 → 2.0 of 2, uzramd 1.0 → 1.2) "
+            "| ≥1.5× one device | pass |") in p.stdout
+    assert p.stdout.count("CPUs busy") == 1   # the 128 KiB row's were not measured

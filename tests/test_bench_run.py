@@ -49,6 +49,15 @@ def test_quick_run_reports_every_target(tmp_path):
     assert saved["corpus"]["census"]["same-filled"] == round(saved["corpus"]["pages"] * 0.14)
     assert saved["corpus"]["census"]["incompressible"] == round(saved["corpus"]["pages"] * 0.13)
     assert all(k in saved["load"] for k in ("start", "end"))
+    cores = saved["machine"]["cores"]
+    for job, sides in saved["multi"].items():   # the CPUs in use, daemon and machine, were measured
+        for side in ("one", "two"):
+            use = sides[side]
+            assert 0 < use["daemon_cpus"] <= use["machine_cpus"] * 1.1 + 0.05, (job, side, use)
+            assert use["machine_cpus"] <= cores * 1.05, (job, side, use)
+        kind = "random read" if job == "4k randread" else "sequential write"
+        row = next(line for line in table if line.startswith(f"| two devices at once: {kind}"))
+        assert "CPUs busy: " in row and f" of {cores}, uzramd " in row, row
     if saved["kernel"] is None:   # the host's zram0 was used: every kernel figure is there
         assert all(row["pass"] is not None for row in saved["rows"] if row["target"])
     else:
