@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from uzram.daemon import hardening
+
 from ..daemon import Uzramd, uzramd
 from ..nbdclient import NBDClient
 
@@ -97,6 +99,21 @@ def test_without_swap_mode_nothing_is_locked(tmp_path: Path) -> None:
         st = wait_ready(d)
     assert st["locked"] is False and "--swap" in st["not_locked"], st
     assert st["realtime"] is False, st
+    assert st["swap"] is False and not any(k.startswith("vm_") for k in st), st   # not a swap server
+
+
+def test_swap_mode_reports_the_vm_settings_swap_needs(tmp_path: Path) -> None:
+    """The machine's own values, read when asked, and what is short of
+    systemd/uzram-swap's (whichever way this machine is set)."""
+    now = {name: int(Path(f"/proc/sys/vm/{name}").read_text()) for name in hardening.VM_NEEDS}
+    with uzramd(tmp_path, "--swap", devices=("zram0:disksize=64M",)) as d:
+        st = wait_ready(d)
+    assert st["swap"] is True
+    short = [name for name, need in hardening.VM_NEEDS.items() if now[name] < need]
+    for name in hardening.VM_NEEDS:
+        assert st[f"vm_{name}"] == now[name], st
+        assert (f"vm.{name} {now[name]} < " in st.get("vm_short", "")) == (name in short), st
+    assert ("vm_short" in st) == bool(short), st
 
 
 def test_writes_within_the_reserve_fault_in_nothing(tmp_path: Path) -> None:
@@ -207,3 +224,19 @@ def test_serving_swap_changes_no_mapping(tmp_path: Path) -> None:
     calls = [line for line in (tmp_path / "strace.log").read_text().splitlines()
              if line.split(None, 1)[1].split("(", 1)[0] in ADDRESS_SPACE_CALLS]
     assert not calls, "address-space calls while serving:\n" + "\n".join(calls[:20])
+
+
+def test_vm_settings_name_what_is_short(tmp_path: Path) -> None:
+    """Below, at and above systemd/uzram-swap's values, and unreadable."""
+    (tmp_path / "min_free_kbytes").write_text("2508\n")
+    (tmp_path / "watermark_scale_factor").write_text("500\n")
+    st = hardening.vm_settings(str(tmp_path))
+    assert st["vm_min_free_kbytes"] == 2508 and st["vm_watermark_scale_factor"] == 500
+    short = str(st["vm_short"])
+    assert short.startswith("vm.min_free_kbytes 2508 < 16384: ") and "watermark_scale_factor 500 <" not in short
+    assert "`systemd/uzram-swap start` raises vm.min_free_kbytes to 16384 and vm.watermark_scale_factor to 500" \
+        in short
+    (tmp_path / "min_free_kbytes").write_text("65536\n")
+    assert hardening.vm_settings(str(tmp_path)) == {"vm_min_free_kbytes": 65536, "vm_watermark_scale_factor": 500}
+    (tmp_path / "watermark_scale_factor").unlink()
+    assert hardening.vm_settings(str(tmp_path)) == {"vm_min_free_kbytes": 65536, "vm_watermark_scale_factor": None}

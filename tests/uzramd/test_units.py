@@ -317,3 +317,11 @@ def test_uzram_swap_stop_of_a_device_that_is_not_swap_just_detaches(swap_loop):
 
 def test_uzram_swap_is_executable():
     assert os.stat(UNITS / "uzram-swap").st_mode & stat.S_IXUSR
+
+
+def test_uzram_swap_raises_what_uzramd_checks():
+    """The kernel settings uzram-swap raises are the ones ``uzramctl
+    --hardening`` reports short of (one list of values, two places)."""
+    from uzram.daemon.hardening import VM_NEEDS
+    raised = dict(re.findall(r"^\s*raise (\w+) (\d+)$", (UNITS / "uzram-swap").read_text(), re.M))
+    assert {k: int(v) for k, v in raised.items()} == VM_NEEDS

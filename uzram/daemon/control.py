@@ -140,7 +140,7 @@ async def _dispatch(daemon: Daemon, line: bytes, stream: trio.SocketStream) -> d
         if cmd == "version":
             return {"ok": True, "version": __version__}
         if cmd == "hardening":   # the memory measures in force and the reserves' state
-            return {"ok": True, "hardening": {**hardening.STATE, **daemon.admission.state()}}
+            return {"ok": True, "hardening": {**hardening.report(), **daemon.admission.state()}}
         return error_reply(OSError(errno.EINVAL, f"unknown command {cmd!r}"))
     except OSError as e:
         event(log, logging.DEBUG, "control request failed", cmd=cmd, errno=e.errno, error=e.strerror)

@@ -72,7 +72,7 @@ class Forwarder:
             if cmd == "version":
                 return {"ok": True, "version": __version__}
             if cmd == "hardening":
-                return {"ok": True, "hardening": dict(hardening.STATE)}
+                return {"ok": True, "hardening": hardening.report()}
             if cmd == "metrics":
                 raise OSError(errno.EOPNOTSUPP, "metrics are not served with --process-per-device")
             return error_reply(OSError(errno.EINVAL, f"unknown command {cmd!r}"))

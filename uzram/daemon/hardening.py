@@ -24,6 +24,10 @@ event, and returned by the control socket's ``hardening`` command.
   that waited for those very answers). The pool's feed thread goes back to
   SCHED_OTHER: it competes for memory like any task. The thread waits in
   ``epoll`` when idle, and the kernel caps real-time tasks at 95% of a CPU.
+
+With ``--swap`` the reply also carries the machine's ``vm`` settings that
+swap on uzram in the same machine needs (:func:`vm_settings`, read afresh
+for each reply: ``systemd/uzram-swap`` raises them after uzramd started).
 """
 
 from __future__ import annotations
@@ -47,6 +51,12 @@ HEAP_CUSHION = 16 << 20
 while swap-outs are stored (zspages, handles) come from memory already there."""
 MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
 CAP_IPC_LOCK, CAP_SYS_RESOURCE = 14, 24
+
+VM_NEEDS = {"min_free_kbytes": 16384, "watermark_scale_factor": 500}
+"""What ``systemd/uzram-swap`` raises the kernel's settings to: the replies
+to swap-outs need socket buffers, and with the kernel's defaults a guest
+swapping on uzram under global pressure hung (README: Swap inside a VM)."""
+VM_SYSCTL = "/proc/sys/vm"
 
 STATE: dict[str, object] = {}
 """The measures in force (filled by :func:`apply`)."""
@@ -271,7 +281,7 @@ def apply(lock: bool = True) -> dict[str, object]:
         why = "not asked for (--swap)"
     caps = capabilities()
     STATE.clear()
-    STATE.update(locked=not why, heap_cushion=HEAP_CUSHION if heap else 0,
+    STATE.update(swap=lock, locked=not why, heap_cushion=HEAP_CUSHION if heap else 0,
                  pymalloc=os.environ.get("PYTHONMALLOC", "pymalloc"), io_flusher=flusher, oom_protected=oom,
                  cap_ipc_lock=bool(caps >> CAP_IPC_LOCK & 1),
                  cap_sys_resource=bool(caps >> CAP_SYS_RESOURCE & 1), uid=os.geteuid(), nofile=nofile)
@@ -280,5 +290,33 @@ def apply(lock: bool = True) -> dict[str, object]:
         STATE["not_locked"] = why
     if rt_why:
         STATE["not_realtime"] = rt_why
-    event(log, logging.WARNING if (why or rt_why) and lock else logging.INFO, "hardening", **STATE)
+    event(log, logging.WARNING if (why or rt_why) and lock else logging.INFO, "hardening", **report())
     return STATE
+
+
+def vm_settings(root: str = VM_SYSCTL) -> dict[str, object]:
+    """``vm_<name>`` for each of VM_NEEDS as the kernel has it now (None if
+    unreadable), and ``vm_short`` when any is below what swap needs: what is
+    short, and what to do."""
+    out: dict[str, object] = {}
+    short = []
+    for name, need in VM_NEEDS.items():
+        try:
+            with open(os.path.join(root, name)) as f:
+                value: int | None = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            value = None
+        out[f"vm_{name}"] = value
+        if value is not None and value < need:
+            short.append(f"vm.{name} {value} < {need}")
+    if short:
+        out["vm_short"] = (", ".join(short) + ": swap on uzram in this machine can hang under memory pressure; "
+                           "`systemd/uzram-swap start` raises " +
+                           " and ".join(f"vm.{n} to {v}" for n, v in VM_NEEDS.items()) + " (README: Swap inside a VM)")
+    return out
+
+
+def report() -> dict[str, object]:
+    """The ``hardening`` reply's measures: :data:`STATE`, and under ``--swap``
+    the ``vm`` settings as they are now."""
+    return {**STATE, **vm_settings()} if STATE.get("swap") else dict(STATE)
