@@ -120,16 +120,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def native(pid: int, work: Path, name: str, seconds: float) -> tuple[dict[str, float], float]:
-    """perf's split of the daemon's CPU time over ``seconds``, and that CPU time."""
+def native(pid: int, work: Path, name: str, seconds: float) -> tuple[dict[str, float], float, float]:
+    """perf's split of the daemon's CPU time over about ``seconds``, that CPU
+    time, and the wall time it was taken over (perf's start and stop included)."""
     data = work / f"{name}.perf"
-    before = cpu_seconds(pid)
+    before, t0 = cpu_seconds(pid), time.monotonic()
     subprocess.run(["perf", "record", "-q", "-o", str(data), "-p", str(pid), "--", "sleep", f"{seconds:g}"],
                    check=True, capture_output=True)
-    used = cpu_seconds(pid) - before
+    used, wall = cpu_seconds(pid) - before, time.monotonic() - t0
     report = subprocess.run(["perf", "report", "-i", str(data), "--sort", "dso", "--stdio"], check=True,
                             capture_output=True, text=True).stdout
-    return native_shares(report), used
+    return native_shares(report), used, wall
 
 
 def profile(name: str, uri: str, pid: int, work: Path, nbytes: int, seconds: float, rate: int,
@@ -164,9 +165,9 @@ def profile(name: str, uri: str, pid: int, work: Path, nbytes: int, seconds: flo
     for func, n in incl.most_common(25):
         lines.append(f"| `{func}` | {n / busy:.1%} | {per_req(n):.2f} |")
     if split is not None:
-        shares, used = split
-        cpu_per_req = used / requests * 1e6
-        lines += ["", f"The whole daemon under perf: {used / seconds:.0%} of a CPU, {cpu_per_req:.1f} µs "
+        shares, used, wall = split
+        cpu_per_req = used / (float(res["iops"]) * wall) * 1e6
+        lines += ["", f"The whole daemon under perf: {used / wall:.0%} of a CPU, {cpu_per_req:.1f} µs "
                   "of CPU per request, by where the code lives:", "",
                   "| code | share | µs/request |", "|---|---|---|"]
         for group, share in shares.items():
