@@ -34,20 +34,8 @@ sys.path.insert(0, str(ROOT))
 from bench import corpus  # noqa: E402
 from bench.core import baseline_tree  # noqa: E402
 from bench.profile import WORKLOADS  # noqa: E402
-from bench.targets import Server, nbd_fio, nbdcopy_cmd, need, uzramd  # noqa: E402
+from bench.targets import Server, cpu_times, nbd_fio, nbdcopy_cmd, need, uzramd  # noqa: E402
 
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_times(pid: int) -> tuple[float, float]:
-    """User and system time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / _TICK, int(fields[12]) / _TICK
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system time of a process so far."""
-    return sum(cpu_times(pid))
 
 
 def run_fio(opts: dict[str, str], work: Path, seconds: float) -> int:

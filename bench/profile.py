@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import re
 import shutil
 import subprocess
@@ -40,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from bench import corpus  # noqa: E402
-from bench.targets import fio, fio_result, nbd_fio, nbdcopy_cmd, need, uzramd  # noqa: E402
+from bench.targets import cpu_seconds, fio, fio_result, nbd_fio, nbdcopy_cmd, need, uzramd  # noqa: E402
 
 WORKLOADS = {
     "4k-randwrite": {"rw": "randwrite", "bs": "4k", "iodepth": "16", "buffer_compress_percentage": "55",
@@ -112,12 +111,6 @@ def native_shares(report: str) -> dict[str, float]:
         group = next((g for g, keys in NATIVE_GROUPS if any(k in dso for k in keys)), "other")
         shares[group] += float(m["share"])
     return shares
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process, all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def native(pid: int, work: Path, name: str, seconds: float) -> tuple[dict[str, float], float, float]:

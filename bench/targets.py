@@ -223,16 +223,34 @@ def _machine_jiffies() -> tuple[int, int]:
     return sum(fields) - fields[3] - fields[4], sum(fields)
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(stat: Path) -> list[str]:
+    """The fields of a /proc/PID/stat after the command name (state first)."""
+    return stat.read_text().rsplit(")", 1)[1].split()
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system time of a process so far (every thread), in seconds."""
+    f = _stat_fields(Path(f"/proc/{pid}/stat"))
+    return int(f[11]) / TICK, int(f[12]) / TICK
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system time of a process so far, in seconds."""
+    return sum(cpu_times(pid))
+
+
 def _tree_ticks(pid: int) -> int:
     """User and system ticks of ``pid`` and its children (the worker
     processes of ``--process-per-device``)."""
     total = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            name_end = (text := stat.read_text()).rindex(")")
-        except (OSError, ValueError):
-            continue
-        f = text[name_end + 2:].split()
+            f = _stat_fields(stat)
+        except (OSError, IndexError):
+            continue    # gone meanwhile
         if int(stat.parent.name) == pid or int(f[1]) == pid:
             total += int(f[11]) + int(f[12])
     return total
@@ -249,9 +267,8 @@ def with_cpu(work: Callable[[], dict[str, Any]], pid: int) -> Callable[[], dict[
         busy1, all1 = _machine_jiffies()
         own1, t1 = _tree_ticks(pid), time.monotonic()
         cpus = os.cpu_count() or 1
-        tck = os.sysconf("SC_CLK_TCK")
         return res | {"machine_cpus": cpus * (busy1 - busy0) / max(all1 - all0, 1),
-                      "daemon_cpus": (own1 - own0) / tck / max(t1 - t0, 1e-9)}
+                      "daemon_cpus": (own1 - own0) / TICK / max(t1 - t0, 1e-9)}
     return run
 
 

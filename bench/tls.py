@@ -19,7 +19,6 @@ made with openssl in a temporary directory.
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import statistics
 import subprocess
@@ -30,7 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench.targets import Server, need, run_fio  # noqa: E402
+from bench.targets import Server, cpu_seconds, need, run_fio  # noqa: E402
 from tests.tlscerts import make_certs  # noqa: E402
 
 MiB = 1 << 20
@@ -42,12 +41,6 @@ def prefill(target: dict[str, str], work: Path) -> None:
     """Write the whole area once, so that reads find data."""
     run_fio({**target, **AREA, **BUFFERS, "rw": "write", "bs": "1m", "iodepth": "16", "time_based": "0"},
             work, seconds=600, ramp=0)
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
