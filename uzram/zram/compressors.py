@@ -94,8 +94,7 @@ def _lz4(params: CompParams, hc: bool) -> Codec:
         def decompress(src: bytes | memoryview, size: int) -> bytes:
             return decompress_raw(src, uncompressed_size=size, dict=d)
     elif _LZ4_POSITIONAL:
-        def decompress(src: bytes | memoryview, size: int) -> bytes:
-            return decompress_raw(src, size)
+        decompress = decompress_raw   # called as it is: no Python frame per page read
     else:
         def decompress(src: bytes | memoryview, size: int) -> bytes:
             return decompress_raw(src, uncompressed_size=size)
