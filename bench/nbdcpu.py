@@ -37,7 +37,6 @@ from bench.profile import WORKLOADS  # noqa: E402
 from bench.targets import Server, cpu_times, nbd_fio, nbdcopy_cmd, need, uzramd  # noqa: E402
 
 
-
 def run_fio(opts: dict[str, str], work: Path, seconds: float) -> int:
     """Run one fio job; the requests it completed."""
     full = {"time_based": "1", "runtime": f"{int(seconds * 1000)}ms", "norandommap": "1",
