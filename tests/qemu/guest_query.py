@@ -26,7 +26,8 @@ def show(sock: socket.socket, reader: io.BufferedReader, device: str, attr: str)
 
 
 # the hardening reply's counters printed as its "attribute" (integers, in this order)
-HARDENING = ("dedup_shares", "dedup_pages", "refused_writes", "low_reserve_episodes", "pressure_compactions")
+HARDENING = ("dedup_shares", "dedup_pages", "refused_writes", "low_reserve_episodes", "pressure_compactions",
+             "feeds", "feeds_reclaim_io")
 
 
 def hardening(sock: socket.socket, reader: io.BufferedReader) -> str:

@@ -186,6 +186,9 @@ def check_guest_swap(run: GuestRun, writeback: bool = False) -> None:
     counters = run.server.get(("end", "hardening"))
     if counters is not None:
         print("uzramd: " + ", ".join(f"{k} {v}" for k, v in zip(HARDENING, counters)))
+        got = dict(zip(HARDENING, counters))
+        # the guest's root may set PR_SET_IO_FLUSHER: the feed must have undone it
+        assert got["feeds_reclaim_io"] == got["feeds"], f"a pool feed cannot swap out in its reclaim: {got}"
     if writeback:
         assert len(end_bd) == 3 and end_bd[2] > 0, f"no page was written back: bd_stat {end_bd}\n{run.tail()}"
         print(f"written back: {end_bd[2]} pages, read back {end_bd[1]}; on the disk at hold {hold_bd[0]}")

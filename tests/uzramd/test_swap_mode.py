@@ -64,16 +64,41 @@ def refilled(d: Uzramd, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
-def policies(pid: int) -> dict[str, set[int]]:
-    """Scheduling policy (0 other, 2 rr) of the daemon's threads, by name."""
+def policies(pid: int, field: int = 41) -> dict[str, set[int]]:
+    """Scheduling policy (0 other, 2 rr) of the daemon's threads, by name;
+    or another ``field`` of their stat (9: the kernel's task flags)."""
     found: dict[str, set[int]] = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         with open(f"/proc/{pid}/task/{tid}/comm") as f:
             name = f.read().strip()
         with open(f"/proc/{pid}/task/{tid}/stat") as f:
-            policy = int(f.read().rsplit(")", 1)[1].split()[38])
-        found.setdefault("main" if tid == str(pid) else name, set()).add(policy)
+            value = int(f.read().rsplit(")", 1)[1].split()[field - 3])
+        found.setdefault("main" if tid == str(pid) else name, set()).add(value)
     return found
+
+
+def test_only_the_feed_may_swap_out_in_its_reclaim(tmp_path: Path) -> None:
+    """Threads inherit PR_SET_IO_FLUSHER. The serving thread keeps it (its
+    reclaim must not wait on its own device); the pool's feed drops it: with
+    no I/O in its reclaim it could free no anonymous page, so under global
+    pressure it never grew the pool and every swap-out after the reserve
+    was refused (a guest without sysctls hung so). The reply's count is
+    checked against the kernel's task flags; where the daemon may not set
+    PR_SET_IO_FLUSHER (no CAP_SYS_RESOURCE), no thread has it, and the QEMU
+    global-pressure test checks the feed in a guest where it may."""
+    with uzramd(tmp_path, "--swap", devices=("zram0:disksize=128M",)) as d:
+        st = wait_ready(d)
+        deadline = time.monotonic() + 20
+        while (st := d.request(cmd="hardening")["hardening"])["feeds_reclaim_io"] < 1:
+            if time.monotonic() > deadline:
+                break           # (then the asserts below say what is wrong)
+            time.sleep(0.05)
+        flags = policies(d.proc.pid, field=9)
+    noio = hardening.PF_MEMALLOC_NOIO
+    assert st["feeds"] == 1 and st["feeds_reclaim_io"] == 1, st
+    assert not any(f & noio for f in flags["uzram-feed-zram"]), flags
+    assert all(bool(f & noio) == st["io_flusher"] for f in flags["main"]), (flags, st)
+    assert st["io_flusher"] == st["cap_sys_resource"], st
 
 
 def test_swap_mode_reports_its_measures(tmp_path: Path) -> None:

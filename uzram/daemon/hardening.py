@@ -14,15 +14,19 @@ event, and returned by the control socket's ``hardening`` command.
   locked for nothing). Needs CAP_IPC_LOCK, or an unlimited RLIMIT_MEMLOCK
   (raised so with CAP_SYS_RESOURCE).
 - ``io_flusher``: PR_SET_IO_FLUSHER (CAP_SYS_RESOURCE): reclaim run on the
-  daemon's behalf does no I/O, so it never waits on its own device.
+  daemon's behalf does no I/O, so it never waits on its own device. Except
+  the pool's feed thread (:func:`allow_reclaim_io`): with no I/O its reclaim
+  could free no anonymous page, so it grew the pool only when others left
+  free pages above the watermark, which under global pressure they do not.
 - ``oom_protected``: oom_score_adj -1000 (CAP_SYS_RESOURCE).
 - ``realtime``: SCHED_RR at priority 1 (CAP_SYS_NICE), with ``--swap``. A
   real-time task's allocations may go a quarter below the min watermark
   (the kernel's ALLOC_HARDER for rt tasks): when the machine is out of free
   pages, the serving thread can still get the socket buffers to answer the
   swap-outs that free memory (without it, its ``sendmsg`` waited in reclaim
-  that waited for those very answers). The pool's feed thread goes back to
-  SCHED_OTHER: it competes for memory like any task. The thread waits in
+  that waited for those very answers). The pool's feed thread is real-time
+  too: only it can grow the pool, and a stored swap-out frees more than it
+  takes. The thread waits in
   ``epoll`` when idle, and the kernel caps real-time tasks at 95% of a CPU.
 
 With ``--swap`` the reply also carries the machine's ``vm`` settings that
@@ -85,6 +89,14 @@ def set_io_flusher() -> bool:
     if _libc is None or _libc.prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) != 0:
         return False
     return True
+
+
+def allow_reclaim_io() -> bool:
+    """Undo PR_SET_IO_FLUSHER for the calling thread only (threads inherit
+    it): the pool's feed, whose reclaim may then swap out and so win the
+    pages it frees. It may wait on swap-outs; the serving thread never
+    waits on it (a store that finds no frame fails with ENOMEM)."""
+    return _libc is not None and _libc.prctl(PR_SET_IO_FLUSHER, 0, 0, 0, 0) == 0
 
 
 def capabilities() -> int:
@@ -316,7 +328,37 @@ def vm_settings(root: str = VM_SYSCTL) -> dict[str, object]:
     return out
 
 
+PF_MEMALLOC_NOIO = 0x80000
+"""The task flag PR_SET_IO_FLUSHER sets (field 9 of /proc/PID/task/TID/stat)."""
+FEED_PREFIX = "uzram-feed"
+
+
+def feeds_reclaiming(task_dir: str = "/proc/self/task") -> tuple[int, int]:
+    """The pool feed threads of this process, and how many of them may swap
+    out in their reclaim (no PF_MEMALLOC_NOIO): read from the kernel, not
+    from what the feed asked for."""
+    feeds = io = 0
+    try:
+        tids = os.listdir(task_dir)
+    except OSError:
+        return 0, 0
+    for tid in tids:
+        try:
+            with open(f"{task_dir}/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue   # the thread ended
+        name = stat[stat.find("(") + 1 : stat.rfind(")")]
+        if name.startswith(FEED_PREFIX):
+            feeds += 1
+            io += not int(stat.rsplit(")", 1)[1].split()[6]) & PF_MEMALLOC_NOIO
+    return feeds, io
+
+
 def report() -> dict[str, object]:
     """The ``hardening`` reply's measures: :data:`STATE`, and under ``--swap``
-    the ``vm`` settings as they are now."""
-    return {**STATE, **vm_settings()} if STATE.get("swap") else dict(STATE)
+    the ``vm`` settings as they are now and the feed threads."""
+    if not STATE.get("swap"):
+        return dict(STATE)
+    feeds, io = feeds_reclaiming()
+    return {**STATE, **vm_settings(), "feeds": feeds, "feeds_reclaim_io": io}

@@ -33,6 +33,7 @@ from ..zram.slots import SlotTable
 from ..zram.zsmalloc import CHUNK_BYTES, ZsPool
 from .admission import Admission
 from .config import AUTO_RESERVE
+from .hardening import FEED_PREFIX, allow_reclaim_io
 from .logs import event
 from .registry import DeviceRegistry
 
@@ -168,7 +169,7 @@ async def _keep(registry: DeviceRegistry, setting: int, locked: bool, admission:
                 if disk is not None:
                     await trio.to_thread.run_sync(prefault_table, disk.table, disk.recent)
                 if dev.pool is pool:
-                    pool.set_feed(ChunkFeed(pool.feed_fill, f"uzram-feed-{dev.name}"),
+                    pool.set_feed(ChunkFeed(pool.feed_fill, f"{FEED_PREFIX}-{dev.name}", allow_reclaim_io),
                                   reserve_for(dev.disksize, setting) >> 12)
                     event(log, logging.INFO, "pool reserve", device=dev.name,
                           reserve=pool.reserve_pages << 12, locked=locked)

@@ -38,8 +38,10 @@ def name_thread(name: str) -> None:
 
 
 class ChunkFeed(Generic[T]):
-    def __init__(self, fill: Callable[[T], None], name: str = "uzram-feed") -> None:
+    def __init__(self, fill: Callable[[T], None], name: str = "uzram-feed",
+                 on_start: Callable[[], object] | None = None) -> None:
         self._fill = fill
+        self._on_start = on_start
         self._jobs: deque[T] = deque()
         self._ready: deque[T] = deque()
         self._cond = threading.Condition()
@@ -51,6 +53,8 @@ class ChunkFeed(Generic[T]):
 
     def _run(self) -> None:
         name_thread(self._thread.name)
+        if self._on_start is not None:
+            self._on_start()     # per-thread settings (reserve.py: reclaim may do I/O)
         cond = self._cond
         while True:
             with cond:
