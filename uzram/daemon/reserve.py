@@ -9,11 +9,16 @@ thread that serves NBD then never faults in pool memory itself (see
 short of memory) stores fail with ENOMEM, counted in the pool's
 ``reserve_misses`` and logged once per episode.
 
-Under sustained global pressure the feed rarely wins a page (the process
-that fills memory takes every page a swap-out frees), so what the reserve
-holds when pressure starts is what the pool can grow by: size it for the
-swap-out of one pressure episode (``--reserve``). While a reserve runs low
-the daemon sheds the work that would take from it (``admission.py``).
+Under sustained global pressure the feed wins pages slowly (the process
+that fills memory takes most pages a swap-out frees), so what the reserve
+holds when pressure starts is what the pool can grow by at first: size it
+for the swap-out at the onset of an episode (``--reserve``). The automatic
+size is larger while the machine's ``vm`` settings are below what swap
+needs (:func:`hardening.vm_settings`): the kernel then keeps so few pages
+free that the feed falls behind at the onset; it is lowered once they are
+raised (``systemd/uzram-swap`` raises them after uzramd has started). While
+a reserve runs low the daemon sheds the work that would take from it
+(``admission.py``).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from ..zram.slots import SlotTable
 from ..zram.zsmalloc import CHUNK_BYTES, ZsPool
 from .admission import Admission
 from .config import AUTO_RESERVE
-from .hardening import FEED_PREFIX, allow_reclaim_io
+from .hardening import FEED_PREFIX, allow_reclaim_io, vm_settings
 from .logs import event
 from .registry import DeviceRegistry
 
@@ -41,6 +46,11 @@ log = logging.getLogger("uzram.daemon")
 
 AUTO = AUTO_RESERVE
 MIN_AUTO, MAX_AUTO = 8 << 20, 256 << 20
+MIN_AUTO_SHORT_VM = 32 << 20
+"""The automatic reserve's floor while the vm settings are short: in a
+384 MiB guest without them, 12 MiB ran out at the onset of pressure in most
+runs (writes refused, the guest hung), 32 MiB in none."""
+VM_CHECK_EVERY = 2.0   # seconds between reads of the vm settings (not while a reserve is low)
 MAX_TABLE_PREFAULT = 64 << 20       # slot tables larger than this fault in as used
 
 
@@ -56,19 +66,26 @@ def mem_total() -> int:
     return 0
 
 
-def reserve_for(disksize: int, setting: int, ram: int | None = None) -> int:
+def reserve_for(disksize: int, setting: int, ram: int | None = None, vm_short: bool = False) -> int:
     """Bytes to keep in reserve: ``setting``, or for AUTO the smaller of 1/8
-    of the disk size and 1/32 of the machine's RAM, within 8..256 MiB,
-    rounded up to whole pool chunks. The reserve only bridges the moments
-    when the feed waits for reclaim (which then waits for the swap-outs the
-    reserve stores); memory it holds is memory the machine has not, so on a
-    small VM it stays small (12 MiB of a 384 MiB guest)."""
+    of the disk size and 1/32 of the machine's RAM, within 8..256 MiB
+    (32..256 MiB while ``vm_short``), rounded up to whole pool chunks. The
+    reserve bridges the moments when the feed waits for reclaim (which then
+    waits for the swap-outs the reserve stores); memory it holds is memory
+    the machine has not, so on a small VM it stays small (12 MiB of a 384
+    MiB guest with the vm settings swap needs, 32 MiB without)."""
     if setting != AUTO:
         want = setting
     else:
         ram = mem_total() if ram is None else ram
-        want = min(max(min(disksize // 8, ram // 32 if ram else disksize), MIN_AUTO), MAX_AUTO)
+        floor = MIN_AUTO_SHORT_VM if vm_short else MIN_AUTO
+        want = min(max(min(disksize // 8, ram // 32 if ram else disksize), floor), MAX_AUTO)
     return -(-want // CHUNK_BYTES) * CHUNK_BYTES
+
+
+def vm_short() -> bool:
+    """Whether the machine's vm settings are below what swap needs."""
+    return "vm_short" in vm_settings()
 
 
 WORKER_THREADS = 4
@@ -156,8 +173,21 @@ def _worth_compacting(pool: ZsPool) -> bool:
 async def _keep(registry: DeviceRegistry, setting: int, locked: bool, admission: Admission | None,
                 every: float, start_shrink: Callable[[ZramDevice], None], shrinking: set[str]) -> None:
     pools: dict[int, tuple[ZsPool, str, int]] = {}   # id -> pool, device, misses reported
+    short = vm_short()
+    checked = trio.current_time()
     while True:
         live: set[int] = set()
+        if short and trio.current_time() - checked >= VM_CHECK_EVERY and \
+                not (admission is not None and admission.low):
+            checked = trio.current_time()
+            if not vm_short():   # raised (uzram-swap): the reserves go back to their usual size
+                short = False
+                for dev in registry.devices():
+                    pool = dev.pool
+                    if pool is not None and id(pool) in pools:
+                        pool.set_reserve(reserve_for(dev.disksize, setting) >> 12)
+                        event(log, logging.INFO, "pool reserve", device=dev.name,
+                              reserve=pool.reserve_pages << 12, why="vm settings raised")
         for dev in registry.devices():
             pool = dev.pool
             if pool is None:
@@ -170,9 +200,9 @@ async def _keep(registry: DeviceRegistry, setting: int, locked: bool, admission:
                     await trio.to_thread.run_sync(prefault_table, disk.table, disk.recent)
                 if dev.pool is pool:
                     pool.set_feed(ChunkFeed(pool.feed_fill, f"{FEED_PREFIX}-{dev.name}", allow_reclaim_io),
-                                  reserve_for(dev.disksize, setting) >> 12)
+                                  reserve_for(dev.disksize, setting, vm_short=short) >> 12)
                     event(log, logging.INFO, "pool reserve", device=dev.name,
-                          reserve=pool.reserve_pages << 12, locked=locked)
+                          reserve=pool.reserve_pages << 12, locked=locked, vm_short=short)
             pool.refill()
             if dev.name not in shrinking and _worth_compacting(pool):
                 shrinking.add(dev.name)

@@ -294,6 +294,12 @@ class ZsPool:
         self._pending_chunks = 0
         self._ask_feed()
 
+    def set_reserve(self, reserve_pages: int) -> None:
+        """Resize the reserve of a pool with a feed. Frames resident beyond a
+        lowered size stay until stores take them (none is given back)."""
+        self.reserve_pages = reserve_pages
+        self._ask_feed()
+
     @property
     def feed_fill(self) -> Callable[[FeedJob], None]:
         """What a feed for this pool runs on its thread."""
