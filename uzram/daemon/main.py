@@ -127,7 +127,8 @@ OPTION_GROUPS: tuple[tuple[str, tuple[tuple[str, str | None, str], ...]], ...] =
          "prefault receive buffers, keep a pool reserve, never trim the heap "
          "(the config file's swap = true)"),
         ("--reserve", "SIZE", "prefaulted pool memory kept per device for swap-outs under pressure "
-         "(default with --swap: auto, the smaller of 1/8 of disksize and 1/32 of RAM, within 8M..256M; "
+         "(default with --swap: auto, the smaller of 1/8 of disksize and 1/32 of RAM, within 8M..256M, "
+         "or 32M..256M while vm.min_free_kbytes or vm.watermark_scale_factor is short of what swap needs; "
          "else 0; the config file's reserve)"),
         ("--dedup", "on|off", "a page written with the contents of a page read lately shares that "
          "page's object, as a page swapped in and out again does: the pool holds it once, although "
